@@ -1,0 +1,51 @@
+"""costjax: cost-sensitive classification losses and decisions for JAX.
+
+A cost matrix ``C`` has shape ``(K, K)``; ``C[i, j]`` is the cost of predicting
+class ``j`` when the true class is ``i`` (rows true, columns predicted, as in
+``sklearn.metrics.confusion_matrix``). Every loss takes ``(logits, labels,
+cost_matrix)`` with integer or probability labels, returns one value per
+example, and is safe under ``jax.jit``, ``jax.grad``, ``jax.vmap`` and
+sharding.
+"""
+
+from costjax._cdw_cross_entropy import (
+    class_distance_weighted_cross_entropy as class_distance_weighted_cross_entropy,
+)
+from costjax._cdw_cross_entropy import log1m_softmax as log1m_softmax
+from costjax._checks import check_cost_matrix as check_cost_matrix
+from costjax._checks import checked as checked
+from costjax._checks import checks_enabled as checks_enabled
+from costjax._cost_matrices import hierarchy_cost_matrix as hierarchy_cost_matrix
+from costjax._cost_matrices import ordinal_cost_matrix as ordinal_cost_matrix
+from costjax._decisions import bayes_decision as bayes_decision
+from costjax._decisions import confusion_matrix as confusion_matrix
+from costjax._decisions import mean_cost as mean_cost
+from costjax._decisions import quadratic_weighted_kappa as quadratic_weighted_kappa
+from costjax._expected_cost import (
+    cost_regularized_cross_entropy as cost_regularized_cross_entropy,
+)
+from costjax._expected_cost import expected_cost as expected_cost
+from costjax._ordinal import ordinal_emd as ordinal_emd
+from costjax._soft_labels import cost_soft_labels as cost_soft_labels
+from costjax._soft_labels import soft_label_cross_entropy as soft_label_cross_entropy
+
+__version__ = "0.1.0"
+
+__all__ = (
+    "bayes_decision",
+    "check_cost_matrix",
+    "checked",
+    "checks_enabled",
+    "class_distance_weighted_cross_entropy",
+    "confusion_matrix",
+    "cost_regularized_cross_entropy",
+    "cost_soft_labels",
+    "expected_cost",
+    "hierarchy_cost_matrix",
+    "log1m_softmax",
+    "mean_cost",
+    "ordinal_cost_matrix",
+    "ordinal_emd",
+    "quadratic_weighted_kappa",
+    "soft_label_cross_entropy",
+)

@@ -1,0 +1,391 @@
+"""Input validation shared by every costjax function.
+
+Three layers, from cheapest to most thorough:
+
+* **Trace-time checks** (always on): ranks, shapes, dtypes and the number of
+  classes ``K`` are static under ``jax.jit``, so mismatches raise ``TypeError``
+  or ``ValueError`` while tracing, naming the argument and both shapes.
+* **NaN poisoning** (always on): value properties cannot raise inside compiled
+  code, so an out-of-range integer label (negative ones included) makes the
+  loss of that example NaN instead of being clamped or wrapped by JAX indexing.
+* **Checked mode** (opt in): inside :func:`checks_enabled` costjax functions
+  emit :func:`jax.experimental.checkify.check` calls that report the offending
+  label; :func:`checked` wraps a function so that those errors are raised.
+
+:func:`check_cost_matrix` validates a concrete cost matrix eagerly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import checkify
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+_CHECKS_ENABLED = contextvars.ContextVar("costjax_checks_enabled", default=False)
+
+
+# --------------------------------------------------------------------------- #
+# Public: eager validation and checked mode.
+# --------------------------------------------------------------------------- #
+
+
+def check_cost_matrix(cost_matrix: jax.typing.ArrayLike) -> jax.Array:
+  """Validates a concrete cost matrix eagerly and returns it.
+
+  A cost matrix ``C`` has shape ``(K, K)`` with ``C[i, j]`` the cost of
+  predicting class ``j`` when the true class is ``i`` (rows are true classes,
+  columns are predictions, as in :func:`sklearn.metrics.confusion_matrix`).
+  Entries must be finite and non-negative; the diagonal need not be zero.
+
+  Use it once on matrices that come from users or files, before training. It
+  runs on concrete values, so it cannot be called under :func:`jax.jit`.
+
+  Args:
+    cost_matrix: candidate cost matrix, any real dtype.
+
+  Returns:
+    The matrix as a :class:`jax.Array` (integer matrices are converted to
+    float32).
+
+  Raises:
+    TypeError: if the matrix is not real-valued, or is a tracer.
+    ValueError: if it is not square and 2-D, has fewer than 2 classes,
+      contains NaN or infinite entries, or contains negative entries. The
+      message names the first offending entry.
+
+  Examples:
+    >>> import costjax as cj
+    >>> cj.check_cost_matrix([[0, 1], [5, 0]])
+    Array([[0., 1.],
+           [5., 0.]], dtype=float32)
+    >>> cj.check_cost_matrix([[0, -1], [1, 0]])
+    Traceback (most recent call last):
+      ...
+    ValueError: cost_matrix has a negative entry: C[0, 1] = -1.0; costs must be >= 0.
+  """
+  if isinstance(cost_matrix, jax.core.Tracer):
+    raise TypeError(
+        "check_cost_matrix validates concrete values and cannot run under jit; "
+        "call it once outside the jitted function."
+    )
+  try:
+    arr = np.asarray(cost_matrix)
+  except Exception as e:  # pragma: no cover - exotic inputs
+    raise TypeError(f"cost_matrix could not be converted to an array: {e}") from e
+  if arr.dtype == object or not (
+      np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.bool_)
+  ):
+    raise TypeError(f"cost_matrix must be real-valued; got dtype {arr.dtype}.")
+  if np.iscomplexobj(arr):
+    raise TypeError(f"cost_matrix must be real-valued; got dtype {arr.dtype}.")
+  if arr.ndim != 2 or arr.shape[0] != arr.shape[1]:
+    raise ValueError(
+        f"cost_matrix must be a square 2-D array of shape (K, K); got shape {arr.shape}."
+    )
+  if arr.shape[0] < 2:
+    raise ValueError(f"cost_matrix needs at least 2 classes; got shape {arr.shape}.")
+  arr = arr.astype(np.float64) if not np.issubdtype(arr.dtype, np.floating) else arr
+  bad = ~np.isfinite(arr)
+  if bad.any():
+    i, j = np.argwhere(bad)[0]
+    raise ValueError(
+        f"cost_matrix has a non-finite entry: C[{i}, {j}] = {arr[i, j]}; "
+        "costs must be finite."
+    )
+  neg = arr < 0
+  if neg.any():
+    i, j = np.argwhere(neg)[0]
+    raise ValueError(
+        f"cost_matrix has a negative entry: C[{i}, {j}] = {arr[i, j]}; costs must be >= 0."
+    )
+  out = jnp.asarray(cost_matrix)
+  if not jnp.issubdtype(out.dtype, jnp.floating):
+    out = out.astype(jnp.float32)
+  return out
+
+
+@contextlib.contextmanager
+def checks_enabled() -> Iterator[None]:
+  """Context manager: costjax functions traced inside it emit runtime checks.
+
+  The checks are :func:`jax.experimental.checkify.check` calls: integer labels
+  must lie in ``[0, K)``, cost matrices must be finite and non-negative, and
+  probability labels must be non-negative. They take effect at trace time, so
+  the function must be traced (first called, or re-jitted) inside the context
+  and functionalised with :func:`jax.experimental.checkify.checkify`.
+  :func:`checked` does both for you.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> from jax.experimental import checkify
+    >>> import costjax as cj
+    >>> def step(logits, labels, c):
+    ...   return cj.expected_cost(logits, labels, c).mean()
+    >>> with cj.checks_enabled():
+    ...   err, _ = jax.jit(checkify.checkify(step))(
+    ...       jnp.zeros((2, 3)), jnp.array([0, 7]), jnp.ones((3, 3)))
+    >>> print(err.get())  # doctest: +ELLIPSIS
+    costjax.expected_cost: labels must lie in [0, 3); got 7 at index (1,)...
+  """
+  token = _CHECKS_ENABLED.set(True)
+  try:
+    yield
+  finally:
+    _CHECKS_ENABLED.reset(token)
+
+
+def checked(fn: _F) -> _F:
+  """Wraps ``fn`` so that bad values raise instead of giving NaN.
+
+  ``checked(cj.expected_cost)(logits, labels, cost_matrix)`` computes the same
+  value as the plain call, but raises
+  :class:`jax.experimental.checkify.JaxRuntimeError` naming the first
+  out-of-range label (or negative / non-finite cost) instead of returning NaN.
+  Python scalars and other non-array keyword arguments (``epsilon``,
+  ``debiased``, ...) are bound statically. Works for any function built from
+  costjax calls, such as a whole loss function or train step.
+
+  It is a debugging aid: each call re-traces ``fn``. For a compiled checked
+  train step, use :func:`checks_enabled` with
+  ``jax.jit(checkify.checkify(step))`` directly.
+
+  Args:
+    fn: a function that calls costjax functions.
+
+  Returns:
+    A function with the same signature that raises on bad values.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import costjax as cj
+    >>> safe_loss = cj.checked(cj.expected_cost)
+    >>> try:
+    ...   safe_loss(jnp.zeros((2, 3)), jnp.array([0, -1]), jnp.ones((3, 3)))
+    ... except Exception as e:  # checkify.JaxRuntimeError
+    ...   print(e)  # doctest: +ELLIPSIS
+    costjax.expected_cost: labels must lie in [0, 3); got -1 at index (1,)...
+  """
+
+  @functools.wraps(fn)
+  def wrapper(*args, **kwargs):
+    static = {k: v for k, v in kwargs.items() if not _is_array(v)}
+    dynamic = {k: v for k, v in kwargs.items() if _is_array(v)}
+    inner = functools.partial(fn, **static)
+
+    def flagged(*a, **k):
+      with checks_enabled():
+        return inner(*a, **k)
+
+    err, out = checkify.checkify(flagged)(*args, **dynamic)
+    err.throw()
+    return out
+
+  return wrapper  # type: ignore[return-value]
+
+
+def _is_array(x: Any) -> bool:
+  return isinstance(x, (jax.Array, np.ndarray))
+
+
+def _checks_on() -> bool:
+  return _CHECKS_ENABLED.get()
+
+
+# --------------------------------------------------------------------------- #
+# Internal: trace-time validation and label handling.
+# --------------------------------------------------------------------------- #
+
+
+def compute_dtype(dtype: Any) -> jnp.dtype:
+  """float32 for half-precision inputs, else the input's own float dtype."""
+  dtype = jnp.dtype(dtype)
+  if jnp.finfo(dtype).bits < 32:
+    return jnp.dtype(jnp.float32)
+  return dtype
+
+
+def check_logits(logits: jax.typing.ArrayLike, fn_name: str) -> jax.Array:
+  logits = jnp.asarray(logits)
+  if not jnp.issubdtype(logits.dtype, jnp.floating):
+    raise TypeError(
+        f"{fn_name}: logits must have a floating dtype; got {logits.dtype} "
+        f"with shape {logits.shape}."
+    )
+  if logits.ndim < 1:
+    raise ValueError(
+        f"{fn_name}: logits must have at least one axis (classes last); got shape "
+        f"{logits.shape}."
+    )
+  if logits.shape[-1] < 1:
+    raise ValueError(f"{fn_name}: logits have no classes; got shape {logits.shape}.")
+  return logits
+
+
+def check_cost_shape(
+    cost_matrix: jax.typing.ArrayLike, num_classes: int, fn_name: str, ref: str = "logits"
+) -> jax.Array:
+  cost_matrix = jnp.asarray(cost_matrix)
+  if not (
+      jnp.issubdtype(cost_matrix.dtype, jnp.floating)
+      or jnp.issubdtype(cost_matrix.dtype, jnp.integer)
+      or jnp.issubdtype(cost_matrix.dtype, jnp.bool_)
+  ):
+    raise TypeError(f"{fn_name}: cost_matrix must be real-valued; got {cost_matrix.dtype}.")
+  if cost_matrix.shape != (num_classes, num_classes):
+    raise ValueError(
+        f"{fn_name}: cost_matrix must have shape (K, K) = ({num_classes}, {num_classes}) "
+        f"to match the {num_classes} classes of {ref}; got cost_matrix.shape="
+        f"{cost_matrix.shape}. (Use jax.vmap for stacks of cost matrices.)"
+    )
+  return cost_matrix
+
+
+def labels_are_indices(
+    logits: jax.Array, labels: jax.typing.ArrayLike, fn_name: str
+) -> tuple[jax.Array, bool]:
+  """Dispatches on rank; validates shape and dtype. Returns (labels, is_index)."""
+  labels = jnp.asarray(labels)
+  if labels.ndim == logits.ndim:
+    if labels.shape != logits.shape:
+      raise ValueError(
+          f"{fn_name}: probability labels must have the shape of logits; got "
+          f"labels.shape={labels.shape} and logits.shape={logits.shape}."
+      )
+    if not (
+        jnp.issubdtype(labels.dtype, jnp.floating)
+        or jnp.issubdtype(labels.dtype, jnp.integer)
+        or jnp.issubdtype(labels.dtype, jnp.bool_)
+    ):
+      raise TypeError(f"{fn_name}: probability labels must be real; got {labels.dtype}.")
+    return labels, False
+  if labels.ndim == logits.ndim - 1:
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+      raise TypeError(
+          f"{fn_name}: class-index labels (labels.ndim == logits.ndim - 1) must have an "
+          f"integer dtype; got {labels.dtype} with labels.shape={labels.shape} and "
+          f"logits.shape={logits.shape}. Pass probability vectors with the shape of "
+          "logits, or cast indices with labels.astype(int)."
+      )
+    if labels.shape != logits.shape[:-1]:
+      raise ValueError(
+          f"{fn_name}: integer labels must have shape logits.shape[:-1]; got "
+          f"labels.shape={labels.shape} and logits.shape={logits.shape}."
+      )
+    return labels, True
+  raise ValueError(
+      f"{fn_name}: labels must be integer indices of shape logits.shape[:-1] or "
+      f"probability vectors of shape logits.shape; got labels.shape={labels.shape} and "
+      f"logits.shape={logits.shape}."
+  )
+
+
+def valid_index_mask(labels: jax.Array, num_classes: int) -> jax.Array:
+  return (labels >= 0) & (labels < num_classes)
+
+
+def sanitize_indices(labels: jax.Array, num_classes: int, fn_name: str) -> jax.Array:
+  """Maps every invalid index to ``num_classes`` so that fill-mode gathers give NaN.
+
+  JAX wraps negative indices even in ``mode="fill"``; this makes them (and any
+  index >= K) out of bounds instead. In checked mode it also emits a checkify
+  check naming the first offending label.
+  """
+  valid = valid_index_mask(labels, num_classes)
+  if _checks_on():
+    flat = labels.reshape(-1)
+    flat_valid = valid.reshape(-1)
+    first = jnp.argmin(flat_valid) if flat.size else jnp.int32(0)
+    where = jnp.unravel_index(first, labels.shape) if labels.ndim else ()
+    bad = flat[first] if flat.size else jnp.int32(0)
+    index_args = {f"i{n}": w for n, w in enumerate(where)}
+    index_fmt = "(" + ", ".join("{" + k + "}" for k in index_args) + ("," if len(index_args) == 1 else "") + ")"
+    checkify.check(
+        jnp.all(valid),
+        f"{fn_name}: labels must lie in [0, {num_classes}); got {{bad}} at index {index_fmt}",
+        bad=bad,
+        **index_args,
+    )
+  return jnp.where(valid, labels, num_classes)
+
+
+def maybe_check_values(
+    cost_matrix: jax.Array | None, probs: jax.Array | None, fn_name: str
+) -> None:
+  """Checked-mode value checks on cost matrices and probability labels."""
+  if not _checks_on():
+    return
+  if cost_matrix is not None:
+    checkify.check(
+        jnp.all(jnp.isfinite(cost_matrix)),
+        f"{fn_name}: cost_matrix has a non-finite entry",
+    )
+    checkify.check(
+        jnp.all(cost_matrix >= 0),
+        f"{fn_name}: cost_matrix has a negative entry (min {{m}})",
+        m=jnp.min(cost_matrix),
+    )
+  if probs is not None:
+    checkify.check(
+        jnp.all(probs >= 0),
+        f"{fn_name}: probability labels have a negative entry (min {{m}})",
+        m=jnp.min(probs),
+    )
+
+
+def gather_rows(table: jax.Array, indices: jax.Array) -> jax.Array:
+  """``table[indices]`` along axis 0 with NaN for out-of-range indices.
+
+  ``indices`` must already be sanitized (invalid -> ``len(table)``).
+  """
+  return jnp.take(table, indices, axis=0, mode="fill", fill_value=jnp.nan)
+
+
+def prepare_where(
+    logits: jax.Array, where: jax.typing.ArrayLike | None, fn_name: str
+) -> tuple[jax.Array, jax.Array | None]:
+  """Applies an optax-style ``where`` mask to logits.
+
+  ``where`` has shape ``logits.shape[:-1]`` (per example) or ``logits.shape``
+  (per class; masked classes are removed from the softmax, like a ``-inf``
+  logit). Returns the masked logits and the per-example mask (``None`` if no
+  mask). Fully masked rows get safe zero logits so no NaN reaches gradients;
+  their loss is replaced by 0 in :func:`finalize`.
+  """
+  if where is None:
+    return logits, None
+  where = jnp.asarray(where)
+  if where.dtype != jnp.bool_:
+    where = where.astype(bool)
+  if where.shape == logits.shape:
+    row = jnp.any(where, axis=-1)
+    masked = jnp.where(where, logits, -jnp.inf)
+    logits = jnp.where(row[..., None], masked, jnp.zeros_like(logits))
+    return logits, row
+  if where.shape == logits.shape[:-1]:
+    return logits, where
+  raise ValueError(
+      f"{fn_name}: where must have shape logits.shape[:-1] or logits.shape; got "
+      f"where.shape={where.shape} and logits.shape={logits.shape}."
+  )
+
+
+def finalize(out: jax.Array, row_mask: jax.Array | None, dtype: Any) -> jax.Array:
+  if row_mask is not None:
+    out = jnp.where(row_mask, out, jnp.zeros_like(out))
+  return out.astype(dtype)
+
+
+def safe_pow(x: jax.Array, power: jax.typing.ArrayLike) -> jax.Array:
+  """``x ** power`` for ``x >= 0`` with finite gradients at ``x == 0``; NaN stays NaN."""
+  positive = x != 0
+  safe_x = jnp.where(positive, x, jnp.ones_like(x))
+  return jnp.where(positive, safe_x**power, jnp.zeros_like(x))

@@ -1,0 +1,58 @@
+"""Shared plumbing for losses of the form ``loss(logits, labels, cost_matrix)``."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from costjax import _checks
+
+
+class Prepared(NamedTuple):
+  """Validated, upcast inputs of a loss."""
+
+  logits: jax.Array  # (..., K) in the compute dtype, `where` applied
+  labels: jax.Array  # sanitized indices (...,) or probabilities (..., K)
+  is_index: bool
+  cost_matrix: jax.Array | None  # (K, K) in the compute dtype
+  row_mask: jax.Array | None  # per-example mask from `where`
+  out_dtype: Any
+  num_classes: int
+
+
+def prepare(
+    fn_name: str,
+    logits: jax.typing.ArrayLike,
+    labels: jax.typing.ArrayLike,
+    cost_matrix: jax.typing.ArrayLike | None = None,
+    where: jax.typing.ArrayLike | None = None,
+) -> Prepared:
+  """Validates and canonicalises the inputs every loss shares."""
+  logits = _checks.check_logits(logits, fn_name)
+  num_classes = logits.shape[-1]
+  labels, is_index = _checks.labels_are_indices(logits, labels, fn_name)
+  dtype = _checks.compute_dtype(logits.dtype)
+  cost = None
+  if cost_matrix is not None:
+    cost = _checks.check_cost_shape(cost_matrix, num_classes, fn_name).astype(dtype)
+  if is_index:
+    labels = _checks.sanitize_indices(labels, num_classes, fn_name)
+    _checks.maybe_check_values(cost, None, fn_name)
+  else:
+    labels = labels.astype(dtype)
+    _checks.maybe_check_values(cost, labels, fn_name)
+  x, row_mask = _checks.prepare_where(logits.astype(dtype), where, fn_name)
+  return Prepared(x, labels, is_index, cost, row_mask, logits.dtype, num_classes)
+
+
+def target_cost_rows(p: Prepared, table: jax.Array | None = None) -> jax.Array:
+  """``sum_i q_i table[i, :]`` per example: the gathered row for integer labels.
+
+  Shape ``(..., K)``. Rows of out-of-range labels are NaN.
+  """
+  table = p.cost_matrix if table is None else table
+  if p.is_index:
+    return _checks.gather_rows(table, p.labels)
+  return p.labels @ table

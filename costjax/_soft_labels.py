@@ -1,0 +1,138 @@
+"""Soft targets derived from a cost matrix, and cross-entropy against them."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from costjax import _checks, _common
+from costjax._expected_cost import soft_cross_entropy
+
+
+def cost_soft_labels(
+    labels: jax.typing.ArrayLike,
+    cost_matrix: jax.typing.ArrayLike,
+    *,
+    temperature: jax.typing.ArrayLike = 1.0,
+) -> jax.Array:
+  r"""Soft targets that put less mass on more expensive mistakes.
+
+  .. math::
+
+    q_j = \frac{\exp(-C_{yj} / T)}{\sum_k \exp(-C_{yk} / T)}
+
+  Note the minus sign: with a zero diagonal the true class gets the *largest*
+  probability. (``softmax(C[y])`` — a common first attempt — gives it the
+  smallest.) For probability labels ``r`` the result is the mixture
+  ``sum_i r_i softmax(-C[i] / T)`` of those rows.
+
+  ``temperature`` is in cost units: as ``T -> 0`` the targets become one-hot
+  on the cheapest class of each row (the true class when the diagonal is the
+  row minimum); as ``T -> inf`` they become uniform. Bertinetto et al. use
+  ``T = max(C) / beta`` with ``beta`` in 4 to 30.
+
+  Args:
+    labels: integer class indices of any shape ``(...)`` (integer dtype), or
+      probability vectors ``(..., K)`` (floating dtype). Dispatch is on dtype.
+    cost_matrix: ``(K, K)`` cost matrix, rows true, columns predicted.
+    temperature: positive scale ``T`` (traced).
+
+  Returns:
+    Targets of shape ``(..., K)`` that sum to 1 over the last axis. Rows of
+    out-of-range integer labels are NaN.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import costjax as cj
+    >>> C = cj.ordinal_cost_matrix(4)
+    >>> cj.cost_soft_labels(jnp.array(1), C)
+    Array([0.1966, 0.5344, 0.1966, 0.0723], dtype=float32)
+
+  References:
+    Díaz & Marathe, "Soft Labels for Ordinal Regression", CVPR 2019.
+    Bertinetto et al., "Making Better Mistakes", CVPR 2020.
+  """
+  name = "costjax.cost_soft_labels"
+  labels = jnp.asarray(labels)
+  cost = jnp.asarray(cost_matrix)
+  if cost.ndim != 2 or cost.shape[0] != cost.shape[1]:
+    raise ValueError(f"{name}: cost_matrix must have shape (K, K); got {cost.shape}.")
+  num_classes = cost.shape[0]
+  if jnp.issubdtype(labels.dtype, jnp.integer):
+    dtype = jnp.dtype(jnp.float32) if not jnp.issubdtype(cost.dtype, jnp.floating) else (
+        _checks.compute_dtype(cost.dtype))
+    cost = cost.astype(dtype)
+    _checks.maybe_check_values(cost, None, name)
+    table = _target_table(cost, temperature)
+    idx = _checks.sanitize_indices(labels, num_classes, name)
+    return _checks.gather_rows(table, idx)
+  if not jnp.issubdtype(labels.dtype, jnp.floating):
+    raise TypeError(
+        f"{name}: labels must be integer indices or floating probability vectors; "
+        f"got dtype {labels.dtype}."
+    )
+  if labels.ndim < 1 or labels.shape[-1] != num_classes:
+    raise ValueError(
+        f"{name}: probability labels must have K = {num_classes} entries on their last "
+        f"axis to match cost_matrix.shape={cost.shape}; got labels.shape={labels.shape}."
+    )
+  dtype = _checks.compute_dtype(labels.dtype)
+  cost = cost.astype(dtype)
+  labels = labels.astype(dtype)
+  _checks.maybe_check_values(cost, labels, name)
+  return labels @ _target_table(cost, temperature)
+
+
+def _target_table(cost: jax.Array, temperature: jax.typing.ArrayLike) -> jax.Array:
+  """Row ``i`` is ``softmax(-C[i] / T)``."""
+  return jax.nn.softmax(-cost / jnp.asarray(temperature, cost.dtype), axis=-1)
+
+
+def soft_label_cross_entropy(
+    logits: jax.typing.ArrayLike,
+    labels: jax.typing.ArrayLike,
+    cost_matrix: jax.typing.ArrayLike,
+    *,
+    temperature: jax.typing.ArrayLike = 1.0,
+    where: jax.typing.ArrayLike | None = None,
+) -> jax.Array:
+  r"""Cross-entropy against cost-derived soft targets (SORD / "soft labels").
+
+  .. math::
+
+    \ell(z, y) = -\sum_j q_j \log \mathrm{softmax}(z)_j, \qquad
+    q = \texttt{cost\_soft\_labels}(y, C, T).
+
+  The gradient with respect to the logits is ``softmax(z) - q``: well
+  behaved everywhere, never vanishing while the prediction is wrong. The
+  minimum over ``z`` is the entropy of ``q``, reached at ``softmax(z) = q``,
+  so trained models are under-confident by design; decode them with
+  :func:`bayes_decision` after temperature scaling, or with ``argmax``.
+
+  Args:
+    logits: unnormalised scores, shape ``(..., K)``.
+    labels: integer indices ``(...)`` or probability vectors ``(..., K)``.
+    cost_matrix: ``(K, K)`` cost matrix, rows true, columns predicted.
+    temperature: target temperature ``T`` in cost units (traced).
+    where: optional example ``(...)`` or class ``(..., K)`` mask.
+
+  Returns:
+    Per-example loss, shape ``(...)``.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import costjax as cj
+    >>> C = cj.ordinal_cost_matrix(3)
+    >>> cj.soft_label_cross_entropy(jnp.array([2., 0., -2.]), jnp.array(0), C)
+    Array(0.9925, dtype=float32)
+
+  References:
+    Díaz & Marathe, CVPR 2019; Bertinetto et al., CVPR 2020.
+  """
+  name = "costjax.soft_label_cross_entropy"
+  p = _common.prepare(name, logits, labels, cost_matrix, where)
+  table = _target_table(p.cost_matrix, temperature)
+  targets = _common.target_cost_rows(p, table)
+  log_probs = jax.nn.log_softmax(p.logits, axis=-1)
+  out = soft_cross_entropy(log_probs, targets)  # NaN target rows stay NaN
+  return _checks.finalize(out, p.row_mask, p.out_dtype)
