@@ -1,8 +1,5 @@
-import jax
 import numpy as np
 import pytest
-
-jax.config.update("jax_numpy_rank_promotion", "raise")
 
 
 @pytest.fixture(autouse=True)

@@ -20,7 +20,7 @@ def log1m_softmax(logits: jax.Array) -> jax.Array:
   """
   num_classes = logits.shape[-1]
   top = jnp.argmax(logits, axis=-1)
-  is_top = jnp.arange(num_classes) == top[..., None]
+  is_top = jax.nn.one_hot(top, num_classes, dtype=jnp.bool_)
   m = jnp.max(logits, axis=-1, keepdims=True)
   m = jnp.where(jnp.isfinite(m), m, jnp.zeros_like(m))
   e = jnp.exp(logits - m)

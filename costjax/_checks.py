@@ -307,7 +307,8 @@ def sanitize_indices(labels: jax.Array, num_classes: int, fn_name: str) -> jax.A
     where = jnp.unravel_index(first, labels.shape) if labels.ndim else ()
     bad = flat[first] if flat.size else jnp.int32(0)
     index_args = {f"i{n}": w for n, w in enumerate(where)}
-    index_fmt = "(" + ", ".join("{" + k + "}" for k in index_args) + ("," if len(index_args) == 1 else "") + ")"
+    trailing = "," if len(index_args) == 1 else ""
+    index_fmt = "(" + ", ".join("{" + k + "}" for k in index_args) + trailing + ")"
     checkify.check(
         jnp.all(valid),
         f"{fn_name}: labels must lie in [0, {num_classes}); got {{bad}} at index {index_fmt}",
@@ -341,11 +342,45 @@ def maybe_check_values(
     )
 
 
+def _explicit_sharding(x: jax.Array) -> jax.sharding.NamedSharding | None:
+  """The NamedSharding of ``x`` if it is sharded over explicit mesh axes, else None."""
+  sharding = getattr(jax.typeof(x), "sharding", None)
+  spec = getattr(sharding, "spec", None)
+  if (
+      isinstance(sharding, jax.sharding.NamedSharding)
+      and not sharding.mesh.empty
+      and spec is not None
+      and any(axis is not None for axis in spec)
+  ):
+    return sharding
+  return None
+
+
+def replicate(x: jax.Array) -> jax.Array:
+  """Gathers an explicitly sharded array onto every device (no-op otherwise)."""
+  sharding = _explicit_sharding(x)
+  if sharding is None:
+    return x
+  return jax.sharding.reshard(
+      x, jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+  )
+
+
 def gather_rows(table: jax.Array, indices: jax.Array) -> jax.Array:
   """``table[indices]`` along axis 0 with NaN for out-of-range indices.
 
-  ``indices`` must already be sanitized (invalid -> ``len(table)``).
+  ``indices`` must already be sanitized (invalid -> ``len(table)``). Under a
+  mesh with explicit axes (the default of ``jax.make_mesh``) the output is
+  sharded like ``indices``, with the class axis replicated; JAX cannot infer
+  that for a gather from a replicated table, so it is spelled out.
   """
+  sharding = _explicit_sharding(indices)
+  if sharding is not None:
+    spec = sharding.spec
+    out = jax.sharding.NamedSharding(
+        sharding.mesh, jax.sharding.PartitionSpec(*spec, *([None] * (table.ndim - 1)))
+    )
+    return table.at[indices].get(mode="fill", fill_value=jnp.nan, out_sharding=out)
   return jnp.take(table, indices, axis=0, mode="fill", fill_value=jnp.nan)
 
 

@@ -35,7 +35,9 @@ def ordinal_cost_matrix(
            [4., 1., 0.]], dtype=float32)
   """
   if not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
-    raise ValueError(f"ordinal_cost_matrix: num_classes must be a positive int; got {num_classes!r}.")
+    raise ValueError(
+        f"ordinal_cost_matrix: num_classes must be a positive int; got {num_classes!r}."
+    )
   k = jnp.arange(num_classes, dtype=dtype)
   dist = jnp.abs(k[:, None] - k[None, :])
   off_diag = dist > 0

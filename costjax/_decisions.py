@@ -116,7 +116,7 @@ def mean_cost(
   yhat = _checks.sanitize_indices(predictions, num_classes, name + " (predictions)")
   bad = (y == num_classes) | (yhat == num_classes)
   flat = jnp.where(bad, num_classes * num_classes, y * num_classes + yhat)
-  costs = jnp.take(cost.reshape(-1), flat, mode="fill", fill_value=jnp.nan)
+  costs = _checks.gather_rows(cost.reshape(-1), flat)
   if where is None:
     return jnp.mean(costs)
   where = jnp.broadcast_to(jnp.asarray(where).astype(bool), costs.shape)
@@ -154,6 +154,8 @@ def confusion_matrix(
   """
   name = "costjax.confusion_matrix"
   predictions, labels = _check_index_pair(predictions, labels, name)
+  # A scatter into one small (K, K) table: gather sharded batches first.
+  labels, predictions = _checks.replicate(labels), _checks.replicate(predictions)
   y = _checks.sanitize_indices(labels.reshape(-1), num_classes, name + " (labels)")
   yhat = _checks.sanitize_indices(predictions.reshape(-1), num_classes, name + " (predictions)")
   counts = jnp.zeros((num_classes, num_classes), jnp.int32)

@@ -55,7 +55,7 @@ def ordinal_emd(
   p = _common.prepare("costjax.ordinal_emd", logits, labels, None, where)
   probs = jax.nn.softmax(p.logits, axis=-1)
   cdf_p = jnp.cumsum(probs, axis=-1)
-  k = jnp.arange(p.num_classes)
+  k = jax.lax.broadcasted_iota(p.labels.dtype, cdf_p.shape, cdf_p.ndim - 1)
   if p.is_index:
     # 1[k >= y]; a sanitized bad label (== K) gives NaN.
     step = (k >= p.labels[..., None]).astype(cdf_p.dtype)

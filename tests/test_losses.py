@@ -1,0 +1,448 @@
+"""Every closed-form loss against NumPy oracles, under jit / grad / vmap, and at extremes."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+import costjax as cj
+from tests import reference as ref
+
+K = 5
+
+
+@dataclass(frozen=True)
+class Loss:
+  name: str
+  fn: Callable  # fn(logits, labels, cost_matrix)
+  ref: Callable  # ref(logits, labels, cost_matrix) in float64 NumPy
+  uses_cost: bool = True
+  finite_at_neg_inf: bool = True  # is the mathematical value finite with -inf logits?
+
+  def __repr__(self):
+    return self.name
+
+
+LOSSES = [
+    Loss("expected_cost", cj.expected_cost, ref.expected_cost),
+    Loss(
+        "cost_regularized_cross_entropy",
+        functools.partial(cj.cost_regularized_cross_entropy, lam=0.7),
+        functools.partial(ref.cost_regularized_cross_entropy, lam=0.7),
+    ),
+    Loss(
+        "soft_label_cross_entropy",
+        functools.partial(cj.soft_label_cross_entropy, temperature=0.8),
+        functools.partial(ref.soft_label_cross_entropy, temperature=0.8),
+        finite_at_neg_inf=False,  # every soft target is > 0, so -log p = inf
+    ),
+    Loss(
+        "cdw_ce",
+        functools.partial(cj.class_distance_weighted_cross_entropy, alpha=1.5),
+        functools.partial(ref.cdw_ce, alpha=1.5),
+    ),
+    Loss(
+        "ordinal_emd_p1",
+        lambda z, y, c: cj.ordinal_emd(z, y, power=1),
+        lambda z, y, c: ref.ordinal_emd(z, y, power=1),
+        uses_cost=False,
+    ),
+    Loss(
+        "ordinal_emd_p2",
+        lambda z, y, c: cj.ordinal_emd(z, y, power=2),
+        lambda z, y, c: ref.ordinal_emd(z, y, power=2),
+        uses_cost=False,
+    ),
+]
+
+@pytest.fixture(autouse=True)
+def _strict_rank_promotion():
+  """costjax must not rely on implicit rank promotion (users may forbid it)."""
+  with jax.numpy_rank_promotion("raise"):
+    yield
+
+
+COST_LOSSES = [loss for loss in LOSSES if loss.uses_cost]
+loss_param = pytest.mark.parametrize("loss", LOSSES, ids=repr)
+
+
+def asymmetric_cost(rng, k=K, zero_diag=True):
+  c = rng.uniform(0.5, 10.0, size=(k, k))
+  if zero_diag:
+    np.fill_diagonal(c, 0.0)
+  assert not np.allclose(c, c.T)
+  return c.astype(np.float32)
+
+
+def data(seed=0, batch=(3, 4), k=K, probs=False):
+  rng = np.random.default_rng(seed)
+  logits = rng.normal(size=batch + (k,)).astype(np.float32) * 2
+  if probs:
+    labels = rng.dirichlet(np.ones(k), size=batch).astype(np.float32)
+  else:
+    labels = rng.integers(0, k, size=batch).astype(np.int32)
+  return logits, labels, asymmetric_cost(rng, k)
+
+
+# --------------------------------------------------------------------------- #
+# Values against oracles.
+# --------------------------------------------------------------------------- #
+
+
+@loss_param
+@pytest.mark.parametrize("probs", [False, True], ids=["indices", "probabilities"])
+def test_matches_numpy_reference(loss, probs):
+  logits, labels, c = data(probs=probs)
+  got = jax.jit(loss.fn)(logits, labels, c)
+  assert got.shape == logits.shape[:-1]
+  assert got.dtype == jnp.float32
+  np.testing.assert_allclose(got, loss.ref(logits, labels, c), rtol=2e-5, atol=2e-5)
+
+
+@loss_param
+def test_unbatched_inputs(loss):
+  logits, labels, c = data(batch=(4,))
+  batched = loss.fn(logits, labels, c)
+  for i in range(4):
+    single = loss.fn(logits[i], labels[i], c)
+    assert single.shape == ()
+    np.testing.assert_allclose(single, batched[i], rtol=1e-6)
+
+
+def test_forum_scenario():
+  """The forum's 4x4 matrix, logits and labels, against hand-written NumPy."""
+  c = np.array([[0, 1, 4, 5], [1, 0, 3, 8], [4, 3, 0, 2], [5, 8, 2, 0]], np.float32)
+  logits = np.array([[3, 5, 2.5, 6], [7, 5.5, 2, 0]], np.float32)
+  labels = np.array([3, 0])
+  p = np.exp(logits - logits.max(1, keepdims=True))
+  p /= p.sum(1, keepdims=True)
+  want = np.array([p[0] @ c[3], p[1] @ c[0]])  # rows of the TRUE classes
+  got = cj.expected_cost(logits, labels, c)
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  # The forum's backwards soft target gives the true class the smallest mass;
+  # cost_soft_labels gives it the largest.
+  backwards = np.exp(c[labels]) / np.exp(c[labels]).sum(1, keepdims=True)
+  assert (backwards.argmin(1) == labels).all()
+  targets = cj.cost_soft_labels(jnp.asarray(labels), c)
+  assert (np.argmax(targets, 1) == labels).all()
+  # The loss is differentiable, unlike argmax; the gradient moves mass off
+  # the expensive classes: for example 0 (true class 3), class 1 costs 8.
+  g = jax.grad(lambda z: cj.expected_cost(z, labels, c).sum())(jnp.asarray(logits))
+  assert g[0, 1] > 0 and g[0, 3] < 0
+  np.testing.assert_array_equal(cj.bayes_decision(logits, c), ref.bayes_decision(logits, c))
+
+
+def test_orientation_rows_are_true_classes():
+  """C[true, pred]: predicting 1 when the truth is 0 costs C[0, 1] = 10, not C[1, 0]."""
+  c = np.array([[0.0, 10.0], [1.0, 0.0]], np.float32)
+  logits = np.array([0.0, 30.0], np.float32)  # confidently predicts class 1
+  np.testing.assert_allclose(cj.expected_cost(logits, np.array(0), c), 10.0, rtol=1e-6)
+  np.testing.assert_allclose(cj.expected_cost(logits, np.array(1), c), 0.0, atol=1e-6)
+  np.testing.assert_allclose(cj.mean_cost(np.array([1]), np.array([0]), c), 10.0)
+
+
+# --------------------------------------------------------------------------- #
+# Gradients.
+# --------------------------------------------------------------------------- #
+
+
+@loss_param
+@pytest.mark.parametrize("probs", [False, True], ids=["indices", "probabilities"])
+def test_check_grads_logits(loss, probs):
+  with jax.enable_x64(True):
+    logits, labels, c = data(probs=probs, batch=(3,))
+    logits = logits.astype(np.float64)
+    labels = labels.astype(np.float64) if probs else labels
+    c = c.astype(np.float64)
+    f = lambda z: loss.fn(z, labels, c)
+    check_grads(f, (logits,), order=2, modes=["rev", "fwd"], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("loss", COST_LOSSES, ids=repr)
+def test_check_grads_cost_matrix(loss):
+  with jax.enable_x64(True):
+    logits, labels, c = data(batch=(3,))
+    logits = logits.astype(np.float64)
+    c = c.astype(np.float64) + 0.5  # keep away from the kink of C**alpha at 0
+    f = lambda cm: loss.fn(logits, labels, cm)
+    check_grads(f, (c,), order=1, modes=["rev"], atol=1e-5, rtol=1e-5)
+
+
+def test_expected_cost_gradient_formula():
+  """dEC/dz_k = p_k (c_k - EC), the formula in papers.md."""
+  logits, labels, c = data(batch=(6,))
+  g = jax.grad(lambda z: cj.expected_cost(z, labels, c).sum())(logits)
+  p = ref.softmax(logits)
+  rows = c[labels].astype(np.float64)
+  ec = (p * rows).sum(-1, keepdims=True)
+  np.testing.assert_allclose(g, p * (rows - ec), atol=1e-6)
+
+
+def test_soft_label_ce_gradient_is_p_minus_q():
+  logits, labels, c = data(batch=(6,))
+  g = jax.grad(lambda z: cj.soft_label_cross_entropy(z, labels, c, temperature=2.0).sum())(
+      logits
+  )
+  np.testing.assert_allclose(
+      g, ref.softmax(logits) - ref.cost_soft_labels(labels, c, 2.0), atol=1e-6
+  )
+
+
+# --------------------------------------------------------------------------- #
+# Transformations: jit, vmap, stacks of cost matrices.
+# --------------------------------------------------------------------------- #
+
+
+@loss_param
+def test_jit_equals_eager(loss):
+  logits, labels, c = data()
+  np.testing.assert_allclose(
+      jax.jit(loss.fn)(logits, labels, c), loss.fn(logits, labels, c), rtol=1e-6
+  )
+
+
+@loss_param
+def test_vmap_over_examples(loss):
+  logits, labels, c = data(batch=(7,))
+  mapped = jax.vmap(loss.fn, in_axes=(0, 0, None))(logits, labels, c)
+  np.testing.assert_allclose(mapped, loss.fn(logits, labels, c), rtol=1e-6)
+
+
+@pytest.mark.parametrize("loss", COST_LOSSES, ids=repr)
+def test_vmap_over_stack_of_cost_matrices(loss):
+  logits, labels, _ = data(batch=(6,))
+  rng = np.random.default_rng(3)
+  stack = np.stack([asymmetric_cost(rng) for _ in range(4)])
+  got = jax.vmap(loss.fn, in_axes=(None, None, 0))(logits, labels, stack)
+  assert got.shape == (4, 6)
+  for m in range(4):
+    np.testing.assert_allclose(got[m], loss.ref(logits, labels, stack[m]), rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("loss", COST_LOSSES, ids=repr)
+def test_vmap_with_per_example_cost_matrices(loss):
+  logits, labels, _ = data(batch=(6,))
+  rng = np.random.default_rng(4)
+  per_example = np.stack([asymmetric_cost(rng) for _ in range(6)])
+  got = jax.jit(jax.vmap(loss.fn))(logits, labels, per_example)
+  want = [loss.ref(logits[i], labels[i], per_example[i]) for i in range(6)]
+  np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
+
+
+@loss_param
+def test_no_recompilation_on_second_call(loss):
+  import chex
+
+  @jax.jit
+  @chex.assert_max_traces(n=1)
+  def step(z, y, c):
+    return jax.value_and_grad(lambda zz: loss.fn(zz, y, c).mean())(z)
+
+  chex.clear_trace_counter()
+  logits, labels, c = data()
+  step(logits, labels, c)
+  logits2, labels2, c2 = data(seed=1)
+  step(logits2, labels2, c2)  # same shapes and dtypes: must reuse the trace
+
+
+# --------------------------------------------------------------------------- #
+# Numerics: extremes and low precision.
+# --------------------------------------------------------------------------- #
+
+
+@loss_param
+@pytest.mark.parametrize("scale", [1e4, -1e4])
+def test_extreme_logits_finite(loss, scale):
+  rng = np.random.default_rng(0)
+  logits = jnp.asarray(rng.choice([-1.0, 0.0, 1.0], size=(6, K)) * scale, jnp.float32)
+  labels = jnp.arange(6) % K
+  c = asymmetric_cost(rng)
+  value, grad = jax.value_and_grad(lambda z: loss.fn(z, labels, c).sum())(logits)
+  assert np.isfinite(value)
+  assert np.all(np.isfinite(grad))
+
+
+def test_cdw_extreme_logits_exact():
+  """log(1 - p) for p = 1 - exp(-1e4) is -1e4, not -inf."""
+  c = np.array([[0.0, 2.0], [3.0, 0.0]], np.float32)
+  got = cj.class_distance_weighted_cross_entropy(jnp.array([1e4, 0.0]), jnp.array(1), c)
+  np.testing.assert_allclose(got, 3.0 * 1e4, rtol=1e-6)
+  got = cj.class_distance_weighted_cross_entropy(jnp.array([30.0, 0.0]), jnp.array(1), c)
+  np.testing.assert_allclose(got, 3.0 * 30.0, rtol=1e-5)
+
+
+@loss_param
+def test_neg_inf_logits(loss):
+  """-inf marks an impossible class; the true class stays possible."""
+  logits, labels, c = data(batch=(6,))
+  labels = np.arange(6) % K
+  logits = logits.copy()
+  impossible = (labels + 2) % K
+  logits[np.arange(6), impossible] = -np.inf
+  value, grad = jax.value_and_grad(lambda z: loss.fn(z, labels, c).sum())(jnp.asarray(logits))
+  assert np.all(np.isfinite(grad))
+  if loss.finite_at_neg_inf:
+    assert np.isfinite(value)
+    finite_logits = np.where(np.isinf(logits), -1e30, logits)  # same math, via the oracle
+    np.testing.assert_allclose(
+        loss.fn(logits, labels, c), loss.ref(finite_logits, labels, c), rtol=1e-5, atol=1e-5
+    )
+  else:
+    assert value == np.inf
+
+
+@loss_param
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_half_precision_close_to_float32(loss, dtype):
+  logits, labels, c = data(batch=(8,))
+  low = jnp.asarray(logits).astype(dtype)
+  got = loss.fn(low, labels, c)
+  assert got.dtype == dtype
+  want = loss.fn(low.astype(jnp.float32), labels, c)  # same rounded inputs, f32 math
+  np.testing.assert_allclose(got.astype(np.float32), want, rtol=1e-2, atol=1e-2)
+  grad = jax.grad(lambda z: loss.fn(z, labels, c).astype(jnp.float32).sum())(low)
+  assert grad.dtype == dtype and np.all(np.isfinite(grad.astype(np.float32)))
+
+
+@loss_param
+def test_float64_inputs_stay_float64(loss):
+  with jax.enable_x64(True):
+    logits, labels, c = data()
+    got = loss.fn(logits.astype(np.float64), labels, c.astype(np.float64))
+    assert got.dtype == jnp.float64
+    np.testing.assert_allclose(got, loss.ref(logits, labels, c), rtol=1e-6)
+
+
+# --------------------------------------------------------------------------- #
+# Masks.
+# --------------------------------------------------------------------------- #
+
+
+@loss_param
+def test_where_example_mask_equals_indexing(loss):
+  logits, labels, c = data(batch=(8,))
+  mask = np.array([1, 0, 1, 1, 0, 1, 0, 1], bool)
+  fn = lambda z, y, cc, **kw: _call_with_where(loss, z, y, cc, **kw)
+  got = fn(logits, labels, c, where=mask)
+  np.testing.assert_allclose(got[mask], loss.fn(logits[mask], labels[mask], c), rtol=1e-6)
+  np.testing.assert_array_equal(got[~mask], 0.0)
+
+
+@loss_param
+def test_where_class_mask_equals_neg_inf_logits(loss):
+  logits, labels, c = data(batch=(6,))
+  labels = np.arange(6) % K
+  mask = np.ones((6, K), bool)
+  mask[np.arange(6), (labels + 1) % K] = False
+  mask[0] = False  # a fully masked row gives 0 and finite gradients
+  got, grad = jax.value_and_grad(
+      lambda z: _call_with_where(loss, z, labels, c, where=mask).sum()
+  )(jnp.asarray(logits))
+  assert np.all(np.isfinite(grad)) and np.all(grad[0] == 0)
+  if loss.finite_at_neg_inf:
+    want = loss.fn(np.where(mask, logits, -np.inf)[1:], labels[1:], c).sum()
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def _call_with_where(loss, logits, labels, c, where):
+  fn = loss.fn
+  base = fn.func if isinstance(fn, functools.partial) else None
+  if base is not None:
+    return base(logits, labels, c, where=where, **fn.keywords)
+  if loss.name.startswith("ordinal_emd"):
+    return cj.ordinal_emd(logits, labels, power=int(loss.name[-1]), where=where)
+  return fn(logits, labels, c, where=where)
+
+
+# --------------------------------------------------------------------------- #
+# Bad input.
+# --------------------------------------------------------------------------- #
+
+
+@loss_param
+@pytest.mark.parametrize("bad", [-1, K, 1000, -1000])
+def test_out_of_range_label_is_nan_not_clamped(loss, bad):
+  logits, labels, c = data(batch=(4,))
+  labels = labels.copy()
+  labels[2] = bad
+  for f in (loss.fn, jax.jit(loss.fn)):
+    out = np.asarray(f(logits, labels, c))
+    assert np.isnan(out[2])
+    assert np.all(np.isfinite(np.delete(out, 2)))
+
+
+@loss_param
+def test_checked_mode_names_offending_label(loss):
+  logits, labels, c = data(batch=(4,))
+  labels = labels.copy()
+  labels[3] = 9
+  with pytest.raises(Exception, match=r"labels must lie in \[0, 5\); got 9 at index \(3,\)"):
+    cj.checked(loss.fn)(logits, labels, c)
+  # Valid labels pass through checked mode with the plain result.
+  labels[3] = 1
+  np.testing.assert_allclose(
+      cj.checked(loss.fn)(logits, labels, c), loss.fn(logits, labels, c), rtol=1e-6
+  )
+
+
+def test_checked_mode_under_vmap_and_jit():
+  from jax.experimental import checkify
+
+  logits, labels, c = data(batch=(3, 4))
+  labels = labels.copy()
+  labels[1, 2] = -3
+  f = jax.vmap(lambda z, y: cj.expected_cost(z, y, c))
+  with cj.checks_enabled():
+    err, _ = jax.jit(checkify.checkify(f))(logits, labels)
+  assert "got -3" in err.get()
+
+
+def test_checked_mode_rejects_negative_costs():
+  logits, labels, c = data(batch=(4,))
+  c = c.copy()
+  c[0, 1] = -1
+  with pytest.raises(Exception, match="negative entry"):
+    cj.checked(cj.expected_cost)(logits, labels, c)
+
+
+@loss_param
+def test_float_index_labels_are_type_error(loss):
+  logits, labels, c = data(batch=(4,))
+  with pytest.raises(TypeError, match="integer dtype"):
+    loss.fn(logits, labels.astype(np.float32), c)
+
+
+@loss_param
+def test_integer_logits_are_type_error(loss):
+  logits, labels, c = data(batch=(4,))
+  with pytest.raises(TypeError, match="floating"):
+    loss.fn(logits.astype(np.int32), labels, c)
+
+
+@loss_param
+def test_label_shape_mismatch_names_both_shapes(loss):
+  logits, labels, c = data(batch=(4,))
+  with pytest.raises(ValueError, match=r"labels.shape=\(3,\).*logits.shape=\(4, 5\)"):
+    loss.fn(logits, labels[:3], c)
+  with pytest.raises(ValueError, match=r"labels.shape=\(4, 4\).*logits.shape=\(4, 5\)"):
+    loss.fn(logits, np.full((4, 4), 0.25, np.float32), c)
+  with pytest.raises(ValueError, match=r"labels.shape=\(2, 2, 2\)"):
+    loss.fn(logits, np.zeros((2, 2, 2), np.int32), c)
+
+
+@pytest.mark.parametrize("loss", COST_LOSSES, ids=repr)
+def test_cost_matrix_shape_mismatch_names_both_shapes(loss):
+  logits, labels, c = data(batch=(4,))
+  with pytest.raises(ValueError, match=r"\(5, 5\).*cost_matrix.shape=\(4, 4\)"):
+    loss.fn(logits, labels, c[:4, :4])
+  with pytest.raises(ValueError, match=r"cost_matrix.shape=\(2, 5, 5\)"):
+    loss.fn(logits, labels, np.stack([c, c]))  # a stack needs jax.vmap
+  with pytest.raises(ValueError, match=r"cost_matrix.shape=\(5, 4\)"):
+    loss.fn(logits, labels, c[:, :4])
