@@ -5,7 +5,7 @@
   when the line just before its opening fence is ``<!-- skip -->``; use that
   only for code that cannot run in CI (a real dataset, a GPU), never to hide a
   failure.
-* The batching guide also runs in a subprocess with 8 simulated CPU devices
+* The multi-device guide also runs in a subprocess with 8 simulated CPU devices
   (``XLA_FLAGS=--xla_force_host_platform_device_count=8``), so its sharding code
   is checked on a real multi-device mesh as well as on one device.
 * Every name in ``costjax.__all__`` has a ``::: costjax.<name>`` entry in the
@@ -33,7 +33,7 @@ import costjax
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 SKIP_MARK = "<!-- skip -->"
-MULTI_DEVICE_PAGES = ("guides/batching_and_sharding.md",)
+MULTI_DEVICE_PAGES = ("guides/multi_device.md",)
 
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^\n`]*)$")
 
