@@ -11,31 +11,44 @@ from costjax import _checks, _common
 def log1m_softmax(logits: jax.Array) -> jax.Array:
   r"""``log(1 - softmax(logits))`` along the last axis, accurate for any logits.
 
-  ``log(1 - p_j) = LSE_{k != j}(z_k) - LSE(z)``. For every class but the
-  arg-max, ``sum_{k != j} exp(z_k - max z) >= 1`` so the subtraction
-  ``S - exp(z_j - max z)`` loses at most ``K`` ulps; for the arg-max class the
-  sum over the others is taken as its own log-sum-exp, so ``p_j`` as close to 1
-  as ``1 - exp(-1e4)`` still gives ``log(1 - p_j) = -1e4`` instead of ``-inf``.
-  Gradients are finite wherever the value is (double-``where`` guards).
+  ``log(1 - p_j) = LSE_{k != j}(z_k) - LSE(z)``, computed with one ``exp``
+  pass. Let ``T`` be the set of maximal logits (value ``m``) and ``m2`` the
+  largest logit outside it. Terms outside ``T`` are scaled by ``exp(-m2)``,
+  those in ``T`` by ``exp(-m)``, so that a class with ``p_j`` as close to 1 as
+  ``1 - exp(-1e4)`` still gets ``log(1 - p_j) = m2 - m + ... = -1e4`` instead of
+  ``log(0)``. Gradients are finite wherever the value is (double-``where``
+  guards); ``-inf`` logits are allowed.
+
+  Args:
+    logits: ``(..., K)`` floating array.
+
+  Returns:
+    ``(..., K)`` array of ``log(1 - p_j) <= 0``; ``-inf`` only where
+    ``p_j == 1`` exactly (every other logit ``-inf``).
   """
-  num_classes = logits.shape[-1]
-  top = jnp.argmax(logits, axis=-1)
-  is_top = jax.nn.one_hot(top, num_classes, dtype=jnp.bool_)
-  m = jnp.max(logits, axis=-1, keepdims=True)
+  neg_inf = jnp.full_like(logits, -jnp.inf)
+  m = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
   m = jnp.where(jnp.isfinite(m), m, jnp.zeros_like(m))
-  e = jnp.exp(logits - m)
-  s = jnp.sum(e, axis=-1, keepdims=True)
-  lse = m + jnp.log(s)
-  # Non-top classes: log(S - e_j) with S - e_j >= 1.
-  rest = jnp.where(is_top, jnp.ones_like(e), s - e)
-  lse_others = m + jnp.log(rest)
-  # Top class: LSE over the other classes, guarded when they are all -inf.
-  others = jnp.where(is_top, -jnp.inf, logits)
-  has_other = jnp.any(others > -jnp.inf, axis=-1, keepdims=True)
-  safe_others = jnp.where(has_other, others, jnp.zeros_like(others))
-  lse_top = jax.nn.logsumexp(safe_others, axis=-1, keepdims=True)
-  lse_top = jnp.where(has_other, lse_top, -jnp.inf)
-  lse_excl = jnp.where(is_top, lse_top, lse_others)
+  in_top = logits == m
+  m2 = jax.lax.stop_gradient(jnp.max(jnp.where(in_top, neg_inf, logits), axis=-1, keepdims=True))
+  has_rest = jnp.isfinite(m2)
+  m2 = jnp.where(has_rest, m2, m)
+  g = jnp.exp(logits - jnp.where(in_top, m, m2))
+  top = jnp.sum(jnp.where(in_top, g, 0.0), axis=-1, keepdims=True)  # = |T|, with gradient
+  rest = jnp.sum(jnp.where(in_top, 0.0, g), axis=-1, keepdims=True)  # in [0, K)
+  scale = jnp.exp(m2 - m)  # <= 1
+  lse = m + jnp.log(top + rest * scale)
+  # j outside T: the other terms include all of T, so the sum is >= 1.
+  others = top + (rest - g) * scale
+  lse_excl = m + jnp.log(jnp.where(in_top, jnp.ones_like(g), others))
+  # j in T with another maximum beside it: the sum is >= 1 again.
+  several = jnp.sum(in_top, axis=-1, keepdims=True) > 1
+  tied = (top - g) + rest * scale
+  lse_tied = m + jnp.log(jnp.where(in_top & several, tied, jnp.ones_like(g)))
+  # j the unique maximum: LSE of the rest, relative to m2 (rest >= 1 if any).
+  safe_rest = jnp.where(has_rest, rest, jnp.ones_like(rest))
+  lse_unique = jnp.where(has_rest, m2 + jnp.log(safe_rest), -jnp.inf)
+  lse_excl = jnp.where(in_top, jnp.where(several, lse_tied, lse_unique), lse_excl)
   return lse_excl - lse
 
 
@@ -92,4 +105,4 @@ def class_distance_weighted_cross_entropy(
   active = weights != 0  # NaN weights (bad labels) stay active -> NaN loss
   safe_penalty = jnp.where(active, penalty, jnp.zeros_like(penalty))
   terms = jnp.where(active, weights * safe_penalty, jnp.zeros_like(penalty))
-  return _checks.finalize(jnp.sum(terms, axis=-1), p.row_mask, p.out_dtype)
+  return _common.finish(jnp.sum(terms, axis=-1), p)

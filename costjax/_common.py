@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 
 from costjax import _checks
 
@@ -46,6 +47,17 @@ def prepare(
   return Prepared(x, labels, is_index, cost, row_mask, logits.dtype, num_classes)
 
 
+def finish(out: jax.Array, p: Prepared) -> jax.Array:
+  """Per-example output: NaN for out-of-range labels, 0 where masked, input dtype.
+
+  The NaN is written explicitly rather than left to propagate from a
+  fill-mode gather: compiled XLA reductions such as ``max`` may drop NaNs.
+  """
+  if p.is_index:
+    out = jnp.where(p.labels == p.num_classes, jnp.nan, out)
+  return _checks.finalize(out, p.row_mask, p.out_dtype)
+
+
 def target_cost_rows(p: Prepared, table: jax.Array | None = None) -> jax.Array:
   """``sum_i q_i table[i, :]`` per example: the gathered row for integer labels.
 
@@ -55,3 +67,32 @@ def target_cost_rows(p: Prepared, table: jax.Array | None = None) -> jax.Array:
   if p.is_index:
     return _checks.gather_rows(table, p.labels)
   return p.labels @ table
+
+
+class SoftmaxParts(NamedTuple):
+  """Pieces of ``softmax(z)`` along the last axis, shared by several losses.
+
+  ``probs = exp_shifted / total`` and ``lse = logsumexp(z)``; one ``exp`` pass.
+  """
+
+  exp_shifted: jax.Array  # exp(z - max z), (..., K)
+  total: jax.Array  # sum of exp_shifted, (..., 1)
+  lse: jax.Array  # log-sum-exp, (..., 1)
+
+  @property
+  def probs(self) -> jax.Array:
+    return self.exp_shifted / self.total
+
+
+def softmax_parts(logits: jax.Array) -> SoftmaxParts:
+  """Numerically stable softmax pieces; rows of all ``-inf`` never occur here.
+
+  (``prepare`` replaces fully masked rows with zeros.) The shift is a
+  stop-gradient constant, as in ``jax.nn.logsumexp``, so ties at the maximum
+  do not split gradients.
+  """
+  m = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+  m = jnp.where(jnp.isfinite(m), m, jnp.zeros_like(m))
+  e = jnp.exp(logits - m)
+  total = jnp.sum(e, axis=-1, keepdims=True)
+  return SoftmaxParts(e, total, m + jnp.log(total))

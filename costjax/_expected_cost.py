@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from costjax import _checks, _common
+from costjax import _common
 
 
 def expected_cost(
@@ -58,10 +58,10 @@ def expected_cost(
     Grading from Eye Fundus Images", MICCAI 2020.
   """
   p = _common.prepare("costjax.expected_cost", logits, labels, cost_matrix, where)
-  probs = jax.nn.softmax(p.logits, axis=-1)
+  sm = _common.softmax_parts(p.logits)
   rows = _common.target_cost_rows(p)
-  out = jnp.sum(probs * rows, axis=-1)
-  return _checks.finalize(out, p.row_mask, p.out_dtype)
+  out = jnp.sum(sm.exp_shifted * rows, axis=-1) / sm.total[..., 0]
+  return _common.finish(out, p)
 
 
 def cost_regularized_cross_entropy(
@@ -106,26 +106,30 @@ def cost_regularized_cross_entropy(
   """
   name = "costjax.cost_regularized_cross_entropy"
   p = _common.prepare(name, logits, labels, cost_matrix, where)
-  log_probs = jax.nn.log_softmax(p.logits, axis=-1)
-  probs = jnp.exp(log_probs)
+  sm = _common.softmax_parts(p.logits)
   rows = _common.target_cost_rows(p)
-  ec = jnp.sum(probs * rows, axis=-1)
-  ce = _cross_entropy_from_log_probs(log_probs, p)
-  return _checks.finalize(ce + jnp.asarray(lam, ec.dtype) * ec, p.row_mask, p.out_dtype)
+  ec = jnp.sum(sm.exp_shifted * rows, axis=-1) / sm.total[..., 0]
+  ce = cross_entropy(p, sm)
+  return _common.finish(ce + jnp.asarray(lam, ec.dtype) * ec, p)
 
 
-def _cross_entropy_from_log_probs(log_probs: jax.Array, p: _common.Prepared) -> jax.Array:
-  """``-sum q log p`` with 0 log 0 = 0; NaN for out-of-range integer labels."""
+def cross_entropy(p: _common.Prepared, sm: _common.SoftmaxParts) -> jax.Array:
+  """``-sum q log softmax(z)``; NaN for out-of-range integer labels."""
   if p.is_index:
     picked = jnp.take_along_axis(
-        log_probs, p.labels[..., None], axis=-1, mode="fill", fill_value=jnp.nan
+        p.logits, p.labels[..., None], axis=-1, mode="fill", fill_value=jnp.nan
     )[..., 0]
-    return -picked
-  return soft_cross_entropy(log_probs, p.labels)
+    return sm.lse[..., 0] - picked
+  return soft_cross_entropy(p.logits, sm.lse, p.labels)
 
 
-def soft_cross_entropy(log_probs: jax.Array, targets: jax.Array) -> jax.Array:
-  """``-sum_j q_j log p_j`` treating ``0 * log 0`` as 0, with safe gradients."""
+def soft_cross_entropy(logits: jax.Array, lse: jax.Array, targets: jax.Array) -> jax.Array:
+  """``-sum_j q_j (z_j - lse)`` with ``0 * (-inf) = 0`` and safe gradients.
+
+  Written as ``lse * sum(q) - sum(q z)`` so no ``log_softmax`` array is
+  materialised; exact for targets that do not sum to one.
+  """
   nonzero = targets != 0
-  safe_log_probs = jnp.where(nonzero, log_probs, jnp.zeros_like(log_probs))
-  return -jnp.sum(jnp.where(nonzero, targets * safe_log_probs, 0.0), axis=-1)
+  safe_logits = jnp.where(nonzero, logits, jnp.zeros_like(logits))
+  dot = jnp.sum(jnp.where(nonzero, targets * safe_logits, 0.0), axis=-1)
+  return lse[..., 0] * jnp.sum(targets, axis=-1) - dot

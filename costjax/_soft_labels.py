@@ -65,7 +65,8 @@ def cost_soft_labels(
     _checks.maybe_check_values(cost, None, name)
     table = _target_table(cost, temperature)
     idx = _checks.sanitize_indices(labels, num_classes, name)
-    return _checks.gather_rows(table, idx)
+    rows = _checks.gather_rows(table, idx)
+    return jnp.where((idx == num_classes)[..., None], jnp.nan, rows)
   if not jnp.issubdtype(labels.dtype, jnp.floating):
     raise TypeError(
         f"{name}: labels must be integer indices or floating probability vectors; "
@@ -131,8 +132,12 @@ def soft_label_cross_entropy(
   """
   name = "costjax.soft_label_cross_entropy"
   p = _common.prepare(name, logits, labels, cost_matrix, where)
-  table = _target_table(p.cost_matrix, temperature)
-  targets = _common.target_cost_rows(p, table)
-  log_probs = jax.nn.log_softmax(p.logits, axis=-1)
-  out = soft_cross_entropy(log_probs, targets)  # NaN target rows stay NaN
-  return _checks.finalize(out, p.row_mask, p.out_dtype)
+  if p.is_index and p.labels.size < p.num_classes:
+    # Fewer examples than classes (e.g. one example under vmap): a softmax
+    # over each example's cost row is cheaper than the whole (K, K) table.
+    targets = _target_table(_checks.gather_rows(p.cost_matrix, p.labels), temperature)
+  else:
+    targets = _common.target_cost_rows(p, _target_table(p.cost_matrix, temperature))
+  sm = _common.softmax_parts(p.logits)
+  out = soft_cross_entropy(p.logits, sm.lse, targets)  # NaN target rows stay NaN
+  return _common.finish(out, p)
