@@ -26,12 +26,17 @@ from costjax._expected_cost import (
 )
 from costjax._expected_cost import expected_cost as expected_cost
 from costjax._ordinal import ordinal_emd as ordinal_emd
+from costjax._sinkhorn import SinkhornOutput as SinkhornOutput
+from costjax._sinkhorn import sinkhorn_loss as sinkhorn_loss
+from costjax._sinkhorn import sinkhorn_solve as sinkhorn_solve
 from costjax._soft_labels import cost_soft_labels as cost_soft_labels
 from costjax._soft_labels import soft_label_cross_entropy as soft_label_cross_entropy
+from costjax._tree_wasserstein import tree_wasserstein as tree_wasserstein
 
 __version__ = "0.1.0"
 
 __all__ = (
+    "SinkhornOutput",
     "bayes_decision",
     "check_cost_matrix",
     "checked",
@@ -47,5 +52,8 @@ __all__ = (
     "ordinal_cost_matrix",
     "ordinal_emd",
     "quadratic_weighted_kappa",
+    "sinkhorn_loss",
+    "sinkhorn_solve",
     "soft_label_cross_entropy",
+    "tree_wasserstein",
 )
