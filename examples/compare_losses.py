@@ -374,7 +374,7 @@ def parse_args(argv=None):
                  help="a user file's classes are ordered (adds the ordinal EMD arm)")
   p.add_argument("--max-rows", type=int, default=None,
                  help="stratified subsample of the data (diamonds default: 12000)")
-  p.add_argument("--cost", default="forum,ordinal,asymmetric",
+  p.add_argument("--cost", default="asymmetric",
                  help="comma-separated built-ins (forum, ordinal, asymmetric, random) or CSV "
                  "files; all train together through jax.vmap (default: %(default)s)")
   p.add_argument("--seeds", type=int, default=10, help="number of seeds (splits, init, shuffle)")
