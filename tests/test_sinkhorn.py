@@ -1,0 +1,427 @@
+"""sinkhorn_loss / sinkhorn_solve against independent oracles (POT, scipy, NumPy)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+from pathlib import Path
+
+import chex
+import hypothesis.extra.numpy as hnp
+import jax
+import jax.numpy as jnp
+import numpy as np
+import ot
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from jax.experimental import checkify
+from jax.test_util import check_grads
+from scipy.optimize import linprog
+
+import costjax as cj
+
+K = 5
+
+
+def _problem(seed, batch=(3,), k=K, asym=True):
+  rng = np.random.default_rng(seed)
+  cost = rng.uniform(0.5, 4.0, (k, k))
+  if not asym:
+    cost = (cost + cost.T) / 2
+  np.fill_diagonal(cost, 0.0)
+  logits = rng.normal(size=batch + (k,)) * 1.5
+  q = rng.dirichlet(np.full(k, 0.7), size=batch)
+  return cost, logits, q
+
+
+def _softmax(z):
+  z = np.asarray(z, np.float64)
+  e = np.exp(z - z.max(-1, keepdims=True))
+  return e / e.sum(-1, keepdims=True)
+
+
+def _entropy(x):
+  x = x[x > 0]
+  return -np.sum(x * np.log(x))
+
+
+def _pot_kl_value(a, b, cost, eps):
+  """POT's log-domain Sinkhorn at reg=eps, converted to the eps*KL(P||a b^T) objective.
+
+  POT minimises <P, M> - eps H(P) with M[source, sink]; the source is the
+  prediction ``a`` and the sink the target ``b``, so M = C.T. Since
+  KL(P || a b^T) = -H(P) + H(a) + H(b) on Pi(a, b), the two objectives differ by
+  the constant eps (H(a) + H(b)).
+  """
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    plan = ot.sinkhorn(a, b, cost.T, eps, method="sinkhorn_log", stopThr=1e-13, numItermax=100000)
+  pot_value = np.sum(plan * cost.T) - eps * _entropy(plan)
+  return pot_value + eps * (_entropy(a) + _entropy(b)), plan
+
+
+def _lp(a, b, cost):
+  """Exact OT by scipy's LP, independent of POT: plan T[i, j], rows b (true), cols a (pred)."""
+  k = cost.shape[0]
+  a_eq = np.zeros((2 * k, k * k))
+  for i in range(k):
+    a_eq[i, i * k:(i + 1) * k] = 1  # row sums -> b
+    a_eq[k + i, i::k] = 1  # column sums -> a
+  res = linprog(cost.ravel(), A_eq=a_eq, b_eq=np.concatenate([b, a]), bounds=(0, None),
+                method="highs")
+  assert res.status == 0
+  return res.fun
+
+
+# --------------------------------------------------------------------------- #
+# Values against POT and the LP.
+# --------------------------------------------------------------------------- #
+
+
+@pytest.mark.parametrize("rel_eps", [0.05, 0.01])  # kernel fast path, log-domain path
+def test_matches_pot_sinkhorn_value_and_plan(rel_eps):
+  cost, logits, q = _problem(0, batch=(4,))
+  eps = rel_eps * cost.max()
+  out = cj.sinkhorn_solve(jnp.asarray(logits, jnp.float32), jnp.asarray(q, jnp.float32),
+                          jnp.asarray(cost, jnp.float32), epsilon=eps, tol=1e-5,
+                          max_iterations=20000)
+  loss = cj.sinkhorn_loss(logits.astype(np.float32), q.astype(np.float32),
+                          cost.astype(np.float32), epsilon=eps, tol=1e-5, max_iterations=20000)
+  assert bool(jnp.all(out.converged))
+  for b in range(4):
+    a = _softmax(logits[b])
+    ref, plan = _pot_kl_value(a, q[b], cost, eps)
+    np.testing.assert_allclose(out.value[b], ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(loss[b], ref, rtol=1e-4, atol=1e-4)
+    # POT's plan is (source=pred, sink=true); ours is in C's orientation.
+    np.testing.assert_allclose(out.plan[b], plan.T, atol=1e-4)
+
+
+def test_small_epsilon_approaches_lp_on_asymmetric_cost():
+  cost, logits, q = _problem(1, batch=(3,))
+  assert not np.allclose(cost, cost.T)
+  vals = cj.sinkhorn_loss(logits.astype(np.float32), q.astype(np.float32),
+                          cost.astype(np.float32), epsilon=1e-3 * cost.max(),
+                          max_iterations=20000, tol=1e-4)
+  for b in range(3):
+    a = _softmax(logits[b])
+    lp = _lp(a, q[b], cost)
+    np.testing.assert_allclose(lp, ot.emd2(a, q[b], cost.T), atol=1e-9)
+    # The transposed orientation is a different (wrong) problem for this cost.
+    assert abs(ot.emd2(a, q[b], cost) - lp) > 1e-3
+    # Entropic value >= LP, and within eps * log(K)-ish of it.
+    assert lp - 1e-4 <= float(vals[b]) <= lp + 2e-2
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    logits=hnp.arrays(np.float32, (K,), elements=st.floats(-5, 5, width=32)),
+    q_raw=hnp.arrays(np.float64, (K,), elements=st.floats(0, 1)),
+    rel_eps=st.sampled_from([0.02, 0.2, 1.0]),
+)
+def test_sandwiched_between_lp_and_independent_coupling(logits, q_raw, rel_eps):
+  """LP <= OT_eps(p, q) <= <q p^T, C> (the independent coupling has KL 0)."""
+  q_raw = q_raw + 1e-3
+  q = q_raw / q_raw.sum()
+  cost, _, _ = _problem(2)
+  value = float(cj.sinkhorn_loss(logits, q.astype(np.float32), cost.astype(np.float32),
+                                 epsilon=rel_eps * cost.max(), tol=1e-5, max_iterations=5000))
+  a = _softmax(logits)
+  assert ot.emd2(a, q, cost.T) - 1e-3 <= value <= q @ cost @ a + 1e-3
+
+
+@pytest.mark.parametrize("eps", [1e-3, 0.1, 1.0, 30.0])
+def test_one_hot_target_is_expected_cost(eps):
+  cost, logits, _ = _problem(3, batch=(4,))
+  labels = np.array([0, 3, 1, 4])
+  ec = _softmax(logits) @ np.asarray(cost).T  # ec[b, i] = sum_j p_j C[i, j]
+  ref = ec[np.arange(4), labels]
+  np.testing.assert_allclose(
+      cj.sinkhorn_loss(logits.astype(np.float32), labels, cost, epsilon=eps), ref, rtol=1e-5)
+  # The solver on one-hot probability targets reaches the same value.
+  onehot = np.eye(K, dtype=np.float32)[labels]
+  solved = cj.sinkhorn_loss(logits.astype(np.float32), onehot, cost.astype(np.float32),
+                            epsilon=eps, tol=1e-5)
+  np.testing.assert_allclose(solved, ref, rtol=1e-4, atol=1e-5)
+  out = cj.sinkhorn_solve(logits.astype(np.float32), labels, cost, epsilon=eps)
+  np.testing.assert_allclose(out.value, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_debiased_matches_three_pot_problems_and_vanishes_at_p_equal_q():
+  cost, logits, q = _problem(4, batch=(3,))
+  eps = 0.3
+  c32 = cost.astype(np.float32)
+  got = cj.sinkhorn_loss(logits.astype(np.float32), q.astype(np.float32), c32, epsilon=eps,
+                         debiased=True, tol=1e-5)
+  for b in range(3):
+    a = _softmax(logits[b])
+    ref = (_pot_kl_value(a, q[b], cost, eps)[0] - 0.5 * _pot_kl_value(a, a, cost, eps)[0]
+           - 0.5 * _pot_kl_value(q[b], q[b], cost, eps)[0])
+    np.testing.assert_allclose(got[b], ref, atol=2e-4)
+  p = np.asarray(jax.nn.softmax(jnp.asarray(logits, jnp.float32)))
+  same = cj.sinkhorn_loss(logits.astype(np.float32), p, c32, epsilon=eps, debiased=True,
+                          tol=1e-5)
+  np.testing.assert_allclose(same, 0.0, atol=1e-5)
+  # Integer labels: closed form EC - OT(p, p)/2 - C[y, y]/2 equals the solved one-hot case.
+  labels = np.array([1, 0, 4])
+  onehot = np.eye(K, dtype=np.float32)[labels]
+  np.testing.assert_allclose(
+      cj.sinkhorn_loss(logits.astype(np.float32), labels, c32, epsilon=eps, debiased=True),
+      cj.sinkhorn_loss(logits.astype(np.float32), onehot, c32, epsilon=eps, debiased=True,
+                       tol=1e-5),
+      atol=1e-4)
+
+
+def test_exact_closed_forms_at_epsilon_zero():
+  rng = np.random.default_rng(5)
+  k = 6
+  ordinal = np.abs(np.arange(k)[:, None] - np.arange(k)[None, :]).astype(np.float64)
+  logits = rng.normal(size=(3, k))
+  q = rng.dirichlet(np.ones(k), size=3)
+  got = cj.sinkhorn_loss(logits.astype(np.float32), q.astype(np.float32),
+                         ordinal.astype(np.float32), epsilon=0, ground="ordinal")
+  for b in range(3):
+    np.testing.assert_allclose(got[b], _lp(_softmax(logits[b]), q[b], ordinal), atol=1e-5)
+  with pytest.raises(ValueError, match="ordinal"):
+    cj.sinkhorn_loss(logits, q, ordinal + 1.0, epsilon=0, ground="ordinal")
+  with pytest.raises(ValueError, match="epsilon=0"):
+    cj.sinkhorn_loss(logits, q, ordinal, epsilon=0)
+
+
+# --------------------------------------------------------------------------- #
+# Gradients.
+# --------------------------------------------------------------------------- #
+
+
+def test_gradients_match_finite_differences_for_logits_and_cost():
+  cost, logits, q = _problem(6, batch=(2,), k=4)
+  with jax.enable_x64(True):
+    for eps in (0.5 * cost.max(), 0.01 * cost.max()):  # kernel and log-domain paths
+      def by_logits(z, eps=eps):
+        return cj.sinkhorn_loss(z, q, cost, epsilon=eps, tol=1e-12, max_iterations=50000).sum()
+
+      def by_cost(c, eps=eps):
+        return cj.sinkhorn_loss(logits, q, c, epsilon=eps, tol=1e-12, max_iterations=50000,
+                                debiased=True).sum()
+
+      check_grads(by_logits, (jnp.asarray(logits),), order=1, modes=("rev",), atol=1e-5,
+                  rtol=1e-5, eps=1e-5)
+      check_grads(by_cost, (jnp.asarray(cost),), order=1, modes=("rev",), atol=1e-5,
+                  rtol=1e-5, eps=1e-5)
+
+
+def test_cost_gradient_is_the_plan_and_logit_gradient_uses_potentials():
+  cost, logits, q = _problem(7, batch=(), k=4)
+  eps = 0.2
+  out = cj.sinkhorn_solve(logits.astype(np.float32), q.astype(np.float32),
+                          cost.astype(np.float32), epsilon=eps, tol=1e-7)
+  g_cost = jax.grad(lambda c: cj.sinkhorn_loss(logits.astype(np.float32), q.astype(np.float32),
+                                               c, epsilon=eps, tol=1e-7))(cost.astype(np.float32))
+  np.testing.assert_allclose(g_cost, out.plan, atol=1e-5)
+  g_z = jax.grad(lambda z: cj.sinkhorn_loss(z, q.astype(np.float32), cost.astype(np.float32),
+                                            epsilon=eps, tol=1e-7))(logits.astype(np.float32))
+  p = _softmax(logits)
+  f = np.asarray(out.f, np.float64)
+  np.testing.assert_allclose(g_z, p * (f - p @ f), atol=1e-5)
+
+
+# --------------------------------------------------------------------------- #
+# Robustness.
+# --------------------------------------------------------------------------- #
+
+
+def _finite_value_and_grad(fn, *args):
+  v, g = jax.value_and_grad(lambda *a: fn(*a).sum(), argnums=(0, 1))(*args)
+  assert np.isfinite(float(v))
+  for x in g:
+    assert np.all(np.isfinite(np.asarray(x)))
+  return v
+
+
+@pytest.mark.parametrize("rel_eps", [1e-3, 0.05])
+@pytest.mark.parametrize("debiased", [False, True])
+def test_extreme_and_zero_mass_inputs_are_finite(rel_eps, debiased):
+  cost, _, _ = _problem(8)
+  cost = jnp.asarray(cost, jnp.float32)
+  eps = rel_eps * float(cost.max())
+  logits = jnp.array([[1e4, -1e4, 0., 3., -2.],
+                      [-jnp.inf, 0., 1., -jnp.inf, 2.],
+                      [0., 0., 0., 0., 0.]], jnp.float32)
+  q = jnp.array([[0., 1., 0., 0., 0.],  # one-hot
+                 [0.5, 0., 0., 0.5, 0.],  # mass exactly where p has none
+                 [0., 0.3, 0.7, 0., 0.]], jnp.float32)
+  fn = lambda z, c: cj.sinkhorn_loss(z, q, c, epsilon=eps, debiased=debiased,
+                                     max_iterations=300)
+  _finite_value_and_grad(fn, logits, cost)
+  fn_int = lambda z, c: cj.sinkhorn_loss(z, jnp.array([1, 3, 2]), c, epsilon=eps,
+                                         debiased=debiased, max_iterations=300)
+  _finite_value_and_grad(fn_int, logits, cost)
+
+
+def test_small_epsilon_converges_and_masks():
+  cost, logits, q = _problem(9, batch=(4,))
+  out = cj.sinkhorn_solve(logits.astype(np.float32), q.astype(np.float32),
+                          cost.astype(np.float32), epsilon=1e-3 * cost.max(),
+                          max_iterations=20000)
+  assert bool(jnp.all(out.converged)) and float(out.marginal_error.max()) <= 1e-3
+  assert np.all(np.isfinite(np.asarray(out.plan)))
+  where = jnp.array([True, False, True, False])
+  masked = cj.sinkhorn_solve(logits.astype(np.float32), q.astype(np.float32),
+                             cost.astype(np.float32), epsilon=0.3, where=where)
+  np.testing.assert_array_equal(np.asarray(masked.iterations)[~np.asarray(where)], 0)
+  loss = cj.sinkhorn_loss(logits.astype(np.float32), q.astype(np.float32),
+                          cost.astype(np.float32), epsilon=0.3, where=where)
+  full = cj.sinkhorn_loss(logits.astype(np.float32), q.astype(np.float32),
+                          cost.astype(np.float32), epsilon=0.3)
+  np.testing.assert_allclose(loss, np.where(where, full, 0.0), rtol=1e-5)
+
+
+def test_low_precision_logits_compute_in_float32():
+  cost, logits, q = _problem(10)
+  got = cj.sinkhorn_loss(jnp.asarray(logits, jnp.bfloat16), q.astype(np.float32),
+                         cost.astype(np.float32), epsilon=0.5)
+  assert got.dtype == jnp.bfloat16
+  ref = cj.sinkhorn_loss(jnp.asarray(logits, jnp.bfloat16).astype(jnp.float32),
+                         q.astype(np.float32), cost.astype(np.float32), epsilon=0.5)
+  np.testing.assert_allclose(np.asarray(got, np.float32), ref, rtol=1e-2)
+
+
+# --------------------------------------------------------------------------- #
+# Transformations.
+# --------------------------------------------------------------------------- #
+
+
+def test_jit_vmap_unbatched_and_stacked_cost_matrices_agree():
+  cost, logits, q = _problem(11, batch=(4,))
+  z, t, c = (np.asarray(x, np.float32) for x in (logits, q, cost))
+  eps = 0.4
+  batched = cj.sinkhorn_loss(z, t, c, epsilon=eps, debiased=True)
+  jitted = jax.jit(lambda z, t, c, e: cj.sinkhorn_loss(z, t, c, epsilon=e, debiased=True))
+  np.testing.assert_allclose(jitted(z, t, c, eps), batched, rtol=1e-5)
+  single = [cj.sinkhorn_loss(z[b], t[b], c, epsilon=eps, debiased=True) for b in range(4)]
+  assert single[0].shape == ()
+  np.testing.assert_allclose(np.stack(single), batched, rtol=1e-5, atol=1e-5)
+  vm = jax.vmap(lambda zz, tt: cj.sinkhorn_loss(zz, tt, c, epsilon=eps, debiased=True))
+  np.testing.assert_allclose(vm(z, t), batched, rtol=1e-5, atol=1e-5)
+  # A stack of cost matrices (one per example, and shared across examples).
+  stack = np.stack([c, 2 * c, c.T, c + 1])
+  per_ex = jax.vmap(lambda zz, tt, cc: cj.sinkhorn_loss(zz, tt, cc, epsilon=eps))(z, t, stack)
+  shared = jax.vmap(lambda cc: cj.sinkhorn_loss(z, t, cc, epsilon=eps))(stack)
+  assert shared.shape == (4, 4)
+  for b in range(4):
+    ref = cj.sinkhorn_loss(z[b], t[b], stack[b], epsilon=eps)
+    np.testing.assert_allclose(per_ex[b], ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(shared[b], cj.sinkhorn_loss(z, t, stack[b], epsilon=eps),
+                               rtol=1e-5, atol=1e-5)
+  # Gradient through a vmapped cost stack stays finite (both lax.cond branches run).
+  g = jax.grad(lambda s: jax.vmap(lambda cc: cj.sinkhorn_loss(z, t, cc, epsilon=0.05)
+                                  .sum())(s).sum())(stack)
+  assert np.all(np.isfinite(np.asarray(g)))
+
+
+def test_no_recompilation_when_epsilon_changes():
+  cost, logits, q = _problem(12)
+
+  @jax.jit
+  @chex.assert_max_traces(n=1)
+  def loss(z, t, c, e):
+    return cj.sinkhorn_loss(z, t, c, epsilon=e).sum()
+
+  z, t, c = (np.asarray(x, np.float32) for x in (logits, q, cost))
+  for e in (0.01, 0.5, 3.0):
+    jax.grad(loss)(z, t, c, e) if False else loss(z, t, c, e)
+  chex.clear_trace_counter()
+
+
+def test_sharded_batch_equals_plain_call():
+  code = textwrap.dedent("""
+      import json
+      import jax, jax.numpy as jnp, numpy as np
+      from jax.sharding import NamedSharding, PartitionSpec as P
+      import costjax as cj
+      assert jax.device_count() == 8
+      mesh = jax.make_mesh((8,), ("data",))
+      rng = np.random.default_rng(0)
+      B, K = 32, 6
+      z = rng.normal(size=(B, K)).astype(np.float32)
+      q = rng.dirichlet(np.ones(K), size=B).astype(np.float32)
+      c = rng.uniform(0, 3, (K, K)).astype(np.float32)
+      np.fill_diagonal(c, 0)
+      step = jax.jit(jax.value_and_grad(
+          lambda z, q, e: cj.sinkhorn_loss(z, q, c, epsilon=e, debiased=True).mean()))
+      per = jax.jit(lambda z, q, e: cj.sinkhorn_loss(z, q, c, epsilon=e))
+      sh = NamedSharding(mesh, P("data", None))
+      zs, qs = jax.device_put(z, sh), jax.device_put(q, sh)
+      dev = 0.0
+      for e in (0.5, 0.01):
+        v1, g1 = step(z, q, e)
+        v8, g8 = step(zs, qs, e)
+        p8 = per(zs, qs, e)
+        assert len(p8.sharding.device_set) == 8
+        dev = max(dev, float(abs(v1 - v8)), float(jnp.max(jnp.abs(g1 - g8))),
+                  float(jnp.max(jnp.abs(p8 - per(z, q, e)))))
+      print(json.dumps({"dev": dev}))
+  """)
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+  env["JAX_PLATFORMS"] = "cpu"
+  root = Path(__file__).resolve().parents[1]
+  out = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True,
+                       text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert json.loads(out.stdout.strip().splitlines()[-1])["dev"] <= 1e-5
+
+
+# --------------------------------------------------------------------------- #
+# Errors and checked mode.
+# --------------------------------------------------------------------------- #
+
+
+def test_bad_inputs_raise_naming_shapes():
+  z = jnp.zeros((2, 3))
+  c = jnp.ones((3, 3))
+  with pytest.raises(ValueError, match=r"cost_matrix.shape=\(4, 4\)"):
+    cj.sinkhorn_loss(z, jnp.array([0, 1]), jnp.ones((4, 4)), epsilon=0.1)
+  with pytest.raises(TypeError, match="integer dtype"):
+    cj.sinkhorn_loss(z, jnp.array([0.0, 1.0]), c, epsilon=0.1)
+  with pytest.raises(ValueError, match=r"labels.shape=\(2, 4\)"):
+    cj.sinkhorn_loss(z, jnp.ones((2, 4)) / 4, c, epsilon=0.1)
+  with pytest.raises(TypeError, match="floating"):
+    cj.sinkhorn_loss(jnp.zeros((2, 3), jnp.int32), jnp.array([0, 1]), c, epsilon=0.1)
+  for bad in (-1.0, float("nan"), np.ones(2)):
+    with pytest.raises(ValueError, match="epsilon"):
+      cj.sinkhorn_loss(z, jnp.array([0, 1]), c, epsilon=bad)
+  with pytest.raises(ValueError, match="max_iterations"):
+    cj.sinkhorn_loss(z, jnp.array([0, 1]), c, epsilon=0.1, max_iterations=0)
+  with pytest.raises(ValueError, match="epsilon"):
+    cj.sinkhorn_solve(z, jnp.array([0, 1]), c, epsilon=0)
+
+
+def test_out_of_range_labels_give_nan_and_checked_mode_names_them():
+  z = jnp.zeros((3, 4))
+  c = jnp.asarray(_problem(13, k=4)[0], jnp.float32)
+  for debiased in (False, True):
+    out = jax.jit(lambda z, y, d=debiased: cj.sinkhorn_loss(z, y, c, epsilon=0.1,
+                                                            debiased=d))(z, jnp.array([0, -1, 4]))
+    assert np.isfinite(out[0]) and np.isnan(out[1]) and np.isnan(out[2])
+  with pytest.raises(checkify.JaxRuntimeError, match=r"got -1 at index \(1,\)"):
+    cj.checked(cj.sinkhorn_loss)(z, jnp.array([0, -1, 4]), c, epsilon=0.1, debiased=True)
+
+  # Under the user's vmap the solver uses a fixed-length scan, which checkify supports.
+  def per_example(zz, yy):
+    return jax.vmap(lambda a, b: cj.sinkhorn_loss(a, b, c, epsilon=0.1, debiased=True,
+                                                  max_iterations=50))(zz, yy)
+
+  with pytest.raises(checkify.JaxRuntimeError, match="labels must lie in"):
+    cj.checked(per_example)(z, jnp.array([0, 7, 1]))
+  ok = cj.checked(per_example)(z, jnp.array([0, 2, 1]))
+  np.testing.assert_allclose(ok, per_example(z, jnp.array([0, 2, 1])), rtol=1e-5)
+  soft = jnp.full((3, 4), 0.25)
+  got = cj.checked(lambda a, b: jax.vmap(lambda x, y: cj.sinkhorn_loss(x, y, c, epsilon=0.1))(
+      a, b))(z, soft)
+  np.testing.assert_allclose(got, cj.sinkhorn_loss(z, soft, c, epsilon=0.1), rtol=1e-5)
