@@ -371,6 +371,18 @@ def _solve_value(lp, lq, active, *, cost, eps, tol, max_iterations) -> jax.Array
   return _dual_value(lp, lq, cost, eps, f, g)
 
 
+def _potentials(lp, lq, cost, eps, active, tol, max_iterations):
+  """Converged potentials ``(f, g)``, error and iteration counts, all without gradient.
+
+  Jitted with static hyperparameters so that eager calls reuse one executable.
+  """
+  # checkify cannot functionalise a while_loop under vmap: use a fixed-length scan
+  # (same result thanks to freezing) when checks are on.
+  lp, lq, cost, eps = (lax.stop_gradient(x) for x in (lp, lq, cost, eps))
+  return _potentials_jit(lp, lq, cost, eps, active, tol=float(tol),
+                         max_iterations=int(max_iterations), use_scan=_checks._checks_on())
+
+
 def _expand(cost: jax.Array, nbatch: int) -> jax.Array:
   return cost.reshape((1,) * nbatch + cost.shape)
 
@@ -495,14 +507,12 @@ def _run(updates, lp, lq, eps, eps_start, active, tol, max_iterations, use_scan)
   return f, g, err, iters
 
 
-def _potentials(lp, lq, cost, eps, active, tol, max_iterations):
-  """Converged potentials ``(f, g)``, error and iteration counts, all without gradient."""
+@functools.partial(jax.jit, static_argnames=("tol", "max_iterations", "use_scan"))
+def _potentials_jit(lp, lq, cost, eps, active, *, tol, max_iterations, use_scan):
   lp, lq, cost, eps = (lax.stop_gradient(x) for x in (lp, lq, cost, eps))
-  # checkify cannot functionalise a while_loop under vmap: use a fixed-length scan
-  # (same result thanks to freezing) when checks are on.
   run = functools.partial(
       _run, lp=lp, lq=lq, eps=eps, active=active, tol=tol,
-      max_iterations=max_iterations, use_scan=_checks._checks_on(),
+      max_iterations=max_iterations, use_scan=use_scan,
   )
   # Small epsilon: log domain with epsilon scaling, starting where the problem
   # is easy (at the kernel threshold) and warm-starting each level.
@@ -519,6 +529,7 @@ def _log_plan(lp, lq, cost, eps, f, g):
   return (lq + g / eps)[..., :, None] + (lp + f / eps)[..., None, :] - c / eps
 
 
+@jax.jit
 def _dual_value(lp, lq, cost, eps, f, g):
   """``<f, p> + <g, q> - eps (sum T - 1)``, differentiable at fixed potentials."""
   f = lax.stop_gradient(f)
