@@ -87,7 +87,7 @@ def main():
   worst = 0.0
   for name in names:
     cells = []
-    for key, r in results.items():
+    for r in results.values():
       base = r["optax CE (integer labels)"]
       ratio = r[name] / base
       if not name.startswith("optax"):

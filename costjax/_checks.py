@@ -366,10 +366,13 @@ def replicate(x: jax.Array) -> jax.Array:
   )
 
 
-def gather_rows(table: jax.Array, indices: jax.Array) -> jax.Array:
+def gather_rows(table: jax.Array, indices: jax.Array, *, fill: bool = True) -> jax.Array:
   """``table[indices]`` along axis 0 with NaN for out-of-range indices.
 
-  ``indices`` must already be sanitized (invalid -> ``len(table)``). Under a
+  ``indices`` must already be sanitized (invalid -> ``len(table)``). With
+  ``fill=False`` out-of-range rows are unspecified (XLA clamps) and the caller
+  must mask them itself; that skips a per-element bounds select, which is
+  most of the cost of the gather on CPU. Under a
   mesh with explicit axes (the default of ``jax.make_mesh``) the output is
   sharded like ``indices``, with the class axis replicated; JAX cannot infer
   that for a gather from a replicated table, so it is spelled out.
@@ -380,7 +383,10 @@ def gather_rows(table: jax.Array, indices: jax.Array) -> jax.Array:
     out = jax.sharding.NamedSharding(
         sharding.mesh, jax.sharding.PartitionSpec(*spec, *([None] * (table.ndim - 1)))
     )
-    return table.at[indices].get(mode="fill", fill_value=jnp.nan, out_sharding=out)
+    mode = "fill" if fill else "promise_in_bounds"
+    return table.at[indices].get(mode=mode, fill_value=jnp.nan, out_sharding=out)
+  if not fill:
+    return table.at[indices].get(mode="promise_in_bounds")
   return jnp.take(table, indices, axis=0, mode="fill", fill_value=jnp.nan)
 
 

@@ -58,14 +58,17 @@ def finish(out: jax.Array, p: Prepared) -> jax.Array:
   return _checks.finalize(out, p.row_mask, p.out_dtype)
 
 
-def target_cost_rows(p: Prepared, table: jax.Array | None = None) -> jax.Array:
+def target_cost_rows(
+    p: Prepared, table: jax.Array | None = None, *, fill: bool = True
+) -> jax.Array:
   """``sum_i q_i table[i, :]`` per example: the gathered row for integer labels.
 
-  Shape ``(..., K)``. Rows of out-of-range labels are NaN.
+  Shape ``(..., K)``. Rows of out-of-range labels are NaN, or unspecified with
+  ``fill=False`` (for callers that end with :func:`finish`, which is faster).
   """
   table = p.cost_matrix if table is None else table
   if p.is_index:
-    return _checks.gather_rows(table, p.labels)
+    return _checks.gather_rows(table, p.labels, fill=fill)
   return p.labels @ table
 
 

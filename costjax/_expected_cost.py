@@ -59,7 +59,7 @@ def expected_cost(
   """
   p = _common.prepare("costjax.expected_cost", logits, labels, cost_matrix, where)
   sm = _common.softmax_parts(p.logits)
-  rows = _common.target_cost_rows(p)
+  rows = _common.target_cost_rows(p, fill=False)
   out = jnp.sum(sm.exp_shifted * rows, axis=-1) / sm.total[..., 0]
   return _common.finish(out, p)
 
@@ -107,17 +107,17 @@ def cost_regularized_cross_entropy(
   name = "costjax.cost_regularized_cross_entropy"
   p = _common.prepare(name, logits, labels, cost_matrix, where)
   sm = _common.softmax_parts(p.logits)
-  rows = _common.target_cost_rows(p)
+  rows = _common.target_cost_rows(p, fill=False)
   ec = jnp.sum(sm.exp_shifted * rows, axis=-1) / sm.total[..., 0]
   ce = cross_entropy(p, sm)
   return _common.finish(ce + jnp.asarray(lam, ec.dtype) * ec, p)
 
 
 def cross_entropy(p: _common.Prepared, sm: _common.SoftmaxParts) -> jax.Array:
-  """``-sum q log softmax(z)``; NaN for out-of-range integer labels."""
+  """``-sum q log softmax(z)``; bad integer labels are masked by ``finish``."""
   if p.is_index:
     picked = jnp.take_along_axis(
-        p.logits, p.labels[..., None], axis=-1, mode="fill", fill_value=jnp.nan
+        p.logits, p.labels[..., None], axis=-1, mode="promise_in_bounds"
     )[..., 0]
     return sm.lse[..., 0] - picked
   return soft_cross_entropy(p.logits, sm.lse, p.labels)
