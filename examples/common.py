@@ -292,16 +292,24 @@ BUILTIN_COSTS = ("forum", "ordinal", "asymmetric", "random")
 DIGIT_EXPENSIVE_PAIRS = ((7, 1), (3, 8), (8, 3), (4, 9), (9, 4), (5, 6))
 
 
-def forum_cost(k: int, miss: float = 5.0) -> np.ndarray:
-  """The forum-style binary matrix ``[[0, 1], [5, 0]]`` widened to ``K`` classes.
+FORUM_COST = np.array(
+    [[0, 1, 4, 5], [1, 0, 3, 8], [4, 3, 0, 2], [5, 8, 2, 0]], dtype=np.float32
+)
 
-  The binary matrix says "a miss (predicting the lower class when the truth is the
-  higher one) costs 5, a false alarm costs 1". Widened to ordered classes:
-  ``C[i, j] = 5`` for ``j < i`` (under-prediction) and ``1`` for ``j > i``
-  (over-prediction), 0 on the diagonal. Asymmetric, and flat in ``|i - j|``.
+
+def forum_cost(k: int) -> np.ndarray:
+  """The forum's 4 x 4 matrix widened to ``K`` classes.
+
+  ``C[i, j] = F[i % 4, j % 4] + |i // 4 - j // 4|`` with ``F`` the forum matrix
+  ``[[0,1,4,5],[1,0,3,8],[4,3,0,2],[5,8,2,0]]``: exactly ``F`` for ``K = 4``;
+  for larger ``K`` every block of four classes repeats the forum's pattern of
+  cheap and very expensive confusions (misreading class 1 as class 3 costs 8),
+  and classes further apart in index cost a little more. Zero diagonal.
   """
   i, j = np.indices((k, k))
-  return np.where(j < i, miss, np.where(j > i, 1.0, 0.0)).astype(np.float32)
+  c = FORUM_COST[i % 4, j % 4] + np.abs(i // 4 - j // 4)
+  np.fill_diagonal(c, 0.0)
+  return c.astype(np.float32)
 
 
 def asymmetric_cost(k: int, expensive: float = 20.0) -> np.ndarray:
