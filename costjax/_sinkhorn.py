@@ -37,7 +37,7 @@ from costjax import _checks, _common
 # the same log-domain update to rounding error.
 _KERNEL_MAX_RATIO = {4: 50.0, 8: 500.0}
 _SCALING = 0.98
-_SCALING_START_RATIO = 10.0
+_SCALING_START_RATIO = 50.0
 
 
 class SinkhornOutput(NamedTuple):
@@ -113,9 +113,13 @@ def sinkhorn_loss(
   ``(max(C) - min(C)) / epsilon <= 50`` (float32; 500 in float64) the
   iterations use matrix products with the max-shifted kernel
   ``exp(-C / epsilon)``, which gives the log-domain update to rounding error
-  at a fraction of the cost; otherwise every update is a log-sum-exp. The
-  choice is made by :func:`jax.lax.cond` on the traced ``epsilon`` (under a
-  ``vmap`` over cost matrices or epsilons both branches run). Zero-mass
+  at a fraction of the cost; otherwise every update is a log-sum-exp, after
+  an epsilon-scaling warm start (epsilon decays by 0.98 per iteration from
+  ``(max(C) - min(C)) / 50``; these iterations count towards
+  ``max_iterations``). The choice is made by :func:`jax.lax.cond` on the
+  traced ``epsilon`` (under a ``vmap`` over cost matrices or epsilons both
+  branches run). In float32, ``tol`` below about ``1e-5`` may be unreachable
+  (rounding); the loop then stops at ``max_iterations``. Zero-mass
   classes (``-inf`` logits, zeros in ``q``) are handled in the log domain and
   give finite values and gradients down to ``epsilon = 1e-3 * max(C)``.
 
@@ -124,6 +128,12 @@ def sinkhorn_loss(
   ``cost_matrix``, ``KL(T || q p^T)`` w.r.t. ``epsilon``. They are the exact
   gradients of the returned value (a smooth function of the inputs at fixed
   potentials) and converge with it; nothing is unrolled.
+
+  **Checked mode.** Inside :func:`checks_enabled` (or :func:`checked`) the
+  loop is a fixed-length :func:`jax.lax.scan` of ``max_iterations`` steps
+  (same result, since converged examples are frozen), because checkify cannot
+  functionalise a ``while_loop`` under ``vmap``; labels are checked before
+  the solver runs.
 
   **Closed forms.** Auto-detected (static): integer labels => expected cost
   (plus one solve for ``OT(p, p)`` if ``debiased``). Not auto-detected: the
