@@ -417,7 +417,8 @@ def test_out_of_range_labels_give_nan_and_checked_mode_names_them():
                                                             debiased=d))(z, jnp.array([0, -1, 4]))
     assert np.isfinite(out[0]) and np.isnan(out[1]) and np.isnan(out[2])
   with pytest.raises(checkify.JaxRuntimeError, match=r"got -1 at index \(1,\)"):
-    cj.checked(cj.sinkhorn_loss)(z, jnp.array([0, -1, 4]), c, epsilon=0.1, debiased=True)
+    cj.checked(cj.sinkhorn_loss)(z, jnp.array([0, -1, 4]), c, epsilon=0.1, debiased=True,
+                                 max_iterations=50)
 
   # Under the user's vmap the solver uses a fixed-length scan, which checkify supports.
   def per_example(zz, yy):
@@ -429,6 +430,7 @@ def test_out_of_range_labels_give_nan_and_checked_mode_names_them():
   ok = cj.checked(per_example)(z, jnp.array([0, 2, 1]))
   np.testing.assert_allclose(ok, per_example(z, jnp.array([0, 2, 1])), rtol=1e-5)
   soft = jnp.full((3, 4), 0.25)
-  got = cj.checked(lambda a, b: jax.vmap(lambda x, y: cj.sinkhorn_loss(x, y, c, epsilon=0.1))(
-      a, b))(z, soft)
-  np.testing.assert_allclose(got, cj.sinkhorn_loss(z, soft, c, epsilon=0.1), rtol=1e-5)
+  got = cj.checked(lambda a, b: jax.vmap(
+      lambda x, y: cj.sinkhorn_loss(x, y, c, epsilon=0.1, max_iterations=50))(a, b))(z, soft)
+  np.testing.assert_allclose(
+      got, cj.sinkhorn_loss(z, soft, c, epsilon=0.1, max_iterations=50), rtol=1e-5)
