@@ -475,8 +475,14 @@ LOSSES: dict[str, Callable] = {
 COST_FREE = ("ce", "emd")
 
 
-def loss_available(kind: str) -> bool:
-  return kind != "sinkhorn" or hasattr(cj, "sinkhorn_loss")
+def add_data_arguments(parser, *, ordinal_help: str,
+                       max_rows_help: str = "stratified subsample of the data") -> None:
+  """The data flags shared by both scripts."""
+  parser.add_argument("--data", default="digits",
+                      help="digits (default), diamonds, or a .npz (x, y) / .csv file")
+  parser.add_argument("--label-column", default="label", help="label column of a .csv file")
+  parser.add_argument("--ordinal", action="store_true", help=ordinal_help)
+  parser.add_argument("--max-rows", type=int, default=None, help=max_rows_help)
 
 
 # --------------------------------------------------------------------------- #

@@ -243,7 +243,7 @@ def matrix_md(mat: np.ndarray, names, fmt="{:.1f}") -> str:
 
 
 def write_report(path, *, args, ds, splits, cost_names, costs, arms, results, all_rows,
-                 skipped, total_seconds, bsz):
+                 total_seconds, bsz):
   n_lrs = len(args.lr_list)
   s = len(args.seed_list)
   lines = [
@@ -267,8 +267,6 @@ def write_report(path, *, args, ds, splits, cost_names, costs, arms, results, al
       f"x cost matrices{' (cost-free arms train once)' if len(costs) > 1 else ''}",
       "",
   ]
-  if skipped:
-    lines += [f"Skipped: {', '.join(skipped)}.", ""]
   for m, cname in enumerate(cost_names):
     rows = all_rows[m]
     lines += [f"## Cost: {cname}", "", matrix_md(costs[m], ds.class_names, "{:g}"), ""]
@@ -367,13 +365,9 @@ def plot_curves(path, arms, results, lrs):
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--data", default="digits",
-                 help="digits (default), diamonds, or a .npz (x, y) / .csv file")
-  p.add_argument("--label-column", default="label", help="label column of a .csv file")
-  p.add_argument("--ordinal", action="store_true",
-                 help="a user file's classes are ordered (adds the ordinal EMD arm)")
-  p.add_argument("--max-rows", type=int, default=None,
-                 help="stratified subsample of the data (diamonds default: 12000)")
+  common.add_data_arguments(
+      p, ordinal_help="a user file's classes are ordered (adds the ordinal EMD arm)",
+      max_rows_help="stratified subsample of the data (diamonds default: 12000)")
   p.add_argument("--cost", default="asymmetric",
                  help="comma-separated built-ins (forum, ordinal, asymmetric, random) or CSV "
                  "files; all train together through jax.vmap (default: %(default)s)")
@@ -430,9 +424,6 @@ def main(argv=None):
     if unknown:
       raise common.UserInputError(f"--arms: unknown arm id(s) {sorted(unknown)}.")
     arms = [a for a in arms if a.key in wanted]
-  skipped = [f"{a.label} (costjax.sinkhorn_loss not available)" for a in arms
-             if not common.loss_available(a.loss)]
-  arms = [a for a in arms if common.loss_available(a.loss)]
 
   mesh = common.data_mesh()
   jax.set_mesh(mesh)
@@ -467,7 +458,7 @@ def main(argv=None):
   total = time.perf_counter() - t_start
   write_report(os.path.join(args.out, "report.md"), args=args, ds=ds, splits=splits,
                cost_names=cost_names, costs=costs, arms=arms, results=results,
-               all_rows=all_rows, skipped=skipped, total_seconds=total, bsz=bsz)
+               all_rows=all_rows, total_seconds=total, bsz=bsz)
   plot_bars(os.path.join(args.out, "test_cost.png"), cost_names, all_rows, ds.name)
   plot_curves(os.path.join(args.out, "training_curves.png"), arms, results, args.lr_list)
   dump = {

@@ -87,11 +87,7 @@ def predict(model, x: np.ndarray, sharding, batch: int) -> np.ndarray:
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--data", default="digits",
-                 help="digits (default), diamonds, or a .npz (x, y) / .csv file")
-  p.add_argument("--label-column", default="label", help="label column of a .csv file")
-  p.add_argument("--ordinal", action="store_true", help="a user file's classes are ordered")
-  p.add_argument("--max-rows", type=int, default=None, help="stratified subsample")
+  common.add_data_arguments(p, ordinal_help="a user file's classes are ordered")
   p.add_argument("--cost", default="asymmetric",
                  help="forum, ordinal, asymmetric, random, or a CSV file (default: %(default)s)")
   p.add_argument("--loss", default="ce", choices=sorted(common.LOSSES))
@@ -110,8 +106,6 @@ def parse_args(argv=None):
     args.loss_param = DEFAULT_PARAM[args.loss]
   if args.epochs < 1 or args.batch_size < 1 or not (args.lr > 0 and math.isfinite(args.lr)):
     raise common.UserInputError("--epochs, --batch-size and --lr must be positive.")
-  if not common.loss_available(args.loss):
-    raise common.UserInputError(f"--loss {args.loss}: this costjax has no sinkhorn_loss yet.")
   return args
 
 
