@@ -60,7 +60,7 @@ def _pot_kl_value(a, b, cost, eps):
   """
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")
-    plan = ot.sinkhorn(a, b, cost.T, eps, method="sinkhorn_log", stopThr=1e-13, numItermax=100000)
+    plan = ot.sinkhorn(a, b, cost.T, eps, method="sinkhorn_log", stopThr=1e-9, numItermax=20000)
   pot_value = np.sum(plan * cost.T) - eps * _entropy(plan)
   return pot_value + eps * (_entropy(a) + _entropy(b)), plan
 
