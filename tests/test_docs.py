@@ -128,6 +128,16 @@ def test_page_code_runs(page):
     run_page(page)
 
 
+def test_readme_code_runs():
+  """The README's quick start is real code too."""
+  namespace: dict = {"__name__": "__readme__"}
+  blocks = python_blocks((ROOT / "README.md").read_text())
+  assert blocks, "README.md lost its python example"
+  for line, code in blocks:
+    exec(compile(code, f"README.md:{line}", "exec"), namespace)  # noqa: S102
+  assert float(namespace["loss"]) > 0
+
+
 @pytest.mark.parametrize("page", MULTI_DEVICE_PAGES)
 def test_page_code_runs_on_8_devices(page):
   path = DOCS / page
