@@ -194,7 +194,7 @@ def sinkhorn_loss(
   cost = p.cost_matrix
   if exact:
     out = _exact_value(name, p, lp, cost, ground)
-    return _checks.finalize(out, p.row_mask, p.out_dtype)
+    return _common.finish(out, p)
   eps = jnp.asarray(epsilon, lp.dtype)
   active = _active(p)
   solve = functools.partial(
@@ -216,7 +216,7 @@ def sinkhorn_loss(
       out = vals[0] - 0.5 * vals[1] - 0.5 * vals[2]
     else:
       out = solve(lp, lq, active)
-  return _checks.finalize(out, p.row_mask, p.out_dtype)
+  return _common.finish(out, p)
 
 
 def sinkhorn_solve(
@@ -282,7 +282,7 @@ def sinkhorn_solve(
   f, g, err, iters = _potentials(lp, lq, cost, eps, active, tol, max_iterations)
   value = _dual_value(lp, lq, cost, eps, f, g)
   plan = jnp.exp(_log_plan(lp, lq, cost, eps, f, g))
-  value = _checks.finalize(value, p.row_mask, p.out_dtype)
+  value = _common.finish(value, p)
   return SinkhornOutput(
       value=value,
       f=f,

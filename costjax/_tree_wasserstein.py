@@ -98,9 +98,7 @@ def tree_wasserstein(
   )
   w = jnp.asarray(weight, diff.dtype)
   out = jnp.sum(w[:, None] * jnp.abs(mass), axis=0).reshape(batch)
-  if p.is_index:
-    out = jnp.where(p.labels == num_classes, jnp.nan, out)
-  return _checks.finalize(out, p.row_mask, p.out_dtype)
+  return _common.finish(out, p)
 
 
 def _ancestor_pairs(tree: _trees.Tree) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
