@@ -143,7 +143,7 @@ def class_distance_weighted_cross_entropy(
     powered = p.cost_matrix  # skip K * K transcendental ops in the common case
   else:
     powered = _checks.safe_pow(p.cost_matrix, jnp.asarray(alpha, p.cost_matrix.dtype))
-  weights = _common.target_cost_rows(p, powered, fill=False)
+  weights = _common.target_cost_rows(p, powered)
   penalty = -log1m_softmax(p.logits)  # >= 0, +inf where p_j == 1
   active = weights != 0  # NaN weights (bad labels) stay active -> NaN loss
   safe_penalty = jnp.where(active, penalty, jnp.zeros_like(penalty))

@@ -196,7 +196,7 @@ def _is_array(x: Any) -> bool:
   return isinstance(x, (jax.Array, np.ndarray))
 
 
-def _checks_on() -> bool:
+def checks_on() -> bool:
   return _CHECKS_ENABLED.get()
 
 
@@ -231,7 +231,7 @@ def check_logits(logits: jax.typing.ArrayLike, fn_name: str) -> jax.Array:
 
 
 def check_cost_shape(
-    cost_matrix: jax.typing.ArrayLike, num_classes: int, fn_name: str, ref: str = "logits"
+    cost_matrix: jax.typing.ArrayLike, num_classes: int, fn_name: str
 ) -> jax.Array:
   cost_matrix = jnp.asarray(cost_matrix)
   if not (
@@ -243,7 +243,7 @@ def check_cost_shape(
   if cost_matrix.shape != (num_classes, num_classes):
     raise ValueError(
         f"{fn_name}: cost_matrix must have shape (K, K) = ({num_classes}, {num_classes}) "
-        f"to match the {num_classes} classes of {ref}; got cost_matrix.shape="
+        f"to match the {num_classes} classes of logits; got cost_matrix.shape="
         f"{cost_matrix.shape}. (Use jax.vmap for stacks of cost matrices.)"
     )
   return cost_matrix
@@ -293,14 +293,15 @@ def valid_index_mask(labels: jax.Array, num_classes: int) -> jax.Array:
 
 
 def sanitize_indices(labels: jax.Array, num_classes: int, fn_name: str) -> jax.Array:
-  """Maps every invalid index to ``num_classes`` so that fill-mode gathers give NaN.
+  """Maps every invalid index to ``num_classes``, the one marker callers test for.
 
-  JAX wraps negative indices even in ``mode="fill"``; this makes them (and any
-  index >= K) out of bounds instead. In checked mode it also emits a checkify
-  check naming the first offending label.
+  JAX would wrap negative indices (even in ``mode="fill"``) and clamp large
+  ones; after this every invalid index is ``K`` and the loss masks it to NaN.
+  In checked mode it also emits a checkify check naming the first offending
+  label.
   """
   valid = valid_index_mask(labels, num_classes)
-  if _checks_on():
+  if checks_on():
     flat = labels.reshape(-1)
     flat_valid = valid.reshape(-1)
     first = jnp.argmin(flat_valid) if flat.size else jnp.int32(0)
@@ -322,7 +323,7 @@ def maybe_check_values(
     cost_matrix: jax.Array | None, probs: jax.Array | None, fn_name: str
 ) -> None:
   """Checked-mode value checks on cost matrices and probability labels."""
-  if not _checks_on():
+  if not checks_on():
     return
   if cost_matrix is not None:
     checkify.check(
@@ -366,28 +367,23 @@ def replicate(x: jax.Array) -> jax.Array:
   )
 
 
-def gather_rows(table: jax.Array, indices: jax.Array, *, fill: bool = True) -> jax.Array:
-  """``table[indices]`` along axis 0 with NaN for out-of-range indices.
+def gather_rows(table: jax.Array, indices: jax.Array) -> jax.Array:
+  """``table[indices]`` along axis 0, for sanitized indices (invalid -> ``len(table)``).
 
-  ``indices`` must already be sanitized (invalid -> ``len(table)``). With
-  ``fill=False`` out-of-range rows are unspecified (XLA clamps) and the caller
-  must mask them itself; that skips a per-element bounds select, which is
-  most of the cost of the gather on CPU. Under a
-  mesh with explicit axes (the default of ``jax.make_mesh``) the output is
-  sharded like ``indices``, with the class axis replicated; JAX cannot infer
-  that for a gather from a replicated table, so it is spelled out.
+  Rows of invalid indices are unspecified (XLA clamps): callers mask them
+  explicitly (:func:`costjax._common.finish`), which is faster than a
+  fill-mode gather's per-element bounds select and survives XLA reductions
+  that drop NaNs. Under a mesh with explicit axes (the default of
+  ``jax.make_mesh``) the output is sharded like ``indices``, with the class
+  axis replicated; JAX cannot infer that for a gather from a replicated
+  table, so it is spelled out.
   """
   sharding = _explicit_sharding(indices)
+  out = None
   if sharding is not None:
-    spec = sharding.spec
-    out = jax.sharding.NamedSharding(
-        sharding.mesh, jax.sharding.PartitionSpec(*spec, *([None] * (table.ndim - 1)))
-    )
-    mode = "fill" if fill else "promise_in_bounds"
-    return table.at[indices].get(mode=mode, fill_value=jnp.nan, out_sharding=out)
-  if not fill:
-    return table.at[indices].get(mode="promise_in_bounds")
-  return jnp.take(table, indices, axis=0, mode="fill", fill_value=jnp.nan)
+    spec = (*sharding.spec, *([None] * (table.ndim - 1)))
+    out = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(*spec))
+  return table.at[indices].get(mode="promise_in_bounds", out_sharding=out)
 
 
 def prepare_where(

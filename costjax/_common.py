@@ -58,17 +58,15 @@ def finish(out: jax.Array, p: Prepared) -> jax.Array:
   return _checks.finalize(out, p.row_mask, p.out_dtype)
 
 
-def target_cost_rows(
-    p: Prepared, table: jax.Array | None = None, *, fill: bool = True
-) -> jax.Array:
+def target_cost_rows(p: Prepared, table: jax.Array | None = None) -> jax.Array:
   """``sum_i q_i table[i, :]`` per example: the gathered row for integer labels.
 
-  Shape ``(..., K)``. Rows of out-of-range labels are NaN, or unspecified with
-  ``fill=False`` (for callers that end with :func:`finish`, which is faster).
+  Shape ``(..., K)``. Rows of out-of-range labels are unspecified: every loss
+  ends with :func:`finish`, which makes them NaN.
   """
   table = p.cost_matrix if table is None else table
   if p.is_index:
-    return _checks.gather_rows(table, p.labels, fill=fill)
+    return _checks.gather_rows(table, p.labels)
   return p.labels @ table
 
 

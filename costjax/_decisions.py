@@ -115,8 +115,8 @@ def mean_cost(
   y = _checks.sanitize_indices(labels, num_classes, name + " (labels)")
   yhat = _checks.sanitize_indices(predictions, num_classes, name + " (predictions)")
   bad = (y == num_classes) | (yhat == num_classes)
-  flat = jnp.where(bad, num_classes * num_classes, y * num_classes + yhat)
-  costs = _checks.gather_rows(cost.reshape(-1), flat)
+  costs = _checks.gather_rows(cost.reshape(-1), y * num_classes + yhat)
+  costs = jnp.where(bad, jnp.nan, costs)
   if where is None:
     return jnp.mean(costs)
   where = jnp.broadcast_to(jnp.asarray(where).astype(bool), costs.shape)

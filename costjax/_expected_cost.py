@@ -59,7 +59,7 @@ def expected_cost(
   """
   p = _common.prepare("costjax.expected_cost", logits, labels, cost_matrix, where)
   sm = _common.softmax_parts(p.logits)
-  rows = _common.target_cost_rows(p, fill=False)
+  rows = _common.target_cost_rows(p)
   out = jnp.sum(sm.exp_shifted * rows, axis=-1) / sm.total[..., 0]
   return _common.finish(out, p)
 
@@ -107,7 +107,7 @@ def cost_regularized_cross_entropy(
   name = "costjax.cost_regularized_cross_entropy"
   p = _common.prepare(name, logits, labels, cost_matrix, where)
   sm = _common.softmax_parts(p.logits)
-  rows = _common.target_cost_rows(p, fill=False)
+  rows = _common.target_cost_rows(p)
   ec = jnp.sum(sm.exp_shifted * rows, axis=-1) / sm.total[..., 0]
   ce = cross_entropy(p, sm)
   return _common.finish(ce + jnp.asarray(lam, ec.dtype) * ec, p)

@@ -390,7 +390,7 @@ def _potentials(lp, lq, cost, eps, active, tol, max_iterations):
   # (same result thanks to freezing) when checks are on.
   lp, lq, cost, eps = (lax.stop_gradient(x) for x in (lp, lq, cost, eps))
   return _potentials_jit(lp, lq, cost, eps, active, tol=float(tol),
-                         max_iterations=int(max_iterations), use_scan=_checks._checks_on())
+                         max_iterations=int(max_iterations), use_scan=_checks.checks_on())
 
 
 def _expand(cost: jax.Array, nbatch: int) -> jax.Array:

@@ -135,11 +135,11 @@ def soft_label_cross_entropy(
   if p.is_index and p.labels.size < p.num_classes:
     # Fewer examples than classes (e.g. one example under vmap): a softmax
     # over each example's cost row is cheaper than the whole (K, K) table.
-    rows = _checks.gather_rows(p.cost_matrix, p.labels, fill=False)
+    rows = _checks.gather_rows(p.cost_matrix, p.labels)
     targets = _target_table(rows, temperature)
   else:
     table = _target_table(p.cost_matrix, temperature)
-    targets = _common.target_cost_rows(p, table, fill=False)
+    targets = _common.target_cost_rows(p, table)
   sm = _common.softmax_parts(p.logits)
   out = soft_cross_entropy(p.logits, sm.lse, targets)  # NaN target rows stay NaN
   return _common.finish(out, p)
