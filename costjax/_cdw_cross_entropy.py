@@ -140,10 +140,11 @@ def class_distance_weighted_cross_entropy(
   name = "costjax.class_distance_weighted_cross_entropy"
   p = _common.prepare(name, logits, labels, cost_matrix, where)
   if isinstance(alpha, (int, float)) and alpha == 1:
-    powered = p.cost_matrix  # skip K * K transcendental ops in the common case
+    transform = None  # skip K * K transcendental ops in the common case
   else:
-    powered = _checks.safe_pow(p.cost_matrix, jnp.asarray(alpha, p.cost_matrix.dtype))
-  weights = _common.target_cost_rows(p, powered)
+    alpha = jnp.asarray(alpha, p.logits.dtype)
+    transform = lambda c: _checks.safe_pow(c, alpha)
+  weights = _common.target_cost_rows(p, transform)
   penalty = -log1m_softmax(p.logits)  # >= 0, +inf where p_j == 1
   active = weights != 0  # NaN weights (bad labels) stay active -> NaN loss
   safe_penalty = jnp.where(active, penalty, jnp.zeros_like(penalty))

@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from costjax import _checks
+from costjax import _checks, _cost_ops
 
 
 class Prepared(NamedTuple):
@@ -16,7 +16,9 @@ class Prepared(NamedTuple):
   logits: jax.Array  # (..., K) in the compute dtype, `where` applied
   labels: jax.Array  # sanitized indices (...,) or probabilities (..., K)
   is_index: bool
-  cost_matrix: jax.Array | None  # (K, K) in the compute dtype
+  # (K, K) array or a _cost_ops.CostStructure, in the compute dtype; read it
+  # only through _cost_ops (rows / vecmat / entries).
+  cost_matrix: Any
   row_mask: jax.Array | None  # per-example mask from `where`
   out_dtype: Any
   num_classes: int
@@ -36,13 +38,13 @@ def prepare(
   dtype = _checks.compute_dtype(logits.dtype)
   cost = None
   if cost_matrix is not None:
-    cost = _checks.check_cost_shape(cost_matrix, num_classes, fn_name).astype(dtype)
+    cost = _cost_ops.check_cost(cost_matrix, num_classes, fn_name, dtype)
   if is_index:
     labels = _checks.sanitize_indices(labels, num_classes, fn_name)
-    _checks.maybe_check_values(cost, None, fn_name)
+    _cost_ops.check_values(cost, None, fn_name)
   else:
     labels = labels.astype(dtype)
-    _checks.maybe_check_values(cost, labels, fn_name)
+    _cost_ops.check_values(cost, labels, fn_name)
   x, row_mask = _checks.prepare_where(logits.astype(dtype), where, fn_name)
   return Prepared(x, labels, is_index, cost, row_mask, logits.dtype, num_classes)
 
@@ -58,16 +60,16 @@ def finish(out: jax.Array, p: Prepared) -> jax.Array:
   return _checks.finalize(out, p.row_mask, p.out_dtype)
 
 
-def target_cost_rows(p: Prepared, table: jax.Array | None = None) -> jax.Array:
-  """``sum_i q_i table[i, :]`` per example: the gathered row for integer labels.
+def target_cost_rows(p: Prepared, transform: _cost_ops.Transform = None) -> jax.Array:
+  """``sum_i q_i f(C[i, :])`` per example: the (transformed) row for integer labels.
 
-  Shape ``(..., K)``. Rows of out-of-range labels are unspecified: every loss
-  ends with :func:`finish`, which makes them NaN.
+  ``transform`` (``f``) is an optional row-wise map of cost rows (see
+  :mod:`costjax._cost_ops`). Shape ``(..., K)``. Rows of out-of-range labels
+  are unspecified: every loss ends with :func:`finish`, which makes them NaN.
   """
-  table = p.cost_matrix if table is None else table
   if p.is_index:
-    return _checks.gather_rows(table, p.labels)
-  return p.labels @ table
+    return _cost_ops.rows(p.cost_matrix, p.labels, transform)
+  return _cost_ops.vecmat(p.labels, p.cost_matrix, transform)
 
 
 class SoftmaxParts(NamedTuple):

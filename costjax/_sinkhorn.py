@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from costjax import _checks, _common
+from costjax import _checks, _common, _cost_ops
 
 # Largest (max(C) - min(C)) / epsilon at which the kernel exp(-C / eps) is used:
 # every row/column sum of the max-shifted kernel products is then at least
@@ -186,6 +186,7 @@ def sinkhorn_loss(
   """
   name = "costjax.sinkhorn_loss"
   _check_static(name, tol, max_iterations, ground)
+  cost_matrix = _cost_ops.dense_for_sinkhorn(cost_matrix, name)
   p = _common.prepare(name, logits, labels, cost_matrix, where)
   exact = _is_static_zero(epsilon)
   if not exact:
@@ -267,6 +268,7 @@ def sinkhorn_solve(
   name = "costjax.sinkhorn_solve"
   _check_static(name, tol, max_iterations, None)
   _check_epsilon(name, epsilon)
+  cost_matrix = _cost_ops.dense_for_sinkhorn(cost_matrix, name)
   p = _common.prepare(name, logits, labels, cost_matrix, where)
   lp = jax.nn.log_softmax(p.logits, axis=-1)
   if p.is_index:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from costjax import _checks, _common
+from costjax import _checks, _common, _cost_ops
 from costjax._expected_cost import soft_cross_entropy
 
 
@@ -54,18 +54,17 @@ def cost_soft_labels(
   """
   name = "costjax.cost_soft_labels"
   labels = jnp.asarray(labels)
-  cost = jnp.asarray(cost_matrix)
-  if cost.ndim != 2 or cost.shape[0] != cost.shape[1]:
-    raise ValueError(f"{name}: cost_matrix must have shape (K, K); got {cost.shape}.")
-  num_classes = cost.shape[0]
+  num_classes = _cost_ops.num_classes(cost_matrix, name)
+  transform = lambda c: _target_table(c, temperature)
   if jnp.issubdtype(labels.dtype, jnp.integer):
-    dtype = jnp.dtype(jnp.float32) if not jnp.issubdtype(cost.dtype, jnp.floating) else (
-        _checks.compute_dtype(cost.dtype))
-    cost = cost.astype(dtype)
-    _checks.maybe_check_values(cost, None, name)
-    table = _target_table(cost, temperature)
+    cost_dtype = (jnp.float32 if _cost_ops.is_structure(cost_matrix)
+                  else jnp.asarray(cost_matrix).dtype)
+    dtype = jnp.dtype(jnp.float32) if not jnp.issubdtype(cost_dtype, jnp.floating) else (
+        _checks.compute_dtype(cost_dtype))
+    cost = _cost_ops.check_cost(cost_matrix, num_classes, name, dtype)
+    _cost_ops.check_values(cost, None, name)
     idx = _checks.sanitize_indices(labels, num_classes, name)
-    rows = _checks.gather_rows(table, idx)
+    rows = _cost_ops.rows(cost, idx, transform)
     return jnp.where((idx == num_classes)[..., None], jnp.nan, rows)
   if not jnp.issubdtype(labels.dtype, jnp.floating):
     raise TypeError(
@@ -75,13 +74,14 @@ def cost_soft_labels(
   if labels.ndim < 1 or labels.shape[-1] != num_classes:
     raise ValueError(
         f"{name}: probability labels must have K = {num_classes} entries on their last "
-        f"axis to match cost_matrix.shape={cost.shape}; got labels.shape={labels.shape}."
+        f"axis to match the cost matrix's K = {num_classes} classes; got "
+        f"labels.shape={labels.shape}."
     )
   dtype = _checks.compute_dtype(labels.dtype)
-  cost = cost.astype(dtype)
+  cost = _cost_ops.check_cost(cost_matrix, num_classes, name, dtype)
   labels = labels.astype(dtype)
-  _checks.maybe_check_values(cost, labels, name)
-  return labels @ _target_table(cost, temperature)
+  _cost_ops.check_values(cost, labels, name)
+  return _cost_ops.vecmat(labels, cost, transform)
 
 
 def _target_table(cost: jax.Array, temperature: jax.typing.ArrayLike) -> jax.Array:
@@ -132,14 +132,7 @@ def soft_label_cross_entropy(
   """
   name = "costjax.soft_label_cross_entropy"
   p = _common.prepare(name, logits, labels, cost_matrix, where)
-  if p.is_index and p.labels.size < p.num_classes:
-    # Fewer examples than classes (e.g. one example under vmap): a softmax
-    # over each example's cost row is cheaper than the whole (K, K) table.
-    rows = _checks.gather_rows(p.cost_matrix, p.labels)
-    targets = _target_table(rows, temperature)
-  else:
-    table = _target_table(p.cost_matrix, temperature)
-    targets = _common.target_cost_rows(p, table)
+  targets = _common.target_cost_rows(p, lambda c: _target_table(c, temperature))
   sm = _common.softmax_parts(p.logits)
   out = soft_cross_entropy(p.logits, sm.lse, targets)  # NaN target rows stay NaN
   return _common.finish(out, p)
