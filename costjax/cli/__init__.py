@@ -1,0 +1,1 @@
+"""The ``costjax`` command (``pip install "costjax[cli]"``); never imported by ``costjax``."""
