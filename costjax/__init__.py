@@ -32,6 +32,8 @@ from costjax._sinkhorn import sinkhorn_solve as sinkhorn_solve
 from costjax._soft_labels import cost_soft_labels as cost_soft_labels
 from costjax._soft_labels import soft_label_cross_entropy as soft_label_cross_entropy
 from costjax._tree_wasserstein import tree_wasserstein as tree_wasserstein
+from costjax._weighted_cross_entropy import cost_class_weights as cost_class_weights
+from costjax._weighted_cross_entropy import weighted_cross_entropy as weighted_cross_entropy
 
 __version__ = "0.1.0"
 
@@ -43,6 +45,7 @@ __all__ = (
     "checks_enabled",
     "class_distance_weighted_cross_entropy",
     "confusion_matrix",
+    "cost_class_weights",
     "cost_regularized_cross_entropy",
     "cost_soft_labels",
     "expected_cost",
@@ -56,4 +59,5 @@ __all__ = (
     "sinkhorn_solve",
     "soft_label_cross_entropy",
     "tree_wasserstein",
+    "weighted_cross_entropy",
 )
