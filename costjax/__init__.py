@@ -8,6 +8,9 @@ example, and is safe under ``jax.jit``, ``jax.grad``, ``jax.vmap`` and
 sharding.
 """
 
+from costjax._calibration import VectorScaling as VectorScaling
+from costjax._calibration import fit_temperature as fit_temperature
+from costjax._calibration import fit_vector_scaling as fit_vector_scaling
 from costjax._cdw_cross_entropy import (
     class_distance_weighted_cross_entropy as class_distance_weighted_cross_entropy,
 )
@@ -39,6 +42,7 @@ __version__ = "0.1.0"
 
 __all__ = (
     "SinkhornOutput",
+    "VectorScaling",
     "bayes_decision",
     "check_cost_matrix",
     "checked",
@@ -49,6 +53,8 @@ __all__ = (
     "cost_regularized_cross_entropy",
     "cost_soft_labels",
     "expected_cost",
+    "fit_temperature",
+    "fit_vector_scaling",
     "hierarchy_cost_matrix",
     "log1m_softmax",
     "mean_cost",
