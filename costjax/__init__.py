@@ -18,10 +18,14 @@ from costjax._cdw_cross_entropy import log1m_softmax as log1m_softmax
 from costjax._checks import check_cost_matrix as check_cost_matrix
 from costjax._checks import checked as checked
 from costjax._checks import checks_enabled as checks_enabled
+from costjax._conformal import calibrate_cost_sets as calibrate_cost_sets
+from costjax._conformal import cost_sets as cost_sets
+from costjax._conformal import set_cost as set_cost
 from costjax._cost_matrices import hierarchy_cost_matrix as hierarchy_cost_matrix
 from costjax._cost_matrices import ordinal_cost_matrix as ordinal_cost_matrix
 from costjax._decisions import bayes_decision as bayes_decision
 from costjax._decisions import confusion_matrix as confusion_matrix
+from costjax._decisions import decision_costs as decision_costs
 from costjax._decisions import mean_cost as mean_cost
 from costjax._decisions import quadratic_weighted_kappa as quadratic_weighted_kappa
 from costjax._expected_cost import (
@@ -44,6 +48,7 @@ __all__ = (
     "SinkhornOutput",
     "VectorScaling",
     "bayes_decision",
+    "calibrate_cost_sets",
     "check_cost_matrix",
     "checked",
     "checks_enabled",
@@ -51,7 +56,9 @@ __all__ = (
     "confusion_matrix",
     "cost_class_weights",
     "cost_regularized_cross_entropy",
+    "cost_sets",
     "cost_soft_labels",
+    "decision_costs",
     "expected_cost",
     "fit_temperature",
     "fit_vector_scaling",
@@ -61,6 +68,7 @@ __all__ = (
     "ordinal_cost_matrix",
     "ordinal_emd",
     "quadratic_weighted_kappa",
+    "set_cost",
     "sinkhorn_loss",
     "sinkhorn_solve",
     "soft_label_cross_entropy",

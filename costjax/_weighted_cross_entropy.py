@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from jax.experimental import checkify
 
 from costjax import _checks, _common, _cost_ops
-from costjax._expected_cost import cross_entropy, soft_cross_entropy
+from costjax._expected_cost import soft_cross_entropy
 
 
 def weighted_cross_entropy(
@@ -73,16 +73,25 @@ def weighted_cross_entropy(
   name = "costjax.weighted_cross_entropy"
   p = _common.prepare(name, logits, labels, None, where)
   w = _check_class_weights(class_weights, p.num_classes, name, p.logits.dtype)
-  sm = _common.softmax_parts(p.logits)
+  # Cross-entropy in shifted space, as optax does: (m - z_y) + log(total) is
+  # exact to float32 rounding of the result even for logits of 1e4, where
+  # logsumexp(z) - z_y would lose the digits below the ulp of 1e4.
+  m = jax.lax.stop_gradient(jnp.max(p.logits, axis=-1, keepdims=True))
+  shifted = p.logits - jnp.where(jnp.isfinite(m), m, jnp.zeros_like(m))
+  log_total = jnp.log(jnp.sum(jnp.exp(shifted), axis=-1))
   if p.is_index:
-    # Invalid labels (sanitized to K) read a clamped weight; finish makes them NaN.
+    # Invalid labels (sanitized to K) read clamped entries; finish makes them NaN.
     wy = _checks.gather_rows(w, p.labels)
-    ce = cross_entropy(p, sm)
+    picked = jnp.take_along_axis(
+        shifted, p.labels[..., None], axis=-1, mode="promise_in_bounds"
+    )[..., 0]
+    ce = log_total - picked
     # Weight 0 means "does not count", even where p_y = 0 (CE = inf).
     nonzero = wy != 0
     out = jnp.where(nonzero, wy * jnp.where(nonzero, ce, jnp.zeros_like(ce)), 0.0)
   else:
-    out = soft_cross_entropy(p.logits, sm.lse, p.labels * w)
+    targets = p.labels * jnp.broadcast_to(w, p.labels.shape)
+    out = soft_cross_entropy(shifted, log_total[..., None], targets)
   valid = jnp.all((w >= 0) & jnp.isfinite(w))
   out = jnp.where(valid, out, jnp.nan)
   return _common.finish(out, p)
