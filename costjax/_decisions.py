@@ -4,14 +4,86 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from costjax import _checks
+from costjax import _checks, _cost_ops
+
+
+def check_abstain_cost(abstain_cost: jax.typing.ArrayLike, fn_name: str) -> jax.Array:
+  """``abstain_cost`` as an array; ``ValueError`` if concrete and negative or non-finite."""
+  if isinstance(abstain_cost, jax.core.Tracer):
+    if jnp.ndim(abstain_cost) != 0:
+      raise ValueError(
+          f"{fn_name}: abstain_cost must be a scalar; got shape {jnp.shape(abstain_cost)}."
+      )
+    return abstain_cost
+  value = np.asarray(abstain_cost)
+  if value.ndim != 0 or not (
+      np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer)
+  ):
+    raise ValueError(
+        f"{fn_name}: abstain_cost must be a real scalar; got {abstain_cost!r} "
+        f"(shape {value.shape}, dtype {value.dtype})."
+    )
+  if not np.isfinite(value) or value < 0:
+    raise ValueError(
+        f"{fn_name}: abstain_cost must be finite and >= 0; got abstain_cost={float(value)}."
+    )
+  return jnp.asarray(abstain_cost)
+
+
+def _decision_costs(logits, cost_matrix, fn_name):
+  """Validated ``softmax(logits) @ C`` in the compute dtype, and the logits' dtype."""
+  logits = _checks.check_logits(logits, fn_name)
+  dtype = _checks.compute_dtype(logits.dtype)
+  cost = _cost_ops.check_cost(cost_matrix, logits.shape[-1], fn_name, dtype)
+  _cost_ops.check_values(cost, None, fn_name)
+  probs = jax.nn.softmax(logits.astype(dtype), axis=-1)
+  return _cost_ops.vecmat(probs, cost), logits.dtype
+
+
+def decision_costs(
+    logits: jax.typing.ArrayLike, cost_matrix: jax.typing.ArrayLike | _cost_ops.CostStructure
+) -> jax.Array:
+  r"""Expected cost of every possible decision: ``softmax(logits) @ C``.
+
+  .. math::
+
+    r_j = \sum_i p_i \, C_{ij}, \qquad p = \mathrm{softmax}(z).
+
+  Entry ``j`` is the cost the model expects to pay for predicting class ``j``
+  (rows of ``C`` are true classes). :func:`bayes_decision` is its argmin;
+  :func:`cost_sets` keeps the decisions within a threshold of the minimum.
+  Differentiable in ``logits`` and in the cost matrix (or a structure's
+  array leaves).
+
+  Args:
+    logits: scores or log-probabilities, shape ``(..., K)``; calibrate them
+      first (:func:`fit_temperature`).
+    cost_matrix: ``(K, K)`` cost matrix, rows true, columns predicted, or a
+      cost structure.
+
+  Returns:
+    ``(..., K)`` expected costs, in the dtype of ``logits``.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import costjax as cj
+    >>> C = jnp.array([[0., 1.], [20., 0.]])
+    >>> cj.decision_costs(jnp.log(jnp.array([0.9, 0.1])), C).round(4)
+    Array([2. , 0.9], dtype=float32)
+  """
+  risk, dtype = _decision_costs(logits, cost_matrix, "costjax.decision_costs")
+  return risk.astype(dtype)
 
 
 def bayes_decision(
-    logits: jax.typing.ArrayLike, cost_matrix: jax.typing.ArrayLike
+    logits: jax.typing.ArrayLike,
+    cost_matrix: jax.typing.ArrayLike | _cost_ops.CostStructure,
+    *,
+    abstain_cost: jax.typing.ArrayLike | None = None,
 ) -> jax.Array:
-  r"""Minimum-expected-cost (Bayes) predictions.
+  r"""Minimum-expected-cost (Bayes) predictions, optionally with abstention.
 
   .. math::
 
@@ -20,17 +92,29 @@ def bayes_decision(
   With ``C = 1 - I`` this is ``argmax``. When ``p`` is a calibrated posterior,
   no other decision rule has a lower expected cost; decoding a calibrated
   cross-entropy model this way is often the strongest cost-aware baseline.
-  Calibrate first (for example temperature scaling on held-out data: pass
+  Calibrate first (for example :func:`fit_temperature` on held-out data: pass
   ``logits / T``). Passing log-probabilities works the same as logits. The
   decision is invariant to scaling ``C`` and to adding a constant to a row.
 
+  With ``abstain_cost`` (Chow's reject rule with costs), an example whose
+  cheapest decision is expected to cost more than ``abstain_cost`` gets ``-1``
+  (abstain, for example hand it to a person): ``-1`` where
+  ``min_j decision_costs_j > abstain_cost``. With calibrated probabilities this
+  minimises the expected cost when abstaining costs ``abstain_cost``;
+  :func:`mean_cost` scores ``-1`` at that price.
+
   Args:
     logits: scores or log-probabilities, shape ``(..., K)``.
-    cost_matrix: ``(K, K)`` cost matrix, rows true, columns predicted.
+    cost_matrix: ``(K, K)`` cost matrix, rows true, columns predicted, or a
+      cost structure.
+    abstain_cost: optional scalar cost of abstaining (may be traced).
 
   Returns:
     Integer predictions of shape ``(...)`` (``int32``); ties go to the lowest
-    class index.
+    class index; ``-1`` for abstentions.
+
+  Raises:
+    ValueError: if a concrete ``abstain_cost`` is negative or not finite.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -39,18 +123,23 @@ def bayes_decision(
     >>> logits = jnp.log(jnp.array([0.9, 0.1]))
     >>> int(jnp.argmax(logits)), int(cj.bayes_decision(logits, C))
     (0, 1)
+    >>> int(cj.bayes_decision(logits, C, abstain_cost=0.5))   # 0.9 > 0.5: abstain
+    -1
 
   References:
     Elkan, "The Foundations of Cost-Sensitive Learning", IJCAI 2001.
+    Chow, "On optimum recognition error and reject tradeoff", IEEE Trans. Inf.
+    Theory 1970.
   """
   name = "costjax.bayes_decision"
-  logits = _checks.check_logits(logits, name)
-  dtype = _checks.compute_dtype(logits.dtype)
-  cost = _checks.check_cost_shape(cost_matrix, logits.shape[-1], name).astype(dtype)
-  _checks.maybe_check_values(cost, None, name)
-  probs = jax.nn.softmax(logits.astype(dtype), axis=-1)
-  risk = probs @ cost
-  return jnp.argmin(risk, axis=-1).astype(jnp.int32)
+  if abstain_cost is not None:
+    abstain_cost = check_abstain_cost(abstain_cost, name)
+  risk, _ = _decision_costs(logits, cost_matrix, name)
+  decision = jnp.argmin(risk, axis=-1).astype(jnp.int32)
+  if abstain_cost is None:
+    return decision
+  best = jnp.min(risk, axis=-1)
+  return jnp.where(best > abstain_cost, jnp.int32(-1), decision)
 
 
 def _check_index_pair(
@@ -75,26 +164,36 @@ def _check_index_pair(
 def mean_cost(
     predictions: jax.typing.ArrayLike,
     labels: jax.typing.ArrayLike,
-    cost_matrix: jax.typing.ArrayLike,
+    cost_matrix: jax.typing.ArrayLike | _cost_ops.CostStructure,
     *,
+    abstain_cost: jax.typing.ArrayLike | None = None,
     where: jax.typing.ArrayLike | None = None,
 ) -> jax.Array:
   r"""Mean misclassification cost ``mean(C[labels, predictions])``.
 
   Equals ``sum(confusion_matrix * C) / n`` with the confusion matrix's rows
   as true classes. Unlike "mistake severity" (the mean over errors only), it
-  does not reward trading accuracy for milder mistakes.
+  does not reward trading accuracy for milder mistakes. With
+  ``abstain_cost``, a prediction of ``-1`` (an abstention from
+  :func:`bayes_decision`) costs ``abstain_cost``.
 
   Args:
-    predictions: integer predicted classes, any shape.
+    predictions: integer predicted classes, any shape; ``-1`` abstains when
+      ``abstain_cost`` is given.
     labels: integer true classes, same shape.
-    cost_matrix: ``(K, K)`` cost matrix, rows true, columns predicted.
+    cost_matrix: ``(K, K)`` cost matrix, rows true, columns predicted, or a
+      cost structure.
+    abstain_cost: optional scalar cost of a ``-1`` prediction (may be traced).
+      Without it ``-1`` is out of range like any other invalid index.
     where: optional boolean mask of the same shape; only selected entries are
       averaged.
 
   Returns:
     Scalar mean cost (float32 for integer cost matrices). NaN if any label or
-    prediction is outside ``[0, K)``.
+    prediction is outside ``[0, K)`` (``-1`` allowed with ``abstain_cost``).
+
+  Raises:
+    ValueError: if a concrete ``abstain_cost`` is negative or not finite.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -102,20 +201,34 @@ def mean_cost(
     >>> C = jnp.array([[0., 1., 4.], [1., 0., 3.], [4., 3., 0.]])
     >>> cj.mean_cost(jnp.array([0, 2, 2]), jnp.array([0, 0, 2]), C)
     Array(1.3333, dtype=float32)
+    >>> cj.mean_cost(jnp.array([0, -1, 2]), jnp.array([0, 0, 2]), C, abstain_cost=0.5)
+    Array(0.1667, dtype=float32)
   """
   name = "costjax.mean_cost"
   predictions, labels = _check_index_pair(predictions, labels, name)
-  cost = jnp.asarray(cost_matrix)
-  if cost.ndim != 2 or cost.shape[0] != cost.shape[1]:
-    raise ValueError(f"{name}: cost_matrix must have shape (K, K); got {cost.shape}.")
-  num_classes = cost.shape[0]
-  if not jnp.issubdtype(cost.dtype, jnp.floating):
-    cost = cost.astype(jnp.float32)
-  _checks.maybe_check_values(cost, None, name)
+  if abstain_cost is not None:
+    abstain_cost = check_abstain_cost(abstain_cost, name)
+  num_classes = _cost_ops.num_classes(cost_matrix, name)
+  if _cost_ops.is_structure(cost_matrix):
+    dtype = jnp.dtype(jnp.float32)
+  else:
+    dtype = jnp.asarray(cost_matrix).dtype
+    if not jnp.issubdtype(dtype, jnp.floating):
+      dtype = jnp.dtype(jnp.float32)
+  cost = _cost_ops.check_cost(cost_matrix, num_classes, name, dtype)
+  _cost_ops.check_values(cost, None, name)
   y = _checks.sanitize_indices(labels, num_classes, name + " (labels)")
-  yhat = _checks.sanitize_indices(predictions, num_classes, name + " (predictions)")
+  if abstain_cost is None:
+    abstain = jnp.zeros(predictions.shape, bool)
+  else:
+    abstain = predictions == -1
+  yhat = _checks.sanitize_indices(
+      jnp.where(abstain, 0, predictions), num_classes, name + " (predictions)"
+  )
   bad = (y == num_classes) | (yhat == num_classes)
-  costs = _checks.gather_rows(cost.reshape(-1), y * num_classes + yhat)
+  costs = _cost_ops.entries(cost, y, jnp.minimum(yhat, num_classes - 1))
+  if abstain_cost is not None:
+    costs = jnp.where(abstain, jnp.asarray(abstain_cost, costs.dtype), costs)
   costs = jnp.where(bad, jnp.nan, costs)
   if where is None:
     return jnp.mean(costs)

@@ -1,0 +1,288 @@
+"""Cost-controlled prediction sets calibrated by conformal risk control.
+
+A *cost set* keeps every decision whose expected cost is within ``threshold``
+of the cheapest one. Its loss on an example with true class ``y`` is the cost
+of the best choice in the set, ``min_{j in set} C[y, j]`` -- what a person who
+picks from the set (knowing ``y``) would pay. Conformal risk control
+(Angelopoulos, Bates, Fisch, Lei, Schuster, ICLR 2024) picks the threshold on
+held-out data so that this loss is at most ``alpha`` on average over new
+exchangeable examples.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from costjax import _checks, _cost_ops
+from costjax._decisions import _decision_costs
+
+
+def _gaps(logits, cost_matrix, fn_name):
+  """``decision_costs - min decision_costs`` (>= 0, exactly 0 at the Bayes decision)."""
+  risk, _ = _decision_costs(logits, cost_matrix, fn_name)
+  return risk - jnp.min(risk, axis=-1, keepdims=True)
+
+
+def cost_sets(
+    logits: jax.typing.ArrayLike,
+    cost_matrix: jax.typing.ArrayLike | _cost_ops.CostStructure,
+    *,
+    threshold: jax.typing.ArrayLike,
+) -> jax.Array:
+  r"""Sets of near-optimal decisions: expected cost within ``threshold`` of the best.
+
+  .. math::
+
+    S(z) = \{\, j : r_j - \min_k r_k \le t \,\}, \qquad r = \mathrm{softmax}(z) \, C.
+
+  The sets are nested (a larger ``threshold`` gives a superset), always hold
+  the Bayes decision for ``threshold >= 0``, and are the full class set for
+  ``threshold = +inf``. A negative or NaN threshold gives empty sets. Choose
+  the threshold with :func:`calibrate_cost_sets`.
+
+  Args:
+    logits: calibrated scores or log-probabilities, shape ``(..., K)``.
+    cost_matrix: ``(K, K)`` cost matrix, rows true, columns predicted, or a
+      cost structure.
+    threshold: scalar (or an array broadcastable to ``logits.shape[:-1]``)
+      in units of cost; may be traced.
+
+  Returns:
+    Boolean ``(..., K)`` membership.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import costjax as cj
+    >>> C = jnp.array([[0., 1., 4.], [1., 0., 1.], [4., 1., 0.]])
+    >>> logits = jnp.log(jnp.array([0.5, 0.3, 0.2]))
+    >>> cj.decision_costs(logits, C).round(4)     # expected cost of each decision
+    Array([1.1, 0.7, 2.3], dtype=float32)
+    >>> cj.cost_sets(logits, C, threshold=0.5)
+    Array([ True,  True, False], dtype=bool)
+  """
+  gaps = _gaps(logits, cost_matrix, "costjax.cost_sets")
+  threshold = jnp.asarray(threshold)
+  return gaps <= threshold[..., None]
+
+
+def _labels_for_sets(sets, labels, fn_name):
+  """Validates labels against ``sets`` (..., K); returns (labels, is_index)."""
+  labels = jnp.asarray(labels)
+  if labels.ndim == sets.ndim and not jnp.issubdtype(labels.dtype, jnp.integer):
+    if labels.shape != sets.shape:
+      raise ValueError(
+          f"{fn_name}: probability labels must have the shape of sets; got "
+          f"labels.shape={labels.shape} and sets.shape={sets.shape}."
+      )
+    return labels, False
+  if not jnp.issubdtype(labels.dtype, jnp.integer):
+    raise TypeError(
+        f"{fn_name}: class-index labels must have an integer dtype; got {labels.dtype} with "
+        f"labels.shape={labels.shape} and sets.shape={sets.shape}."
+    )
+  if labels.shape != sets.shape[:-1]:
+    raise ValueError(
+        f"{fn_name}: integer labels must have shape sets.shape[:-1]; got "
+        f"labels.shape={labels.shape} and sets.shape={sets.shape}."
+    )
+  return labels, True
+
+
+def set_cost(
+    sets: jax.typing.ArrayLike,
+    labels: jax.typing.ArrayLike,
+    cost_matrix: jax.typing.ArrayLike | _cost_ops.CostStructure,
+) -> jax.Array:
+  r"""Cost of the best choice in each set: ``min_{j in set} C[y, j]``.
+
+  The loss that :func:`calibrate_cost_sets` controls. For probability labels
+  ``q`` it is ``min_{j in set} sum_i q_i C[i, j]``. An empty set costs
+  ``+inf``.
+
+  Args:
+    sets: boolean ``(..., K)`` membership, for example from :func:`cost_sets`.
+    labels: integer true classes of shape ``sets.shape[:-1]``, or probability
+      vectors of shape ``sets.shape``.
+    cost_matrix: ``(K, K)`` cost matrix, rows true, columns predicted, or a
+      cost structure.
+
+  Returns:
+    Per-example costs of shape ``sets.shape[:-1]`` (float32 for integer cost
+    matrices); NaN where an integer label lies outside ``[0, K)``.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import costjax as cj
+    >>> C = jnp.array([[0., 1., 4.], [1., 0., 1.], [4., 1., 0.]])
+    >>> sets = jnp.array([[True, True, False], [False, True, False]])
+    >>> cj.set_cost(sets, jnp.array([2, 0]), C)
+    Array([1., 1.], dtype=float32)
+  """
+  name = "costjax.set_cost"
+  sets = jnp.asarray(sets)
+  if sets.ndim < 1:
+    raise ValueError(f"{name}: sets must have a class axis (..., K); got sets.shape={sets.shape}.")
+  k = _cost_ops.num_classes(cost_matrix, name)
+  if sets.shape[-1] != k:
+    shape = (
+        f"num_classes={k}" if _cost_ops.is_structure(cost_matrix)
+        else f"cost_matrix.shape={jnp.shape(cost_matrix)}"
+    )
+    raise ValueError(
+        f"{name}: sets must have K = {k} classes on the last axis to match the cost matrix; "
+        f"got sets.shape={sets.shape} and {shape}."
+    )
+  labels, is_index = _labels_for_sets(sets, labels, name)
+  if _cost_ops.is_structure(cost_matrix):
+    dtype = jnp.dtype(jnp.float32)
+  else:
+    dtype = jnp.asarray(cost_matrix).dtype
+    if not jnp.issubdtype(dtype, jnp.floating):
+      dtype = jnp.dtype(jnp.float32)
+  cost = _cost_ops.check_cost(cost_matrix, k, name, dtype)
+  if is_index:
+    _cost_ops.check_values(cost, None, name)
+    y = _checks.sanitize_indices(labels, k, name)
+    rows = _cost_ops.rows(cost, y)
+  else:
+    q = labels.astype(dtype)
+    _cost_ops.check_values(cost, q, name)
+    rows = _cost_ops.vecmat(q, cost)
+  out = jnp.min(jnp.where(sets.astype(bool), rows, jnp.inf), axis=-1)
+  if is_index:
+    out = jnp.where(y == k, jnp.nan, out)
+  return out
+
+
+def _check_alpha(alpha, fn_name):
+  if isinstance(alpha, jax.core.Tracer):
+    if jnp.ndim(alpha) != 0:
+      raise ValueError(f"{fn_name}: alpha must be a scalar; got shape {jnp.shape(alpha)}.")
+    return alpha
+  value = np.asarray(alpha)
+  if value.ndim != 0 or not (
+      np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer)
+  ):
+    raise ValueError(
+        f"{fn_name}: alpha must be a real scalar; got {alpha!r} (shape {value.shape})."
+    )
+  if not np.isfinite(value) or value <= 0:
+    raise ValueError(f"{fn_name}: alpha must be finite and > 0; got alpha={float(value)}.")
+  return jnp.asarray(alpha)
+
+
+def calibrate_cost_sets(
+    logits: jax.typing.ArrayLike,
+    labels: jax.typing.ArrayLike,
+    cost_matrix: jax.typing.ArrayLike | _cost_ops.CostStructure,
+    *,
+    alpha: jax.typing.ArrayLike,
+) -> jax.Array:
+  r"""Threshold for :func:`cost_sets` with expected set cost at most ``alpha``.
+
+  Conformal risk control for the loss ``L_i(t) = set_cost(cost_sets(z_i, C,
+  threshold=t), y_i)``, which is non-increasing in ``t`` and bounded by
+  ``B = max C``: on ``n`` calibration examples it returns
+
+  .. math::
+
+    \hat t = \min \Big\{ t : \frac{\sum_{i=1}^n L_i(t) + B}{n + 1} \le \alpha \Big\}.
+
+  Guarantee: if the calibration examples and a new example are
+  exchangeable (for example i.i.d. from the same distribution), then
+  ``E[set_cost] <= alpha`` for the new example's set built with ``t_hat``.
+  The guarantee is *marginal*: an average over the draw of the calibration
+  set and the new example, not a promise for each example, class or
+  calibration set. It needs neither a calibrated nor a good model (a poor
+  model gets larger sets), but shifts between calibration and test data
+  void it.
+
+  The minimum is computed exactly, without bisection: each ``L_i`` is a step
+  function whose breakpoints are the gaps ``r_ij - min_k r_ik`` (``r`` the
+  decision costs), so the gaps are sorted per example (a running minimum of
+  ``C[y_i, j]`` in that order gives ``L_i`` at each breakpoint), then all
+  ``n K`` breakpoints are sorted together and the total loss is a cumulative
+  sum of per-breakpoint decrements. The smallest breakpoint that satisfies
+  the inequality is returned (up to float rounding of that cumulative sum).
+  Cost ``O(n K log(n K))``; jit-able; ``alpha`` may be traced.
+
+  Args:
+    logits: calibration logits, shape ``(..., K)`` (all leading axes are
+      examples); calibrate them first (:func:`fit_temperature`) for smaller
+      sets, though the guarantee does not need it.
+    labels: integer labels of shape ``logits.shape[:-1]`` or probability
+      vectors of shape ``logits.shape`` (the loss is then
+      ``min_{j in set} sum_i q_i C[i, j]``).
+    cost_matrix: ``(K, K)`` cost matrix, rows true, columns predicted, or a
+      cost structure.
+    alpha: target expected set cost, in units of cost; finite and ``> 0``.
+
+  Returns:
+    Scalar threshold ``t_hat >= 0``. ``+inf`` when no threshold qualifies:
+    ``alpha < B / (n + 1)`` (too few calibration examples for this ``alpha``)
+    or even the full sets cost too much (their cost is ``min_j C[y, j]``,
+    not 0 when the diagonal is not); ``cost_sets`` with ``+inf`` gives the full
+    sets, the best this method can do. NaN if an integer label lies outside
+    ``[0, K)`` (:func:`costjax.checked` names it).
+
+  Raises:
+    ValueError: if a concrete ``alpha`` is not finite or not positive.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> import costjax as cj
+    >>> key_z, key_y = jax.random.split(jax.random.key(0))
+    >>> logits = 2.0 * jax.random.normal(key_z, (2000, 5))
+    >>> labels = jax.random.categorical(key_y, logits)
+    >>> C = 1.0 - jnp.eye(5)
+    >>> t = cj.calibrate_cost_sets(logits, labels, C, alpha=0.1)
+    >>> sets = cj.cost_sets(logits, C, threshold=t)
+    >>> bool(cj.set_cost(sets, labels, C).mean() <= 0.1)
+    True
+
+  References:
+    Angelopoulos, Bates, Fisch, Lei, Schuster, "Conformal Risk Control",
+    ICLR 2024.
+  """
+  name = "costjax.calibrate_cost_sets"
+  alpha = _check_alpha(alpha, name)
+  logits = _checks.check_logits(logits, name)
+  k = logits.shape[-1]
+  labels, is_index = _checks.labels_are_indices(logits, labels, name)
+  dtype = _checks.compute_dtype(logits.dtype)
+  cost = _cost_ops.check_cost(cost_matrix, k, name, dtype)
+  gaps = _gaps(logits, cost, name).reshape(-1, k)
+  n = gaps.shape[0]
+  if is_index:
+    y = _checks.sanitize_indices(labels, k, name).reshape(-1)
+    rows = _cost_ops.rows(cost, y)
+    bad = jnp.any(y == k)
+  else:
+    q = labels.astype(dtype)
+    _cost_ops.check_values(cost, q, name)
+    rows = _cost_ops.vecmat(q, cost).reshape(-1, k)
+    bad = jnp.array(False)
+  bound = _cost_ops.max_cost(cost).astype(dtype)
+  # Per example: gaps in increasing order and L_i at each of them (the running
+  # minimum of the costs of the decisions admitted so far).
+  gaps_sorted, rows_sorted = jax.lax.sort((gaps, rows), dimension=1, num_keys=1)
+  loss_after = jax.lax.cummin(rows_sorted, axis=1)
+  loss_before = jnp.concatenate(
+      [jnp.broadcast_to(bound, (n, 1)).astype(dtype), loss_after[:, :-1]], axis=1
+  )
+  decrement = loss_before - loss_after
+  # All breakpoints together: total loss after each one.
+  keys, drops = jax.lax.sort(
+      (gaps_sorted.reshape(-1), decrement.reshape(-1)), dimension=0, num_keys=1,
+      is_stable=False,
+  )
+  total = n * bound - jnp.cumsum(drops)
+  # Only the last of a run of equal breakpoints is a threshold value at which
+  # every tied decrement has been applied.
+  last_of_run = jnp.concatenate([keys[1:] != keys[:-1], jnp.array([True])])
+  ok = last_of_run & (total + bound <= alpha * (n + 1))
+  first = jnp.argmax(ok)
+  threshold = jnp.where(jnp.any(ok), keys[first], jnp.inf)
+  return jnp.where(bad, jnp.nan, threshold).astype(dtype)
