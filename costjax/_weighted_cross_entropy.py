@@ -186,7 +186,7 @@ def cost_class_weights(cost_matrix: jax.typing.ArrayLike) -> jax.Array:
   _cost_ops.check_values(cost, None, name)
   idx = jnp.arange(k)
   diag = _cost_ops.entries(cost, idx, idx)
-  totals = _row_sums(cost, k)
+  totals = _row_sums(cost, k, diag.dtype)
   w = (totals - diag) / (k - 1)
   mean = jnp.mean(w)
   if _checks.checks_on():
@@ -200,21 +200,12 @@ def _float_dtype(dtype) -> jnp.dtype:
   return jnp.dtype(jnp.float32)
 
 
-def _row_sums(cost, k: int) -> jax.Array:
+def _row_sums(cost, k: int, dtype) -> jax.Array:
   """``sum_j C[i, j]`` for every true class ``i`` (``C @ 1``)."""
   if not _cost_ops.is_structure(cost):
     return jnp.sum(_cost_ops.dense(cost), axis=-1)
   if cost.symmetric:
     # Row sums equal column sums, 1 @ C: the structure's fast vecmat.
-    return _cost_ops.vecmat(jnp.ones((k,), _leaf_dtype(cost)), cost)
+    return _cost_ops.vecmat(jnp.ones((k,), dtype), cost)
   # A non-symmetric structure: one row at a time, O(K) memory.
   return jax.lax.map(lambda i: jnp.sum(_cost_ops.rows(cost, i)), jnp.arange(k))
-
-
-def _leaf_dtype(cost) -> jnp.dtype:
-  floats = [
-      leaf.dtype
-      for leaf in jax.tree_util.tree_leaves(cost)
-      if hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.floating)
-  ]
-  return jnp.result_type(*floats) if floats else jnp.dtype(jnp.float32)

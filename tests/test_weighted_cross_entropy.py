@@ -18,6 +18,7 @@ from jax.experimental import checkify
 from jax.test_util import check_grads
 
 import costjax as cj
+from costjax import _cost_ops
 
 K = 5
 
@@ -190,6 +191,66 @@ def test_true_class_costs_are_exact_for_bayes_decisions():
   p = rng.dirichlet(np.ones(K), size=500)
   bayes = np.argmin(p @ c, axis=1)  # argmin_j sum_i p_i C[i, j]
   np.testing.assert_array_equal(np.argmax(p * w, axis=1), bayes)
+
+
+def _structures():
+  rng = np.random.default_rng(6)
+  # classes 0..5; internal nodes 6 (0, 1, 2), 7 (3, 4), 8 (6, 7), root 9 (8, 5).
+  parents = np.array([6, 6, 6, 7, 7, 9, 8, 8, 9, -1])
+  edges = rng.uniform(0.5, 3.0, size=10).astype(np.float32)
+  return {
+      "tree_path": cj.TreeCost(parents, 6, edge_weights=edges),
+      "tree_lca": cj.TreeCost(parents, 6, kind="lca_height", edge_weights=edges),
+      "ordinal_1": cj.OrdinalCost(7, power=1),
+      "ordinal_2": cj.OrdinalCost(7, power=2),
+      "embedding": cj.EmbeddingCost(rng.normal(size=(6, 3)).astype(np.float32), scale=0.7),
+  }
+
+
+@pytest.mark.skipif(not hasattr(cj, "TreeCost"), reason="cost structures not in this checkout")
+@pytest.mark.parametrize("name", ["tree_path", "tree_lca", "ordinal_1", "ordinal_2", "embedding"])
+def test_cost_class_weights_of_structures_equal_dense(name):
+  cost = _structures()[name]
+  dense = np.asarray(cost.dense())
+  got = jax.jit(cj.cost_class_weights)(cost)
+  np.testing.assert_allclose(got, np_cost_class_weights(dense), rtol=2e-6)
+  np.testing.assert_allclose(got, cj.cost_class_weights(dense), rtol=2e-6)
+
+
+@jax.tree_util.register_pytree_node_class
+class _AsymmetricStructure(_cost_ops.CostStructure):
+  """A dense asymmetric matrix behind the structure interface (symmetric=False)."""
+
+  symmetric = False
+
+  def __init__(self, c):
+    self.c = jnp.asarray(c)
+
+  def tree_flatten(self):
+    return (self.c,), None
+
+  @classmethod
+  def tree_unflatten(cls, aux, children):
+    return cls(*children)
+
+  @property
+  def num_classes(self):
+    return self.c.shape[0]
+
+  def dense(self):
+    return self.c
+
+  def rows(self, idx):
+    return self.c[jnp.clip(idx, 0, self.num_classes - 1)]
+
+  def vecmat(self, v):
+    return v @ self.c
+
+
+def test_cost_class_weights_of_an_asymmetric_structure_uses_rows():
+  c = asymmetric_cost(7, 6)
+  got = jax.jit(cj.cost_class_weights)(_AsymmetricStructure(c))
+  np.testing.assert_allclose(got, np_cost_class_weights(c), rtol=2e-6)
 
 
 def test_cost_class_weights_gradient():
