@@ -1,0 +1,653 @@
+"""``costjax decide``: cost-aware decisions for any model's outputs.
+
+  costjax decide --val val.npz --test test.npz --cost cost.csv --out runs/decide
+  costjax decide --val val.csv --test test.csv --cost cost.csv --alpha 0.5 --abstain-cost 2
+
+Inputs (validated completely before anything is written):
+
+* ``--val`` / ``--test``: ``.npz`` with an array ``logits`` or ``probs`` (N, K) and labels ``y``
+  (N,) (required for ``--val``, optional for ``--test``), read with ``allow_pickle=False``; or
+  ``.csv`` with one column per class, named by the class, plus an optional ``label`` column
+  (``--label-column``). CSV values are probabilities unless ``--csv-values logits``.
+  Probabilities must be non-negative and sum to 1 per row (tolerance 1e-3).
+* ``--cost``: a cost CSV (rows true, columns predicted; optional header of class names and row
+  names, see ``costjax.cli.costs``) or a built-in name. With a header, CSV class columns must
+  be exactly the header's classes (any column order) and labels are matched by name; without
+  one, ``.npz`` integer labels are class indices and CSV class columns are taken in sorted
+  order (numerically when they are all integers).
+
+What it does: fits temperature scaling (``costjax.fit_temperature``) and vector scaling
+(``costjax.fit_vector_scaling``) on validation and keeps the one with the lower held-out NLL
+(each fitted on a random half of the validation set and scored on the other half, then the
+winner refitted on all of it); decodes the test outputs by argmax of the raw outputs and by
+``costjax.bayes_decision`` of the calibrated ones (with ``--abstain-cost X``, Chow's rule:
+``abstain`` where the cheapest decision is expected to cost more than ``X``); with
+``--alpha A``, cost-controlled prediction sets (``costjax.calibrate_cost_sets`` on
+validation, ``costjax.cost_sets`` on test) whose expected best-choice cost is at most ``A``.
+
+Outputs in ``--out``: ``predictions.csv`` (columns ``argmax``, ``bayes``, ``set`` with
+``--alpha`` as ``a|b|c``, ``expected_cost``, and ``label`` when the test file has labels),
+``report.md`` (calibration, and with test labels the mean cost of each decoding with a paired
+bootstrap 95% interval on the saving against argmax) and ``expected_cost.png`` (predicted
+expected cost of the Bayes decision against the realized cost, in quantile bins).
+
+Python API: ``add_parser(subparsers)`` registers the subcommand; ``run(args)`` runs it;
+``load_inputs(...)`` and ``compute(...)`` are the validation and computation steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import sys
+import time
+
+import numpy as np
+
+from costjax.cli import costs as _costs
+from costjax.cli import data as _data
+from costjax.cli.errors import UserInputError, exit_on_user_error
+
+PROB_TOLERANCE = 1e-3
+PROB_FLOOR = 1e-12  # log(max(p, floor)): a zero probability becomes a very small one
+ABSTAIN = "abstain"
+
+
+# --------------------------------------------------------------------------- #
+# Arguments.
+# --------------------------------------------------------------------------- #
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+  """Registers ``decide`` on an ``argparse`` subparsers object; returns its parser."""
+  p = subparsers.add_parser(
+      "decide", help="cost-aware decisions for any model's outputs (logits or probabilities)",
+      description=(
+          "Calibrate any model's outputs on a validation file (temperature or vector scaling, "
+          "whichever has the lower held-out NLL), decode a test file by argmax and by the "
+          "minimum-expected-cost (Bayes) rule, optionally with abstention (--abstain-cost) and "
+          "cost-controlled prediction sets (--alpha), and write predictions.csv, report.md and "
+          "expected_cost.png to --out."),
+      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  add_arguments(p)
+  p.set_defaults(run=run)
+  return p
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+  p.add_argument("--val", required=True,
+                 help="validation outputs with labels: .npz (logits or probs, y) or .csv "
+                 "(one column per class + label)")
+  p.add_argument("--test", required=True,
+                 help="test outputs to decode: .npz (logits or probs, optional y) or .csv")
+  p.add_argument("--cost", required=True,
+                 help="cost CSV (rows true, columns predicted; optional header of class "
+                 "names) or a built-in: " + ", ".join(_costs.BUILTIN_COSTS))
+  p.add_argument("--alpha", type=float, default=None,
+                 help="target expected cost of prediction sets (conformal risk control); "
+                 "adds a 'set' column")
+  p.add_argument("--abstain-cost", type=float, default=None,
+                 help="cost of abstaining: the Bayes column says 'abstain' where the best "
+                 "decision is expected to cost more")
+  p.add_argument("--calibration", choices=("auto", "temperature", "vector", "none"),
+                 default="auto", help="auto keeps the one with the lower held-out NLL")
+  p.add_argument("--csv-values", choices=("probs", "logits"), default="probs",
+                 help="what the class columns of a .csv file hold")
+  p.add_argument("--label-column", default="label", help="label column of a .csv file")
+  p.add_argument("--bootstrap", type=int, default=2000,
+                 help="paired bootstrap resamples for the intervals")
+  p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and the NLL split")
+  p.add_argument("--out", default="runs/decide", help="output directory")
+
+
+# --------------------------------------------------------------------------- #
+# Reading and validating the inputs.
+# --------------------------------------------------------------------------- #
+
+
+@dataclasses.dataclass(frozen=True)
+class Outputs:
+  """One file of model outputs: logits ``(N, K)`` float32 in class order, labels or None."""
+
+  logits: np.ndarray
+  labels: np.ndarray | None  # (N,) int32 class indices
+  kind: str  # "logits" or "probs"
+  source: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+  val: Outputs
+  test: Outputs
+  cost: np.ndarray  # (K, K) float32
+  class_names: tuple[str, ...]
+  cost_source: str
+
+
+def _raw_npz(path: str, flag: str):
+  where = f"{flag} {path!r}"
+  arrays = _data.read_npz(path, where, one_of=("logits", "probs"))
+  if "logits" in arrays and "probs" in arrays:
+    raise UserInputError(f"{where}: the .npz file has both 'logits' and 'probs'; keep one.")
+  kind = "logits" if "logits" in arrays else "probs"
+  return arrays[kind], kind, arrays.get("y"), None, where
+
+
+def _raw_csv(path: str, flag: str, label_column: str, csv_values: str):
+  import pandas as pd
+
+  where = f"{flag} {path!r}"
+  df = _data.read_csv(path, where)
+  labels = None
+  if label_column in df.columns:
+    col = df[label_column]
+    missing = col.isna().to_numpy()
+    if missing.any():
+      raise UserInputError(f"{where}: the {label_column!r} column is empty in row "
+                           f"{int(np.argmax(missing))}; every row needs a label (or drop the "
+                           "column).")
+    labels = col.to_numpy()
+    df = df.drop(columns=[label_column])
+  names = [str(c) for c in df.columns]
+  bad = [c for c in df.columns if not pd.api.types.is_numeric_dtype(df[c])
+         or pd.api.types.is_bool_dtype(df[c])]
+  if bad:
+    raise UserInputError(f"{where}: class columns must be numeric; column(s) {bad[:5]} are "
+                         f"not (a label column must be named {label_column!r}, see "
+                         "--label-column).")
+  values = df.to_numpy(np.float64)
+  return values, csv_values, labels, names, where
+
+
+def _read_raw(path: str, flag: str, label_column: str, csv_values: str):
+  if not os.path.isfile(path):
+    raise UserInputError(f"{flag} {path!r}: no such file.")
+  ext = os.path.splitext(path)[1].lower()
+  if ext == ".npz":
+    return _raw_npz(path, flag)
+  if ext == ".csv":
+    return _raw_csv(path, flag, label_column, csv_values)
+  raise UserInputError(f"{flag} {path!r}: unsupported file type {ext!r}; use .npz (logits or "
+                       "probs, and y) or .csv (one column per class, plus a label column).")
+
+
+def _check_values(values: np.ndarray, kind: str, where: str) -> np.ndarray:
+  """Checks shape, finiteness and (for probabilities) the simplex; returns float32 logits."""
+  values = np.asarray(values)
+  if values.dtype == object or not (np.issubdtype(values.dtype, np.number)):
+    raise UserInputError(f"{where}: {kind} must be numeric; got dtype {values.dtype}.")
+  if np.iscomplexobj(values):
+    raise UserInputError(f"{where}: {kind} must be real; got dtype {values.dtype}.")
+  if values.ndim != 2:
+    raise UserInputError(f"{where}: {kind} must be 2-D (examples, classes); got shape "
+                         f"{values.shape}.")
+  if values.shape[0] < 1:
+    raise UserInputError(f"{where}: no examples (shape {values.shape}).")
+  values = values.astype(np.float64)
+  bad = ~np.isfinite(values)
+  if bad.any():
+    i, j = np.argwhere(bad)[0]
+    raise UserInputError(f"{where}: {kind}[{i}, {j}] = {values[i, j]}; every value must be "
+                         f"finite ({int(bad.sum())} non-finite value(s)).")
+  if kind == "logits":
+    return values.astype(np.float32)
+  neg = values < 0
+  if neg.any():
+    i, j = np.argwhere(neg)[0]
+    raise UserInputError(f"{where}: probs[{i}, {j}] = {values[i, j]} is negative.")
+  sums = values.sum(axis=1)
+  off = np.abs(sums - 1.0) > PROB_TOLERANCE
+  if off.any():
+    i = int(np.argmax(off))
+    raise UserInputError(
+        f"{where}: probabilities must sum to 1 per row (tolerance {PROB_TOLERANCE:g}); row {i} "
+        f"sums to {sums[i]:.6g} ({int(off.sum())} such row(s)). For scores or logits in a "
+        "CSV file, pass --csv-values logits.")
+  return np.log(np.maximum(values / sums[:, None], PROB_FLOOR)).astype(np.float32)
+
+
+def _natural_order(names: list[str]) -> list[str]:
+  if all(n.lstrip("-").isdigit() for n in names):
+    return sorted(names, key=int)
+  return sorted(names)
+
+
+def _order_columns(values, names, class_names, cost_source, where):
+  """Reorders the class columns of a CSV file to ``class_names`` (matched by name)."""
+  if class_names is None:
+    return values, None
+  missing = [c for c in class_names if c not in names]
+  extra = [c for c in names if c not in class_names]
+  if missing or extra:
+    raise UserInputError(
+        f"{where}: the class columns {names[:12]} do not match the classes of --cost "
+        f"{cost_source!r} {list(class_names)[:12]}"
+        + (f"; missing {missing[:5]}" if missing else "")
+        + (f"; not in the cost matrix {extra[:5]}" if extra else "") + ".")
+  dup = sorted({n for n in names if names.count(n) > 1})
+  if dup:
+    raise UserInputError(f"{where}: duplicate class columns {dup}.")
+  order = [names.index(c) for c in class_names]
+  return values[:, order], tuple(class_names)
+
+
+def load_inputs(val: str, test: str, cost: str, *, label_column: str = "label",
+                csv_values: str = "probs") -> Inputs:
+  """Reads and validates the three files; raises :class:`UserInputError` on bad input."""
+  rv = _read_raw(val, "--val", label_column, csv_values)
+  rt = _read_raw(test, "--test", label_column, csv_values)
+  if cost in _costs.BUILTIN_COSTS:
+    k = np.asarray(rv[0]).shape[-1] if np.asarray(rv[0]).ndim == 2 else 0
+    table = _costs.CostTable(_costs.builtin_cost(cost, k), None, cost)
+  else:
+    table = _costs.read_cost_csv(cost)
+  k = table.num_classes
+  names = table.class_names
+
+  # Column order (CSV) -> class order; a CSV without a cost header defines the names.
+  ordered = []
+  for values, kind, labels, cols, where in (rv, rt):
+    values = np.asarray(values)
+    if values.ndim == 2 and values.shape[1] != k:
+      raise UserInputError(
+          f"{where}: {values.shape[1]} classes ({kind} of shape {values.shape}) but the cost "
+          f"matrix --cost {cost!r} is {k} x {k}.")
+    if cols is not None:
+      if names is not None:
+        values, _ = _order_columns(values, cols, names, cost, where)
+      else:
+        order = _natural_order(cols)
+        values, _ = _order_columns(values, cols, order, cost, where)
+        cols = order
+    ordered.append((values, kind, labels, cols, where))
+  (v_vals, v_kind, v_lab, v_cols, v_where), (t_vals, t_kind, t_lab, t_cols, t_where) = ordered
+  if names is None:
+    if v_cols is not None and t_cols is not None and v_cols != t_cols:
+      raise UserInputError(f"{t_where}: class columns {t_cols[:12]} differ from those of "
+                           f"--val {val!r} {v_cols[:12]}.")
+    cols = v_cols if v_cols is not None else t_cols
+    names = tuple(cols) if cols is not None else None
+
+  v_logits = _check_values(v_vals, v_kind, v_where)
+  t_logits = _check_values(t_vals, t_kind, t_where)
+  if v_lab is None:
+    raise UserInputError(f"{v_where}: the validation file has no labels (an array 'y' in a "
+                         f".npz file, a {label_column!r} column in a .csv file); calibration "
+                         "needs them.")
+  v_y, names = _labels(v_lab, len(v_logits), v_where, k, names, "--cost header" if
+                       table.class_names is not None else "the class columns")
+  t_y = None
+  if t_lab is not None:
+    t_y, _ = _labels(t_lab, len(t_logits), t_where, k, names, "the validation classes")
+  return Inputs(Outputs(v_logits, v_y, v_kind, val), Outputs(t_logits, t_y, t_kind, test),
+                table.matrix, names, cost)
+
+
+def _labels(raw, n, where, k, names, classes_from):
+  raw = np.asarray(raw)
+  if raw.ndim != 1 or len(raw) != n:
+    raise UserInputError(f"{where}: labels must be 1-D with one per row; got shape {raw.shape} "
+                         f"for {n} rows.")
+  if names is None and np.issubdtype(raw.dtype, np.number):
+    y, names = _data.encode_labels(raw, source=where, num_classes=k)
+  else:
+    y, names = _data.encode_labels(raw, source=where, num_classes=k, class_names=names,
+                                   classes_from=classes_from)
+  return y, tuple(names)
+
+
+# --------------------------------------------------------------------------- #
+# Computation.
+# --------------------------------------------------------------------------- #
+
+
+@dataclasses.dataclass
+class Result:
+  calibration: dict
+  argmax: np.ndarray  # (N,) int
+  bayes: np.ndarray  # (N,) int, -1 for abstain
+  bayes_plain: np.ndarray  # without abstention
+  expected_cost: np.ndarray  # (N,) predicted cost of the Bayes decision (calibrated)
+  sets: np.ndarray | None  # (N, K) bool
+  threshold: float | None
+  seconds: dict
+  val_risk: np.ndarray  # (N_val, K) decision costs of the calibrated validation outputs
+
+
+def _nll(logits, labels, where=None):
+  import jax
+  import jax.numpy as jnp
+
+  lse = jax.nn.logsumexp(logits, axis=-1)
+  nll = lse - jnp.take_along_axis(logits, labels[:, None], axis=-1)[:, 0]
+  if where is None:
+    return jnp.mean(nll)
+  return jnp.sum(jnp.where(where, nll, 0.0)) / jnp.sum(where)
+
+
+def calibrate(logits, labels, *, method: str = "auto", seed: int = 0):
+  """Fits temperature and/or vector scaling; returns ``(apply_fn, info)``.
+
+  ``auto`` fits both on a random half of the validation set, scores the NLL on the other
+  half, and refits the better one on all of it.
+  """
+  import jax
+  import jax.numpy as jnp
+
+  import costjax as cj
+
+  z = jnp.asarray(logits)
+  y = jnp.asarray(labels)
+  n = len(labels)
+  info: dict = {"method": method, "nll_uncalibrated": float(_nll(z, y))}
+  # Every fit passes a mask, so the half fits and the full fit share one compiled program.
+  fit_t = jax.jit(cj.fit_temperature)
+  fit_v = jax.jit(cj.fit_vector_scaling)
+  everything = jnp.ones(n, bool)
+  if method == "auto":
+    if n < 4:
+      method = "temperature"
+      info["note"] = ("fewer than 4 validation examples: temperature scaling without a "
+                      "held-out check")
+    else:
+      half = np.zeros(n, bool)
+      half[np.random.default_rng(seed).permutation(n)[: n // 2]] = True
+      fit_mask = jnp.asarray(half)
+      held = ~fit_mask
+      t_half = fit_t(z, y, where=fit_mask)
+      v_half = fit_v(z, y, where=fit_mask)
+      info["heldout_nll_temperature"] = float(_nll(z / t_half, y, held))
+      info["heldout_nll_vector"] = float(_nll(v_half.apply(z), y, held))
+      info["heldout_nll_uncalibrated"] = float(_nll(z, y, held))
+      better_v = info["heldout_nll_vector"] < info["heldout_nll_temperature"]
+      method = "vector" if better_v else "temperature"
+  info["chosen"] = method
+  if method == "none":
+    return (lambda a: a), info
+  t = fit_t(z, y, where=everything)
+  info["temperature"] = float(t)
+  info["nll_temperature"] = float(_nll(z / t, y))
+  if method == "temperature":
+    return (lambda a: a / t), info
+  vs = fit_v(z, y, where=everything)
+  info["nll_vector"] = float(_nll(vs.apply(z), y))
+  info["vector_scale"] = np.asarray(vs.scale).tolist()
+  info["vector_bias"] = np.asarray(vs.bias).tolist()
+  return vs.apply, info
+
+
+def compute(inp: Inputs, *, alpha: float | None = None, abstain_cost: float | None = None,
+            calibration: str = "auto", seed: int = 0) -> Result:
+  """Calibration on validation, decisions on test."""
+  import jax.numpy as jnp
+
+  import costjax as cj
+
+  seconds = {}
+  t0 = time.perf_counter()
+  apply, info = calibrate(inp.val.logits, inp.val.labels, method=calibration, seed=seed)
+  seconds["calibration"] = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  c = jnp.asarray(inp.cost)
+  zt = apply(jnp.asarray(inp.test.logits))
+  argmax = np.asarray(jnp.argmax(jnp.asarray(inp.test.logits), axis=-1))
+  risk = cj.decision_costs(zt, c)
+  bayes_plain = np.asarray(jnp.argmin(risk, axis=-1))
+  expected = np.asarray(jnp.min(risk, axis=-1))
+  if abstain_cost is not None:
+    bayes = np.asarray(cj.bayes_decision(zt, c, abstain_cost=abstain_cost))
+  else:
+    bayes = np.asarray(cj.bayes_decision(zt, c))
+  sets = threshold = None
+  zv = apply(jnp.asarray(inp.val.logits))
+  val_risk = np.asarray(cj.decision_costs(zv, c))
+  if alpha is not None:
+    threshold = float(cj.calibrate_cost_sets(zv, jnp.asarray(inp.val.labels), c, alpha=alpha))
+    sets = np.asarray(cj.cost_sets(zt, c, threshold=threshold))
+  seconds["decisions"] = time.perf_counter() - t0
+  return Result(info, argmax, bayes, bayes_plain, expected, sets, threshold, seconds, val_risk)
+
+
+def paired_bootstrap(a: np.ndarray, b: np.ndarray | None = None, *, resamples: int, seed: int,
+                     chunk: int = 50) -> tuple[float, float, float]:
+  """Mean of ``a - b`` and a percentile 95% interval over ``resamples`` paired resamples.
+
+  Resampling examples with replacement keeps each example's pair together, so the interval
+  reflects the per-example correlation of the two decodings. ``b=None`` bootstraps ``a``.
+  """
+  d = np.asarray(a, np.float64) - (0.0 if b is None else np.asarray(b, np.float64))
+  n = len(d)
+  rng = np.random.default_rng(seed)
+  means = []
+  for start in range(0, resamples, chunk):
+    m = min(chunk, resamples - start)
+    means.append(d[rng.integers(0, n, size=(m, n))].mean(axis=1))
+  means = np.concatenate(means)
+  lo, hi = np.percentile(means, [2.5, 97.5])
+  return float(d.mean()), float(lo), float(hi)
+
+
+# --------------------------------------------------------------------------- #
+# Writing.
+# --------------------------------------------------------------------------- #
+
+
+def _names(idx: np.ndarray, class_names) -> list[str]:
+  return [ABSTAIN if i < 0 else class_names[i] for i in idx]
+
+
+def _fmt(x: float) -> str:
+  return f"{x:.4g}"
+
+
+def write_outputs(out: str, inp: Inputs, res: Result, args) -> dict:
+  import pandas as pd
+
+  names = list(inp.class_names)
+  os.makedirs(out, exist_ok=True)
+  cols = {"argmax": _names(res.argmax, names), "bayes": _names(res.bayes, names)}
+  if res.sets is not None:
+    cols["set"] = ["|".join(n for n, s in zip(names, row, strict=True) if s) for row in res.sets]
+  cols["expected_cost"] = np.round(res.expected_cost, 6)
+  y = inp.test.labels
+  if y is not None:
+    cols["label"] = _names(y, names)
+  pd.DataFrame(cols).to_csv(os.path.join(out, "predictions.csv"), index=False)
+
+  cal = res.calibration
+  lines = [
+      "# costjax decide", "",
+      f"- validation: `{inp.val.source}` ({len(inp.val.logits)} examples, {inp.val.kind})",
+      f"- test: `{inp.test.source}` ({len(inp.test.logits)} examples, {inp.test.kind}, "
+      f"{'with' if y is not None else 'without'} labels)",
+      f"- cost: `{inp.cost_source}` (K = {len(names)}; classes {', '.join(names[:20])}"
+      f"{' ...' if len(names) > 20 else ''})", "",
+      "## Calibration (fitted on validation)", "",
+      "| method | validation NLL (all, in-sample) | held-out NLL (fit on one half, scored on "
+      "the other) |", "|---|---|---|",
+  ]
+  for key, label in (("uncalibrated", "none"), ("temperature", "temperature scaling"),
+                     ("vector", "vector scaling")):
+    ins = cal.get(f"nll_{key}")
+    held = cal.get(f"heldout_nll_{key}")
+    lines.append(f"| {label} | {'—' if ins is None else _fmt(ins)} | "
+                 f"{'—' if held is None else _fmt(held)} |")
+  lines += ["", f"Chosen: **{cal['chosen']}**"
+            + (f" (T = {cal['temperature']:.4g})" if cal["chosen"] == "temperature" else "")
+            + (" (lower held-out NLL)" if cal["method"] == "auto" and "note" not in cal else "")
+            + ".", ""]
+  if "note" in cal:
+    lines += [cal["note"] + ".", ""]
+
+  summary: dict = {"calibration": cal, "seconds": res.seconds}
+  c = inp.cost
+  if y is not None:
+    arg_cost = c[y, res.argmax]
+    plain_cost = c[y, res.bayes_plain]
+    rows = [("argmax (raw outputs)", res.argmax, arg_cost),
+            ("Bayes (calibrated)", res.bayes_plain, plain_cost)]
+    if args.abstain_cost is not None:
+      ab = res.bayes < 0
+      ab_cost = np.where(ab, args.abstain_cost, c[y, np.maximum(res.bayes, 0)])
+      rows.append((f"Bayes with abstention (abstain costs {args.abstain_cost:g})",
+                   res.bayes, ab_cost))
+    lines += ["## Test cost", "",
+              f"Mean cost per example (rows true, columns predicted). The saving is the mean "
+              f"cost of argmax minus that of the decoding, with a paired bootstrap 95% interval "
+              f"({args.bootstrap} resamples over test examples, seed {args.seed}).", "",
+              "| decoding | mean cost | accuracy | saving vs argmax [95% CI] |",
+              "|---|---|---|---|"]
+    summary["test"] = {}
+    for label, pred, cost_i in rows:
+      mean = float(np.mean(cost_i))
+      acc = float(np.mean(pred == y))
+      if pred is res.argmax:
+        ci = "—"
+        s = None
+      else:
+        s = paired_bootstrap(arg_cost, cost_i, resamples=args.bootstrap, seed=args.seed)
+        ci = f"{_fmt(s[0])} [{_fmt(s[1])}, {_fmt(s[2])}]"
+      lines.append(f"| {label} | {_fmt(mean)} | {acc:.4f} | {ci} |")
+      summary["test"][label] = {"mean_cost": mean, "accuracy": acc, "saving": s}
+    if args.abstain_cost is not None:
+      lines += ["", f"Abstained on {int((res.bayes < 0).sum())} of {len(y)} test examples "
+                f"({np.mean(res.bayes < 0):.1%})."]
+    lines.append("")
+  elif args.abstain_cost is not None:
+    lines += [f"Abstained on {int((res.bayes < 0).sum())} of {len(res.bayes)} test examples.",
+              ""]
+  if res.sets is not None:
+    size = res.sets.sum(axis=1)
+    lines += ["## Cost-controlled prediction sets", "",
+              f"Conformal risk control on validation for alpha = {args.alpha:g}: threshold "
+              f"{res.threshold:.4g} on the excess expected cost; a set holds every class whose "
+              "expected cost is within the threshold of the cheapest. Guarantee: for a new "
+              "exchangeable example, E[cost of the best choice in its set] <= alpha.", "",
+              f"- mean set size on test: {size.mean():.3f} (median {np.median(size):g}, "
+              f"max {size.max()})"]
+    if y is not None:
+      realized = np.where(res.sets, c[y], np.inf).min(axis=1)
+      _, lo, hi = paired_bootstrap(realized, resamples=args.bootstrap, seed=args.seed)
+      lines.append(f"- realized set cost on test (cost of the best choice in the set): "
+                   f"{realized.mean():.4g} [95% CI {lo:.4g}, {hi:.4g}] against alpha = "
+                   f"{args.alpha:g}")
+      summary["sets"] = {"threshold": res.threshold, "mean_size": float(size.mean()),
+                         "realized_cost": float(realized.mean())}
+    lines.append("")
+  plot_note = write_plot(out, inp, res)
+  lines += ["## Predicted against realized cost", "", plot_note, "",
+            "![expected cost](expected_cost.png)", "",
+            f"Time: calibration {res.seconds['calibration']:.2f} s, decisions "
+            f"{res.seconds['decisions']:.2f} s.", ""]
+  with open(os.path.join(out, "report.md"), "w", encoding="utf-8") as f:
+    f.write("\n".join(lines))
+  return summary
+
+
+def _reliability(expected, realized, bins):
+  order = np.argsort(expected, kind="stable")
+  groups = [g for g in np.array_split(order, bins) if len(g)]
+  return (np.array([expected[g].mean() for g in groups]),
+          np.array([realized[g].mean() for g in groups]),
+          np.array([realized[g].std(ddof=1) / math.sqrt(len(g)) if len(g) > 1 else 0.0
+                    for g in groups]))
+
+
+def write_plot(out: str, inp: Inputs, res: Result) -> str:
+  """``expected_cost.png``: binned predicted expected cost against realized cost."""
+  import jax.numpy as jnp
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  import costjax as cj
+
+  c = inp.cost
+  if inp.test.labels is not None:
+    y, which = inp.test.labels, "test"
+    expected = res.expected_cost
+    pred = res.bayes_plain
+    raw_logits = inp.test.logits
+  else:
+    # No test labels: the same plot on validation (where the calibration was fitted).
+    y, which = inp.val.labels, "validation (in-sample: the test file has no labels)"
+    pred = res.val_risk.argmin(-1)
+    expected = res.val_risk.min(-1)
+    raw_logits = inp.val.logits
+  raw_risk = np.asarray(cj.decision_costs(jnp.asarray(raw_logits), jnp.asarray(c)))
+  raw_pred = raw_risk.argmin(-1)
+  bins = int(np.clip(len(y) // 50, 2, 15))
+  fig, ax = plt.subplots(figsize=(5.2, 4.6))
+  top = 0.0
+  for label, e, p, mk in (("calibrated", expected, pred, "o"),
+                          ("raw outputs", raw_risk.min(-1), raw_pred, "s")):
+    ex, re, se = _reliability(e, c[y, p], bins)
+    ax.errorbar(ex, re, yerr=1.96 * se, marker=mk, ms=4, capsize=2, lw=1,
+                label=f"Bayes, {label}")
+    top = max(top, ex.max(), (re + 1.96 * se).max())
+  top = top * 1.05 or 1.0
+  ax.plot([0, top], [0, top], color="grey", ls="--", lw=1, label="predicted = realized")
+  ax.set_xlim(0, top)
+  ax.set_ylim(0, top)
+  ax.set_xlabel("predicted expected cost of the decision (bin mean)")
+  ax.set_ylabel("realized cost (bin mean, 95% interval)")
+  ax.set_title(f"Expected vs realized cost, {bins} quantile bins\n{which.split(' (')[0]}",
+               fontsize=10)
+  ax.legend(fontsize=8, loc="upper left")
+  fig.tight_layout()
+  fig.savefig(os.path.join(out, "expected_cost.png"), dpi=110)
+  plt.close(fig)
+  return (f"`expected_cost.png`: examples of the {which} set sorted into {bins} equal-count bins "
+          "by the expected cost of their Bayes decision (what the calibrated model predicts it "
+          "will cost); each point is a bin's mean predicted against mean realized cost. Points "
+          "on the diagonal mean the predicted costs can be trusted.")
+
+
+# --------------------------------------------------------------------------- #
+# Entry point.
+# --------------------------------------------------------------------------- #
+
+
+def check_flags(args) -> None:
+  if args.alpha is not None and not (math.isfinite(args.alpha) and args.alpha > 0):
+    raise UserInputError(f"--alpha must be a positive number; got {args.alpha}.")
+  if args.abstain_cost is not None and not (math.isfinite(args.abstain_cost)
+                                            and args.abstain_cost >= 0):
+    raise UserInputError(f"--abstain-cost must be a non-negative number; got "
+                         f"{args.abstain_cost}.")
+  if args.bootstrap < 10:
+    raise UserInputError(f"--bootstrap must be at least 10; got {args.bootstrap}.")
+  if os.path.exists(args.out) and not os.path.isdir(args.out):
+    raise UserInputError(f"--out {args.out!r} exists and is not a directory.")
+
+
+def run(args) -> dict:
+  """Runs ``costjax decide`` for parsed ``args``; validates everything before writing."""
+  t0 = time.perf_counter()
+  check_flags(args)
+  inp = load_inputs(args.val, args.test, args.cost, label_column=args.label_column,
+                    csv_values=args.csv_values)
+  t_read = time.perf_counter() - t0
+  res = compute(inp, alpha=args.alpha, abstain_cost=args.abstain_cost,
+                calibration=args.calibration, seed=args.seed)
+  res.seconds["read"] = t_read
+  summary = write_outputs(args.out, inp, res, args)
+  res.seconds["total"] = time.perf_counter() - t0
+  print(f"wrote {args.out}/predictions.csv, report.md, expected_cost.png "
+        f"({res.seconds['total']:.1f} s)")
+  return summary
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(prog="costjax decide", description=__doc__.split("\n\n")[0],
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  add_arguments(p)
+  exit_on_user_error(run, p.parse_args(argv))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
