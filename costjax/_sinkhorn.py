@@ -38,6 +38,10 @@ from costjax import _checks, _common, _cost_ops
 _KERNEL_MAX_RATIO = {4: 50.0, 8: 500.0}
 _SCALING = 0.98
 _SCALING_START_RATIO = 50.0
+# Tail compaction: once at most ceil(total / _COMPACT_FRACTION) problems (and at
+# least _COMPACT_MIN) are unconverged, they finish in a buffer of that size.
+_COMPACT_FRACTION = 16
+_COMPACT_MIN = 8
 
 
 class SinkhornOutput(NamedTuple):
@@ -386,56 +390,157 @@ def _solve_value(lp, lq, active, *, cost, eps, tol, max_iterations) -> jax.Array
 def _potentials(lp, lq, cost, eps, active, tol, max_iterations):
   """Converged potentials ``(f, g)``, error and iteration counts, all without gradient.
 
-  Jitted with static hyperparameters so that eager calls reuse one executable.
+  ``cost`` is ``(K, K)`` and ``eps`` a scalar for every problem of the batch
+  ``lp.shape[:-1]``. Outside checked mode the solver is a
+  :func:`jax.custom_batching.custom_vmap` function: a :func:`jax.vmap` over
+  models, cost matrices or epsilons adds a leading batch axis to one solver
+  call instead of batching its loop, so the kernel/log-domain choice stays one
+  scalar :func:`jax.lax.cond` and converged problems of every model are
+  compacted out together (see :func:`_solve_grouped`).
   """
-  # checkify cannot functionalise a while_loop under vmap: use a fixed-length scan
-  # (same result thanks to freezing) when checks are on.
   lp, lq, cost, eps = (lax.stop_gradient(x) for x in (lp, lq, cost, eps))
-  return _potentials_jit(lp, lq, cost, eps, active, tol=float(tol),
-                         max_iterations=int(max_iterations), use_scan=_checks.checks_on())
+  tol, max_iterations = float(tol), int(max_iterations)
+  if _checks.checks_on():
+    # checkify cannot functionalise a while_loop under vmap (nor a custom_vmap):
+    # a fixed-length scan gives the same result thanks to freezing.
+    return _solve_jit(lp, lq, active, cost, eps, tol=tol, max_iterations=max_iterations,
+                      use_scan=True)
+  return _batched_solver(tol, max_iterations)(lp, lq, active, cost, eps)
 
 
-def _expand(cost: jax.Array, nbatch: int) -> jax.Array:
-  return cost.reshape((1,) * nbatch + cost.shape)
+@functools.cache
+def _batched_solver(tol: float, max_iterations: int):
+  """The solver as a ``custom_vmap`` function for one static configuration.
+
+  Arguments ``(lp, lq, active, cost, eps)``: problems ``(*batch, K)``, ``cost``
+  ``(*prefix, K, K)`` and ``eps`` ``(*prefix)``, where every prefix axis has
+  size 1 or the size of the corresponding batch axis. The batching rule puts
+  the vmapped axis first on every argument (size 1 for unbatched costs and
+  epsilons) and calls the same function again, so nested vmaps end in one
+  call on the whole stack of problems.
+  """
+
+  @jax.custom_batching.custom_vmap
+  def solver(lp, lq, active, cost, eps):
+    return _solve_jit(lp, lq, active, cost, eps, tol=tol, max_iterations=max_iterations,
+                      use_scan=False)
+
+  @solver.def_vmap
+  def _rule(axis_size, in_batched, lp, lq, active, cost, eps):
+    lp, lq, active = (
+        x if b else jnp.broadcast_to(x, (axis_size, *jnp.shape(x)))
+        for x, b in zip((lp, lq, active), in_batched[:3], strict=True)
+    )
+    cost, eps = (x if b else x[None] for x, b in zip((cost, eps), in_batched[3:], strict=True))
+    return solver(lp, lq, active, cost, eps), (True, True, True, True)
+
+  return solver
+
+
+@functools.partial(jax.jit, static_argnames=("tol", "max_iterations", "use_scan"))
+def _solve_jit(lp, lq, active, cost, eps, *, tol, max_iterations, use_scan):
+  """Regroups ``(*batch, K)`` problems by distinct ``(cost, eps)`` and solves them.
+
+  The batch axes along which the cost or epsilon varies move first (merged into
+  one group axis ``G``; a new axis of size 1 when they never vary); the other
+  batch axes stay as they are, so a sharded batch axis is never reshaped.
+  """
+  k = lp.shape[-1]
+  bs = lp.shape[:-1]
+  npre = cost.ndim - 2
+  ks = np.broadcast_shapes(cost.shape[:npre], jnp.shape(eps))
+  gdims = [i for i in range(npre) if ks[i] != 1]
+  rest = [i for i in range(len(bs)) if i not in gdims]
+  perm = gdims + rest
+  groups = int(np.prod([bs[i] for i in gdims], dtype=np.int64))
+
+  def to_groups(x):
+    x = jnp.broadcast_to(x, bs + x.shape[len(bs):])
+    x = jnp.transpose(x, perm + list(range(len(bs), x.ndim)))
+    if not gdims:
+      return x[None]
+    if len(gdims) == 1:
+      return x
+    return x.reshape((groups,) + x.shape[len(gdims):])
+
+  def from_groups(x):
+    if not gdims:
+      x = x[0]
+    elif len(gdims) > 1:
+      x = x.reshape(tuple(bs[i] for i in perm) + x.shape[1 + len(rest):])
+    return jnp.transpose(x, list(np.argsort(perm)) + list(range(len(bs), x.ndim)))
+
+  cost_g = jnp.broadcast_to(cost, ks + (k, k)).reshape(groups, k, k)
+  eps_g = jnp.broadcast_to(jnp.asarray(eps, lp.dtype), ks).reshape(groups)
+  # Compaction flattens the batch; an explicitly sharded batch axis cannot be
+  # reshaped without naming the output sharding, so such batches skip it.
+  compact = not use_scan and not any(_explicitly_sharded(x) for x in (lp, lq, active))
+  out = _solve_grouped(to_groups(lp), to_groups(lq), to_groups(active), cost_g, eps_g,
+                       tol=tol, max_iterations=max_iterations, use_scan=use_scan,
+                       compact=compact)
+  return tuple(from_groups(x) for x in out)
+
+
+def _explicitly_sharded(x) -> bool:
+  try:
+    spec = jax.typeof(x).sharding.spec
+  except AttributeError:
+    return False
+  return any(s is not None for s in spec)
 
 
 def _kernel_ok(cost: jax.Array, eps: jax.Array) -> jax.Array:
+  """Whether every ``(cost[g], eps[g])`` may use the kernel path (one scalar)."""
   ratio = _KERNEL_MAX_RATIO.get(jnp.dtype(cost.dtype).itemsize, 50.0)
-  return (jnp.max(cost) - jnp.min(cost)) <= ratio * eps
+  spread = jnp.max(cost, axis=(-2, -1)) - jnp.min(cost, axis=(-2, -1))
+  return jnp.all(spread <= ratio * eps)
 
 
-def _lse_updates(cost, lp, lq):
-  """Exact log-domain half-steps; each is a log-sum-exp over a (..., K, K) tensor."""
-  c = _expand(cost, lp.ndim - 1)
+def _lse_updates(cost, eps):
+  """Exact log-domain half-steps on ``(G, ..., K)`` problems with ``cost`` ``(G, K, K)``.
 
-  def update_g(f, eps):  # sink potential, one per true class i (rows of C)
-    z = (lp + f / eps)[..., None, :] - c / eps
-    return -eps * jax.nn.logsumexp(z, axis=-1)
+  Each is a log-sum-exp over a ``(G, ..., K, K)`` tensor; the ``eps`` passed to
+  an update broadcasts against ``(G, ...)``.
+  """
+  del eps  # epsilon varies during epsilon scaling: passed to each update
 
-  def update_f(g, eps):  # source potential, one per predicted class j (columns of C)
-    z = (lq + g / eps)[..., :, None] - c / eps
-    return -eps * jax.nn.logsumexp(z, axis=-2)
+  def c_over(x, eps):
+    c = cost.reshape(cost.shape[:1] + (1,) * (x.ndim - 2) + cost.shape[1:])
+    return c / eps[..., None, None]
+
+  def update_g(lp, f, eps):  # sink potential, one per true class i (rows of C)
+    z = (lp + f / eps[..., None])[..., None, :] - c_over(lp, eps)
+    return -eps[..., None] * jax.nn.logsumexp(z, axis=-1)
+
+  def update_f(lq, g, eps):  # source potential, one per predicted class j (columns of C)
+    z = (lq + g / eps[..., None])[..., :, None] - c_over(lq, eps)
+    return -eps[..., None] * jax.nn.logsumexp(z, axis=-2)
 
   return update_g, update_f
 
 
-def _kernel_updates(cost, lp, lq, eps):
-  """The same half-steps with a max-shifted kernel: one matrix product each."""
-  cmin = jnp.min(cost)
-  kernel = jnp.exp(-(cost - cmin) / eps)  # (K, K), entries in [exp(-ratio), 1]
+def _kernel_updates(cost, eps):
+  """The same half-steps with a max-shifted kernel: one batched matrix product each."""
+  cmin = jnp.min(cost, axis=(-2, -1))  # (G,)
+  kernel = jnp.exp(-(cost - cmin[:, None, None]) / eps[:, None, None])  # entries in [e^-ratio, 1]
 
-  def shifted_log_matvec(logw, axes):
+  def shifted_log_matvec(logw, spec):
     m = jnp.max(logw, axis=-1, keepdims=True)
     m = jnp.where(jnp.isfinite(m), m, 0.0)
-    s = jnp.tensordot(jnp.exp(logw - m), kernel, axes=axes)
+    s = jnp.einsum(spec, jnp.exp(logw - m), kernel)
     # The floor only matters in the branch lax.cond discards under vmap.
     return m + jnp.log(jnp.maximum(s, jnp.finfo(s.dtype).tiny))
 
-  def update_g(f, eps):  # sum over j: (..., j) x (i, j) -> (..., i)
-    return cmin - eps * shifted_log_matvec(lp + f / eps, ([-1], [1]))
+  def shift(x):
+    return cmin.reshape(cmin.shape + (1,) * (x.ndim - 1))
 
-  def update_f(g, eps):  # sum over i: (..., i) x (i, j) -> (..., j)
-    return cmin - eps * shifted_log_matvec(lq + g / eps, ([-1], [0]))
+  def update_g(lp, f, eps):  # sum over j: (G, ..., j) x (G, i, j) -> (G, ..., i)
+    s = shifted_log_matvec(lp + f / eps[..., None], "g...j,gij->g...i")
+    return shift(lp) - eps[..., None] * s
+
+  def update_f(lq, g, eps):  # sum over i: (G, ..., i) x (G, i, j) -> (G, ..., j)
+    s = shifted_log_matvec(lq + g / eps[..., None], "g...i,gij->g...j")
+    return shift(lq) - eps[..., None] * s
 
   return update_g, update_f
 
@@ -444,96 +549,147 @@ def _sink_error(lq, g, g_next, eps):
   """L1 error of the plan's row sums: ``sum_i q_i |exp((g_i - g_next_i) / eps) - 1|``."""
   q = jnp.exp(lq)
   pos = q > 0
-  ratio = jnp.exp(jnp.where(pos, (g - g_next) / eps, 0.0))
+  ratio = jnp.exp(jnp.where(pos, (g - g_next) / eps[..., None], 0.0))
   return jnp.sum(jnp.where(pos, q * jnp.abs(ratio - 1.0), 0.0), axis=-1)
 
 
-def _run(updates, lp, lq, eps, eps_start, active, tol, max_iterations, use_scan):
-  """Sinkhorn loop at ``eps``, warm-started by an epsilon-scaling phase.
+def _compact_size(total: int) -> int:
+  """Static number of slots of the compacted tail loop (``total`` if none)."""
+  cap = max(_COMPACT_MIN, -(-total // _COMPACT_FRACTION))
+  return total if cap * 2 > total else cap
 
-  Phase 1 (only when ``eps_start`` is given) decays epsilon geometrically from
-  ``eps_start`` to ``eps``, one iteration per level, without convergence test;
-  its iterations count towards ``max_iterations``. Phase 2 iterates at
-  ``eps`` (loop-invariant ``C / eps``) and freezes examples once converged, so
-  a batch gives per-example results.
+
+def _solve_grouped(lp, lq, active, cost, eps, *, tol, max_iterations, use_scan, compact):
+  """Sinkhorn on ``(G, n, K)`` problems; group ``g`` has cost ``cost[g]`` and ``eps[g]``.
+
+  Kernel or log domain is decided once for all groups (a scalar predicate).
+  The log-domain path starts with an epsilon-scaling phase: epsilon decays
+  geometrically from ``(max C - min C) / 50`` to ``eps``, one iteration per
+  level, without convergence test; its iterations count towards
+  ``max_iterations``. Then Sinkhorn iterates at ``eps`` with a convergence
+  test per problem; converged problems are frozen, so every problem gets the
+  iterates it would get alone. Once at most ``_compact_size`` problems are
+  left, they are gathered into a small buffer and finished there, so the long
+  tail of slow problems does not pay for the whole batch.
   """
+  range_ = jnp.max(cost, axis=(-2, -1)) - jnp.min(cost, axis=(-2, -1))
+  eps_start = jnp.maximum(eps, range_ / _SCALING_START_RATIO)
+  run = functools.partial(_run, lp=lp, lq=lq, cost=cost, eps=eps, active=active, tol=tol,
+                          max_iterations=max_iterations, use_scan=use_scan, compact=compact)
+  return lax.cond(
+      _kernel_ok(cost, eps),
+      lambda: run(_kernel_updates, eps_start=None),
+      lambda: run(_lse_updates, eps_start=eps_start),
+  )
+
+
+def _body(state, *, updates, lp, lq, eps, tol, max_iterations):
   update_g, update_f = updates
-  batch = lp.shape[:-1]
+  f, g, g_next, err, iters, done = state
+  g_new = g_next
+  f_new = update_f(lq, g_new, eps)
+  g_next_new = update_g(lp, f_new, eps)
+  err_new = _sink_error(lq, g_new, g_next_new, eps)
+  keep = done[..., None]
+  f = jnp.where(keep, f, f_new)
+  g = jnp.where(keep, g, g_new)
+  g_next = jnp.where(keep, g_next, g_next_new)
+  err = jnp.where(done, err, err_new)
+  iters = iters + (~done).astype(jnp.int32)
+  # NaN errors (bad inputs) count as done so they never stall the batch.
+  done = done | (err <= tol) | jnp.isnan(err) | (iters >= max_iterations)
+  return f, g, g_next, err, iters, done
+
+
+def _run(make_updates, *, lp, lq, cost, eps, active, eps_start, tol, max_iterations, use_scan,
+         compact):
+  """Loop of :func:`_solve_grouped` for one path (kernel or log domain)."""
+  bshape = lp.shape[:-1]  # (G, ...)
+  eps_b = eps.reshape(eps.shape + (1,) * (len(bshape) - 1))  # broadcasts against (G, ...)
+  updates = make_updates(cost, eps)
+  update_g, update_f = updates
   f = jnp.zeros_like(lp)
-  t0 = jnp.int32(0)
+  t0 = jnp.zeros(eps_b.shape, jnp.int32)
   if eps_start is not None:
     log_decay = np.log(_SCALING)
     levels = jnp.ceil(jnp.log(eps / eps_start) / log_decay).astype(jnp.int32)
-    levels = jnp.clip(levels, 0, max_iterations // 2)
+    levels = jnp.clip(levels, 0, max_iterations // 2).reshape(eps_b.shape)
+    start = eps_start.reshape(eps_b.shape)
 
     def anneal(t, f):
-      e = jnp.maximum(eps, eps_start * jnp.exp(log_decay * t.astype(eps.dtype)))
-      return update_f(update_g(f, e), e)
+      e = jnp.maximum(eps_b, start * jnp.exp(log_decay * t.astype(eps.dtype)))
+      return jnp.where((t < levels)[..., None], update_f(lq, update_g(lp, f, e), e), f)
 
-    if use_scan:
-      f = lax.fori_loop(
-          0, max_iterations // 2, lambda t, f: jnp.where(t < levels, anneal(t, f), f), f
-      )
-    else:
-      f = lax.fori_loop(0, levels, anneal, f)
+    n_levels = max_iterations // 2 if use_scan else jnp.max(levels)
+    f = lax.fori_loop(0, n_levels, anneal, f)
     t0 = levels
-  init = (
+  iters = jnp.broadcast_to(t0, lp.shape[:-1])
+  state = (
       f,
       jnp.zeros_like(lq),
-      update_g(f, eps),
-      jnp.full(batch, jnp.inf, lp.dtype),
-      jnp.full(batch, t0, jnp.int32),
-      ~active,
-      t0,
+      update_g(lp, f, eps_b),
+      jnp.full(lp.shape[:-1], jnp.inf, lp.dtype),
+      iters,
+      ~active | (iters >= max_iterations),
   )
-
-  def body(state):
-    f, g, g_next, err, iters, done, t = state
-    g_new = g_next
-    f_new = update_f(g_new, eps)
-    g_next_new = update_g(f_new, eps)
-    err_new = _sink_error(lq, g_new, g_next_new, eps)
-    keep = done[..., None]
-    f = jnp.where(keep, f, f_new)
-    g = jnp.where(keep, g, g_new)
-    g_next = jnp.where(keep, g_next, g_next_new)
-    err = jnp.where(done, err, err_new)
-    iters = iters + (~done).astype(jnp.int32)
-    # NaN errors (bad inputs) count as done so they never stall the batch.
-    done = done | (err <= tol) | jnp.isnan(err)
-    return f, g, g_next, err, iters, done, t + 1
-
+  body = functools.partial(_body, tol=tol, max_iterations=max_iterations)
+  full = functools.partial(body, updates=updates, lp=lp, lq=lq, eps=eps_b)
+  total = int(np.prod(bshape))
+  cap = _compact_size(total) if compact else total
   if use_scan:
-    def step(s, _):
-      new = body(s)
-      return jax.tree.map(lambda a, b: jnp.where(s[6] < max_iterations, a, b), new, s), None
-
-    state, _ = lax.scan(step, init, None, length=max_iterations)
+    state, _ = lax.scan(lambda s, _: (full(s), None), state, None, length=max_iterations)
   else:
-    state = lax.while_loop(
-        lambda s: jnp.any(~s[5]) & (s[6] < max_iterations), body, init
-    )
-  f, g, _, err, iters, _, _ = state
+    left = cap if cap < total else 0
+    state = lax.while_loop(lambda s: jnp.sum(~s[5]) > left, full, state)
+  if cap < total:
+    state = _finish_compacted(state, body, make_updates, lp, lq, cost, eps, cap)
+  f, g, _, err, iters, _ = state
   err = jnp.where(active, err, 0.0)
   iters = jnp.where(active, iters, 0)
   return f, g, err, iters
 
 
-@functools.partial(jax.jit, static_argnames=("tol", "max_iterations", "use_scan"))
-def _potentials_jit(lp, lq, cost, eps, active, *, tol, max_iterations, use_scan):
-  lp, lq, cost, eps = (lax.stop_gradient(x) for x in (lp, lq, cost, eps))
-  run = functools.partial(
-      _run, lp=lp, lq=lq, eps=eps, active=active, tol=tol,
-      max_iterations=max_iterations, use_scan=use_scan,
+def _finish_compacted(state, body, make_updates, lp, lq, cost, eps, cap):
+  """Runs the at most ``cap`` unfinished problems to the end in a ``cap``-slot buffer."""
+  nb = lp.ndim - 1
+  groups = lp.shape[0]
+  total = int(np.prod(lp.shape[:-1]))
+  per_group = total // groups
+
+  def flat(x):
+    return x.reshape((total,) + x.shape[nb:])
+
+  idx = jnp.nonzero(~flat(state[5]), size=cap, fill_value=total)[0]
+  valid = idx < total
+  safe = jnp.minimum(idx, total - 1)
+  if groups == 1:  # one shared problem geometry: slots are (1, cap)
+    shape, c_cost, c_eps = (1, cap), cost, eps
+  else:  # every slot carries its own group's cost and epsilon: slots are (cap, 1)
+    gid = safe // per_group
+    shape, c_cost, c_eps = (cap, 1), cost[gid], eps[gid]
+
+  def take(x):
+    return flat(x)[safe].reshape(shape + x.shape[nb:])
+
+  sub = tuple(take(x) for x in state)
+  sub = sub[:5] + (sub[5] | ~valid.reshape(shape),)
+  c_lp, c_lq = take(lp), take(lq)
+  updates = make_updates(c_cost, c_eps)
+  sub = lax.while_loop(
+      lambda s: jnp.any(~s[5]),
+      functools.partial(body, updates=updates, lp=c_lp, lq=c_lq, eps=c_eps[:, None]),
+      sub,
   )
-  # Small epsilon: log domain with epsilon scaling, starting where the problem
-  # is easy (at the kernel threshold) and warm-starting each level.
-  eps_start = jnp.maximum(eps, (jnp.max(cost) - jnp.min(cost)) / _SCALING_START_RATIO)
-  return lax.cond(
-      _kernel_ok(cost, eps),
-      lambda: run(_kernel_updates(cost, lp, lq, eps), eps_start=None),
-      lambda: run(_lse_updates(cost, lp, lq), eps_start=eps_start),
-  )
+
+  def put(x, y):
+    y = y.reshape((cap,) + y.shape[2:])  # slots are 2-D: (1, cap) or (cap, 1)
+    return flat(x).at[idx].set(y, mode="drop").reshape(x.shape)
+
+  return tuple(put(x, y) for x, y in zip(state, sub, strict=True))
+
+
+def _expand(cost: jax.Array, nbatch: int) -> jax.Array:
+  return cost.reshape((1,) * nbatch + cost.shape)
 
 
 def _log_plan(lp, lq, cost, eps, f, g):
