@@ -137,12 +137,15 @@ def cost_class_weights(cost_matrix: jax.typing.ArrayLike) -> jax.Array:
 
   the average cost of a mistake on true class ``i`` (a row of ``C``, diagonal
   excluded), rescaled to mean 1 over classes, for
-  :func:`weighted_cross_entropy`. This is exact when the cost of a mistake
-  depends on the true class only (``C[i, j] = c_i`` for ``j != i``: then
-  ``w`` is proportional to ``c``), and always for two classes, where it gives
-  ``w_0 / w_1 = C[0, 1] / C[1, 0]`` (Elkan 2001). For more classes, reweighting
-  cannot say *which* wrong class was chosen (Zhou & Liu 2010); see the guide
-  "Choosing a loss".
+  :func:`weighted_cross_entropy`. With a zero diagonal, the decision rule
+  ``argmax_i w_i p_i`` is then the minimum-expected-cost decision exactly when
+  the cost of a mistake depends on the true class only (``C[i, j] = c_i`` for
+  ``j != i``; ``w`` is proportional to ``c``), and always for two classes,
+  where ``w_0 / w_1 = C[0, 1] / C[1, 0]`` (Elkan 2001). For more classes,
+  reweighting cannot say *which* wrong class was chosen (Zhou & Liu 2010);
+  see the guide "Choosing a loss". Decisions depend only on
+  ``C[i, j] - C[i, i]`` (Elkan), so for a matrix with a nonzero diagonal pass
+  ``C - jnp.diag(C)[:, None]`` if you want weights that respect that.
 
   Args:
     cost_matrix: ``(K, K)`` array, ``K >= 2``, ``C[i, j]`` the cost of

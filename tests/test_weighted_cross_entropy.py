@@ -253,6 +253,21 @@ def test_cost_class_weights_of_an_asymmetric_structure_uses_rows():
   np.testing.assert_allclose(got, np_cost_class_weights(c), rtol=2e-6)
 
 
+def test_two_classes_are_exact_for_bayes_decisions():
+  """K = 2: argmax_i w_i p_i is the Bayes decision; with a diagonal, after subtracting it."""
+  rng = np.random.default_rng(8)
+  p = rng.dirichlet(np.ones(2), size=2000)
+  for _ in range(5):
+    c = rng.uniform(0.1, 10.0, size=(2, 2))
+    np.fill_diagonal(c, 0.0)
+    w = np.asarray(cj.cost_class_weights(c.astype(np.float32)), np.float64)
+    np.testing.assert_array_equal(np.argmax(p * w, axis=1), np.argmin(p @ c, axis=1))
+    shifted = c + rng.uniform(0.0, 5.0, size=(2, 1)) * (1 - np.eye(2)) + np.diag([0.3, 0.7])
+    regret = shifted - np.diag(shifted)[:, None]
+    w = np.asarray(cj.cost_class_weights(regret.astype(np.float32)), np.float64)
+    np.testing.assert_array_equal(np.argmax(p * w, axis=1), np.argmin(p @ shifted, axis=1))
+
+
 def test_cost_class_weights_gradient():
   with jax.enable_x64(True):
     c = asymmetric_cost(4).astype(np.float64) + 0.5
