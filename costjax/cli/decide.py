@@ -175,6 +175,8 @@ def _read_raw(path: str, flag: str, label_column: str, csv_values: str):
 
 def _check_values(values: np.ndarray, kind: str, where: str) -> np.ndarray:
   """Checks shape, finiteness and (for probabilities) the simplex; returns float32 logits."""
+  hint = (" For scores or logits in a CSV file, pass --csv-values logits."
+          if where.endswith(".csv'") else " Save scores or logits as an array 'logits'.")
   values = np.asarray(values)
   if values.dtype == object or not (np.issubdtype(values.dtype, np.number)):
     raise UserInputError(f"{where}: {kind} must be numeric; got dtype {values.dtype}.")
@@ -196,15 +198,14 @@ def _check_values(values: np.ndarray, kind: str, where: str) -> np.ndarray:
   neg = values < 0
   if neg.any():
     i, j = np.argwhere(neg)[0]
-    raise UserInputError(f"{where}: probs[{i}, {j}] = {values[i, j]} is negative.")
+    raise UserInputError(f"{where}: probs[{i}, {j}] = {values[i, j]} is negative.{hint}")
   sums = values.sum(axis=1)
   off = np.abs(sums - 1.0) > PROB_TOLERANCE
   if off.any():
     i = int(np.argmax(off))
     raise UserInputError(
         f"{where}: probabilities must sum to 1 per row (tolerance {PROB_TOLERANCE:g}); row {i} "
-        f"sums to {sums[i]:.6g} ({int(off.sum())} such row(s)). For scores or logits in a "
-        "CSV file, pass --csv-values logits.")
+        f"sums to {sums[i]:.6g} ({int(off.sum())} such row(s)).{hint}")
   return np.log(np.maximum(values / sums[:, None], PROB_FLOOR)).astype(np.float32)
 
 

@@ -1,0 +1,326 @@
+"""``costjax decide``: calibration, decisions, sets, reports and bad input.
+
+Oracles are NumPy formulas written here: softmax, ``p @ C``, Chow's rule, the set rule
+``risk - min(risk) <= threshold``, mean costs ``C[y, pred]``; the fitted temperature is
+checked against a known miscalibration (true logits x 3); a model costjax never trained
+(scikit-learn on digits) is decoded from its ``predict_proba`` saved as CSV.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from costjax.cli import costs, decide
+from costjax.cli.errors import UserInputError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def args_for(tmp_path, val, test, cost, **kw):
+  p = argparse.ArgumentParser()
+  decide.add_arguments(p)
+  argv = ["--val", str(val), "--test", str(test), "--cost", str(cost),
+          "--out", str(tmp_path / "out"), "--bootstrap", "300"]
+  for k, v in kw.items():
+    argv += [f"--{k.replace('_', '-')}", str(v)]
+  return p.parse_args(argv)
+
+
+def softmax(z):
+  z = z - z.max(-1, keepdims=True)
+  e = np.exp(z)
+  return e / e.sum(-1, keepdims=True)
+
+
+def read_predictions(out, names):
+  df = pd.read_csv(out / "predictions.csv", dtype=str, keep_default_na=False)
+  index = {n: i for i, n in enumerate(names)}
+  return df, {c: np.array([index.get(v, -1) for v in df[c]]) for c in ("argmax", "bayes")}
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+  """True logits z; the files hold 3 z (over-confident by a known factor)."""
+  d = tmp_path_factory.mktemp("syn")
+  rng = np.random.default_rng(0)
+  k, n = 6, 6000
+  z = (1.5 * rng.normal(size=(n, k))).astype(np.float32)
+  y = np.array([rng.choice(k, p=p) for p in softmax(z.astype(np.float64))])
+  c = costs.random_cost(k, seed=3)
+  c[2, 4] = c[5, 0] = 25.0
+  np.savetxt(d / "c.csv", c, delimiter=",")
+  np.savez(d / "val.npz", logits=3 * z[:3000], y=y[:3000])
+  np.savez(d / "test.npz", logits=3 * z[3000:], y=y[3000:])
+  np.savez(d / "test_nolabel.npz", logits=3 * z[3000:])
+  return d, z, y, c
+
+
+# --------------------------------------------------------------------------- #
+# Known miscalibration.
+# --------------------------------------------------------------------------- #
+
+
+def test_recovers_temperature_and_bayes_lowers_cost(tmp_path, synthetic):
+  d, z, y, c = synthetic
+  args = args_for(tmp_path, d / "val.npz", d / "test.npz", d / "c.csv", calibration="temperature",
+                  alpha=1.0, abstain_cost=1.5)
+  summary = decide.run(args)
+  t = summary["calibration"]["temperature"]
+  assert abs(t - 3.0) < 0.25
+  names = [str(i) for i in range(6)]
+  df, pred = read_predictions(tmp_path / "out", names)
+  yt, zt = y[3000:], 3 * z[3000:].astype(np.float64)
+  # Oracle decisions from the fitted T.
+  risk = softmax(zt / t) @ c
+  np.testing.assert_array_equal(pred["argmax"], zt.argmax(-1))
+  bayes = risk.argmin(-1)
+  abstain = risk.min(-1) > 1.5
+  assert abstain.any() and not abstain.all()
+  np.testing.assert_array_equal(pred["bayes"], np.where(abstain, -1, bayes))
+  np.testing.assert_allclose(df["expected_cost"].astype(float), risk.min(-1), rtol=1e-4,
+                             atol=1e-5)
+  # Bayes decoding beats argmax on the known-miscalibrated outputs.
+  arg_cost = c[yt, pred["argmax"]].mean()
+  bayes_cost = c[yt, bayes].mean()
+  assert bayes_cost < 0.9 * arg_cost
+  rep = summary["test"]["Bayes (calibrated)"]
+  assert rep["mean_cost"] == pytest.approx(bayes_cost, rel=1e-6)
+  saving, lo, hi = rep["saving"]
+  assert saving == pytest.approx(arg_cost - bayes_cost, rel=1e-6) and 0 < lo < saving < hi
+  # Sets: the oracle rule at the reported threshold, and realized cost near/below alpha.
+  thr = summary["sets"]["threshold"]
+  sets = risk - risk.min(-1, keepdims=True) <= thr
+  assert list(df["set"]) == ["|".join(np.array(names)[s]) for s in sets]
+  realized = np.where(sets, c[yt], np.inf).min(-1)
+  assert realized.mean() == pytest.approx(summary["sets"]["realized_cost"], rel=1e-6)
+  assert realized.mean() <= 1.0 + 3 * realized.std() / np.sqrt(len(yt))
+  assert 1 < sets.sum(-1).mean() < 6
+  report = (tmp_path / "out" / "report.md").read_text()
+  assert "| Bayes (calibrated) |" in report and "realized set cost" in report
+  assert os.path.getsize(tmp_path / "out" / "expected_cost.png") > 5000
+
+
+def test_auto_calibration_reports_both_and_test_labels_are_optional(tmp_path, synthetic):
+  d, z, y, c = synthetic
+  summary = decide.run(args_for(tmp_path, d / "val.npz", d / "test_nolabel.npz", d / "c.csv"))
+  cal = summary["calibration"]
+  assert cal["chosen"] in ("temperature", "vector")
+  for key in ("heldout_nll_temperature", "heldout_nll_vector", "heldout_nll_uncalibrated"):
+    assert np.isfinite(cal[key])
+  winner = min(("temperature", "vector"), key=lambda m: cal[f"heldout_nll_{m}"])
+  assert cal["chosen"] == winner
+  # Both calibrations repair the over-confidence on held-out data.
+  assert cal["heldout_nll_temperature"] < cal["heldout_nll_uncalibrated"] - 0.3
+  df = pd.read_csv(tmp_path / "out" / "predictions.csv")
+  assert list(df.columns) == ["argmax", "bayes", "expected_cost"] and len(df) == 3000
+  report = (tmp_path / "out" / "report.md").read_text()
+  assert "## Test cost" not in report and "validation (in-sample" in report
+
+
+# --------------------------------------------------------------------------- #
+# A model costjax never trained, through the command line.
+# --------------------------------------------------------------------------- #
+
+
+@pytest.mark.slow
+def test_sklearn_model_on_digits_csv_end_to_end(tmp_path):
+  from sklearn.datasets import load_digits
+  from sklearn.ensemble import RandomForestClassifier
+  from sklearn.model_selection import train_test_split
+
+  x, y = load_digits(return_X_y=True)
+  x_tr, x_rest, y_tr, y_rest = train_test_split(x, y, test_size=0.6, random_state=0,
+                                                stratify=y)
+  x_va, x_te, y_va, y_te = train_test_split(x_rest, y_rest, test_size=0.5, random_state=0,
+                                            stratify=y_rest)
+  model = RandomForestClassifier(n_estimators=30, max_depth=6, random_state=0).fit(x_tr, y_tr)
+  order = [3, 7, 0, 9, 1, 5, 2, 8, 4, 6]  # CSV columns in any order, matched by name
+  for name, xs, ys in (("val", x_va, y_va), ("test", x_te, y_te)):
+    p = model.predict_proba(xs)
+    df = pd.DataFrame({str(j): p[:, j] for j in order})
+    df["label"] = ys
+    df.to_csv(tmp_path / f"{name}.csv", index=False)
+  c = costs.asymmetric_cost(10)
+  pd.DataFrame(c, index=range(10), columns=range(10)).to_csv(tmp_path / "cost.csv")
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  proc = subprocess.run(
+      [sys.executable, "-m", "costjax.cli", "decide", "--val", tmp_path / "val.csv", "--test",
+       tmp_path / "test.csv", "--cost", tmp_path / "cost.csv", "--bootstrap", "500",
+       "--out", tmp_path / "out"],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  df, pred = read_predictions(tmp_path / "out", [str(i) for i in range(10)])
+  np.testing.assert_array_equal(pred["argmax"], model.predict_proba(x_te).argmax(-1))
+  arg_cost = c[y_te, pred["argmax"]].mean()
+  bayes_cost = c[y_te, pred["bayes"]].mean()
+  assert bayes_cost < arg_cost
+  np.testing.assert_array_equal(df["label"].astype(int), y_te)
+
+
+# --------------------------------------------------------------------------- #
+# Bad input: one line, exit 2, nothing written.
+# --------------------------------------------------------------------------- #
+
+
+def make_bad(d, kind):
+  """Writes (val, test, cost) for one kind of bad input; returns their paths."""
+  rng = np.random.default_rng(1)
+  z = rng.normal(size=(40, 3))
+  y = np.arange(40) % 3
+  p = softmax(z)
+  cost = d / "c.csv"
+  np.savetxt(cost, 1 - np.eye(3), delimiter=",")
+  val, test = d / "val.npz", d / "test.npz"
+  np.savez(val, logits=z, y=y)
+  np.savez(test, logits=z)
+  if kind == "val without labels":
+    np.savez(val, logits=z)
+  elif kind == "val csv without labels":
+    val = d / "val.csv"
+    pd.DataFrame(p, columns=["0", "1", "2"]).to_csv(val, index=False)
+  elif kind == "K mismatch":
+    np.savez(test, logits=rng.normal(size=(40, 4)))
+  elif kind == "columns not in header":
+    (d / "c.csv").write_text("cat,dog,emu\n0,1,1\n1,0,1\n1,1,0\n")
+    val = d / "val.csv"
+    pd.DataFrame({"cat": p[:, 0], "dog": p[:, 1], "eel": p[:, 2], "label": "cat"}).to_csv(
+        val, index=False)
+  elif kind == "probs not summing to 1":
+    q = p.copy()
+    q[7] *= 1.01
+    np.savez(val, probs=q, y=y)
+  elif kind == "negative probability":
+    q = p.copy()
+    q[2, 0] -= 2 * q[2, 0]
+    q[2, 1] += 2 * p[2, 0]
+    np.savez(val, probs=q, y=y)
+  elif kind == "NaN in logits":
+    z2 = z.copy()
+    z2[5, 1] = np.nan
+    np.savez(test, logits=z2)
+  elif kind == "inf in probs":
+    q = p.copy()
+    q[3, 2] = np.inf
+    np.savez(val, probs=q, y=y)
+  elif kind == "NaN in cost":
+    (d / "c.csv").write_text("0,1,nan\n1,0,1\n1,1,0\n")
+  elif kind == "pickled npz":
+    np.savez(val, logits=np.array([object()] * 3, dtype=object), y=y[:3])
+  elif kind == "label out of range":
+    np.savez(val, logits=z, y=np.where(y == 2, 3, y))
+  elif kind == "label not in header":
+    (d / "c.csv").write_text("cat,dog,emu\n0,1,1\n1,0,1\n1,1,0\n")
+    val = d / "val.csv"
+    df = pd.DataFrame(p, columns=["dog", "cat", "emu"])
+    df["label"] = np.array(["cat", "dog", "yak"])[y]
+    df.to_csv(val, index=False)
+  elif kind == "both logits and probs":
+    np.savez(val, logits=z, probs=p, y=y)
+  elif kind == "csv logits without flag":
+    val = d / "val.csv"
+    df = pd.DataFrame(z, columns=["0", "1", "2"])
+    df["label"] = y
+    df.to_csv(val, index=False)
+  else:
+    raise AssertionError(kind)
+  return val, test, cost
+
+
+BAD = {
+    "val without labels": r"--val .*val.npz.*has no labels",
+    "val csv without labels": r"--val .*val.csv.*has no labels",
+    "K mismatch": r"--test .*test.npz.*4 classes .* cost matrix .* is 3 x 3",
+    "columns not in header": r"--val .*val.csv.*class columns .* do not match .*missing \['emu'\]"
+                             r".*not in the cost matrix \['eel'\]",
+    "probs not summing to 1": r"--val .*must sum to 1 .*row 7 sums to 1.01",
+    "negative probability": r"--val .*probs\[2, 0\] = -.* is negative",
+    "NaN in logits": r"--test .*logits\[5, 1\] = nan",
+    "inf in probs": r"--val .*probs\[3, 2\] = inf",
+    "NaN in cost": r"--cost .*c.csv.*C\[0, 2\] = nan",
+    "pickled npz": r"--val .*val.npz.*pickled",
+    "label out of range": r"--val .*labels must lie in 0 \.\. 2 .*y\[2\] = 3",
+    "label not in header": r"--val .*\['yak'\] .* not classes of --cost header",
+    "both logits and probs": r"--val .*both 'logits' and 'probs'",
+    "csv logits without flag": r"val.csv.* is negative\. .*pass --csv-values logits",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD))
+def test_bad_input_is_rejected_before_writing(tmp_path, kind):
+  val, test, cost = make_bad(tmp_path, kind)
+  with pytest.raises(UserInputError, match=BAD[kind]) as e:
+    decide.run(args_for(tmp_path, val, test, cost))
+  assert "\n" not in str(e.value)
+  assert not (tmp_path / "out").exists()
+
+
+def test_bad_input_cli_exit_status_and_one_line(tmp_path):
+  val, test, cost = make_bad(tmp_path, "probs not summing to 1")
+  proc = subprocess.run(
+      [sys.executable, "-m", "costjax.cli.decide", "--val", val, "--test", test, "--cost", cost,
+       "--out", tmp_path / "out"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+      check=False)
+  assert proc.returncode == 2
+  assert proc.stderr.startswith("error: --val") and proc.stderr.count("\n") == 1
+  assert not (tmp_path / "out").exists()
+
+
+def test_bad_flags(tmp_path):
+  val, test, cost = make_bad(tmp_path, "NaN in logits")
+  for kw, msg in (({"alpha": -1}, "--alpha must be a positive"),
+                  ({"abstain_cost": "nan"}, "--abstain-cost must be a non-negative")):
+    with pytest.raises(UserInputError, match=msg):
+      decide.run(args_for(tmp_path, val, test, cost, **kw))
+  assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------- #
+# Pieces.
+# --------------------------------------------------------------------------- #
+
+
+def test_probabilities_and_csv_columns_load_in_class_order(tmp_path):
+  rng = np.random.default_rng(2)
+  z = rng.normal(size=(30, 3))
+  p = softmax(z)
+  (tmp_path / "c.csv").write_text("b,c,a\n0,1,2\n1,0,1\n4,1,0\n")
+  df = pd.DataFrame({"a": p[:, 2], "b": p[:, 0], "c": p[:, 1]})
+  df["label"] = np.array(["b", "c", "a"])[np.arange(30) % 3]
+  df.to_csv(tmp_path / "v.csv", index=False)
+  np.savez(tmp_path / "t.npz", probs=p)
+  inp = decide.load_inputs(str(tmp_path / "v.csv"), str(tmp_path / "t.npz"),
+                           str(tmp_path / "c.csv"))
+  assert inp.class_names == ("b", "c", "a")
+  logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+  np.testing.assert_allclose(inp.val.logits, logp, atol=1e-5)  # columns reordered to b, c, a
+  np.testing.assert_allclose(inp.test.logits, logp, atol=1e-5)
+  np.testing.assert_array_equal(inp.val.labels, np.arange(30) % 3)
+  assert inp.test.labels is None
+  # Without a header, CSV class columns are taken in sorted order and labels matched to them.
+  np.savetxt(tmp_path / "n.csv", [[0, 1, 2], [1, 0, 1], [4, 1, 0]], delimiter=",")
+  inp = decide.load_inputs(str(tmp_path / "v.csv"), str(tmp_path / "t.npz"),
+                           str(tmp_path / "n.csv"))
+  assert inp.class_names == ("a", "b", "c")
+  np.testing.assert_allclose(inp.val.logits, logp[:, [2, 0, 1]], atol=1e-5)
+  np.testing.assert_array_equal(inp.val.labels, [1, 2, 0] * 10)
+
+
+def test_paired_bootstrap_matches_normal_approximation():
+  rng = np.random.default_rng(0)
+  a = rng.exponential(2.0, 4000)
+  b = a - rng.normal(0.3, 1.0, 4000)  # paired: b shares a's noise
+  mean, lo, hi = decide.paired_bootstrap(a, b, resamples=2000, seed=0)
+  d = a - b
+  assert mean == pytest.approx(d.mean())
+  half = 1.96 * d.std() / np.sqrt(len(d))
+  assert lo == pytest.approx(d.mean() - half, abs=0.15 * half)
+  assert hi == pytest.approx(d.mean() + half, abs=0.15 * half)
+  # An unpaired interval would be far wider: the pairing is what the test is about.
+  assert hi - lo < 0.5 * 2 * 1.96 * np.sqrt((a.var() + b.var()) / len(a))
