@@ -1,0 +1,52 @@
+"""Entry point of the ``costjax`` command: argument parsing and subcommand dispatch.
+
+  costjax compare --out runs/digits
+  costjax compare --data diamonds --cost ordinal --out runs/diamonds
+  costjax decide --val val.npz --test test.npz --cost cost.csv --out runs/decide
+
+Every subcommand answers bad input with one line ``error: ...`` on stderr and exit
+status 2, and writes nothing then.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from costjax.cli.errors import UserInputError, report
+
+
+class _Parser(argparse.ArgumentParser):
+  """argparse's usage errors as the one line ``error: ...`` (exit status 2)."""
+
+  def error(self, message):
+    report(UserInputError(f"{self.prog}: {message}"))
+    raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+  from costjax.cli import compare, decide
+
+  p = _Parser(prog="costjax", description=__doc__.split("\n\n")[0],
+              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+  sub.required = True
+  compare.add_parser(sub)
+  decide.add_parser(sub)  # sets run=decide.run
+  return p
+
+
+def main(argv=None) -> int:
+  """Runs the command line; returns the exit status (2 for bad input)."""
+  parser = build_parser()
+  args = parser.parse_args(argv)
+  try:
+    args.run(args)
+  except UserInputError as e:
+    report(e)
+    return 2
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

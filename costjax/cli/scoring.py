@@ -1,0 +1,91 @@
+"""Calibration and decoding of trained models for ``costjax compare``.
+
+Every trained model is decoded three ways:
+
+* ``argmax`` — the most probable class;
+* ``bayes_t`` — :func:`costjax.bayes_decision` on ``logits / T``, with ``T`` from
+  :func:`costjax.fit_temperature` on the validation set (temperature scaling);
+* ``bayes_vs`` — :func:`costjax.bayes_decision` on ``logits * scale + bias`` from
+  :func:`costjax.fit_vector_scaling` on the validation set (vector scaling).
+
+A model whose validation or test logits are not all finite has diverged: its costs
+are NaN, and the selection and report flag it.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import costjax as cj
+
+DECODINGS = ("argmax", "bayes_t", "bayes_vs")
+# L-BFGS budget of the vector-scaling fit. Validation logits of a trained network are
+# often nearly separable, so the optimum drifts towards infinite scales and the fit
+# runs to its budget; 50 steps keep decoding cheap (the library default is 200).
+VS_MAX_ITERATIONS = 50
+DECODING_LABELS = {
+    "argmax": "argmax",
+    "bayes_t": "Bayes (temperature)",
+    "bayes_vs": "Bayes (vector scaling)",
+}
+
+
+def _score_one(zv, yv, zt, yt, c):
+  finite = jnp.all(jnp.isfinite(zv)) & jnp.all(jnp.isfinite(zt))
+  zv = jnp.where(jnp.isfinite(zv), zv, 0.0)
+  zt = jnp.where(jnp.isfinite(zt), zt, 0.0)
+  t = cj.fit_temperature(zv, yv)
+  vs = cj.fit_vector_scaling(zv, yv, max_iterations=VS_MAX_ITERATIONS)
+  preds = {
+      "argmax": (jnp.argmax(zv, -1), jnp.argmax(zt, -1)),
+      "bayes_t": (cj.bayes_decision(zv / t, c), cj.bayes_decision(zt / t, c)),
+      "bayes_vs": (cj.bayes_decision(vs.apply(zv), c), cj.bayes_decision(vs.apply(zt), c)),
+  }
+  nan = jnp.float32(jnp.nan)
+  out = {"finite": finite, "temperature": t}
+  for name, (pv, pt) in preds.items():
+    pv, pt = pv.astype(jnp.int32), pt.astype(jnp.int32)
+    out[f"val_cost_{name}"] = jnp.where(finite, jnp.mean(c[yv, pv]), nan)
+    out[f"test_cost_{name}"] = jnp.where(finite, jnp.mean(c[yt, pt]), nan)
+    out[f"test_acc_{name}"] = jnp.where(finite, jnp.mean(pt == yt), nan)
+    out[f"test_pred_{name}"] = pt
+  return out
+
+
+@jax.jit
+def _score_grid_point(val_logits, y_val, test_logits, y_test, costs):
+  f = jax.vmap(_score_one, in_axes=(0, 0, 0, 0, None))  # seeds
+  f = jax.vmap(f, in_axes=(0, None, 0, None, 0))  # cost matrices
+  return f(val_logits, y_val, test_logits, y_test, costs)
+
+
+def compile_scorer(*, num_costs: int, num_seeds: int, n_val: int, n_test: int,
+                   num_classes: int):
+  """Ahead-of-time compiled scorer for one grid point (may run in a background thread)."""
+  f32, i32 = jnp.float32, jnp.int32
+  sds = jax.ShapeDtypeStruct
+  m, s, k = num_costs, num_seeds, num_classes
+  return _score_grid_point.lower(
+      sds((m, s, n_val, k), f32), sds((s, n_val), i32), sds((m, s, n_test, k), f32),
+      sds((s, n_test), i32), sds((m, k, k), f32)).compile()
+
+
+def score(val_logits, y_val, test_logits, y_test, costs, *, scorer=None) -> dict[str, np.ndarray]:
+  """Scores every model under every decoding.
+
+  Shapes: logits ``(M, G, S, N, K)`` for ``M`` cost matrices, ``G`` grid points and
+  ``S`` seeds; labels ``(S, N)``; costs ``(M, K, K)``. Returns a dict of ``(M, G, S)``
+  arrays (``test_pred_*``: ``(M, G, S, N)``). Runs on this process's devices only
+  (one compiled program, looped over grid points); ``scorer`` is that program from
+  :func:`compile_scorer`.
+  """
+  fn = _score_grid_point if scorer is None else scorer
+  outs = []
+  for g in range(val_logits.shape[1]):
+    o = fn(jnp.asarray(val_logits[:, g], jnp.float32), jnp.asarray(y_val, jnp.int32),
+           jnp.asarray(test_logits[:, g], jnp.float32), jnp.asarray(y_test, jnp.int32),
+           jnp.asarray(costs, jnp.float32))
+    outs.append(jax.device_get(o))
+  return {k: np.stack([o[k] for o in outs], axis=1) for k in outs[0]}
