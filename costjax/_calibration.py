@@ -24,7 +24,7 @@ TEMPERATURE_MAX = 1e3
 # Safeguarded Newton on beta: at most this many passes over the data (it stops
 # earlier, typically after 5-10, once the Newton step is below RTOL * beta).
 _TEMPERATURE_MAX_PASSES = 40
-_TEMPERATURE_RTOL = 1e-6
+_TEMPERATURE_RTOL = 1e-7  # or 64 float eps, whichever is larger
 
 
 class VectorScaling(NamedTuple):
@@ -176,6 +176,7 @@ def fit_temperature(
     h = jnp.where(counted, weight * qsum * var, 0.0)
     return jnp.sum(g) / norm, jnp.sum(h) / norm
 
+  rtol = max(_TEMPERATURE_RTOL, 64 * float(jnp.finfo(dtype).eps))
   beta_min = jnp.asarray(1.0 / TEMPERATURE_MAX, dtype)
   beta_max = jnp.asarray(1.0 / TEMPERATURE_MIN, dtype)
 
@@ -198,16 +199,24 @@ def fit_temperature(
     exact = g == 0
     lo = jnp.where(exact, beta, lo)
     hi = jnp.where(exact, beta, hi)
-    safe_h = jnp.where(h > 0, h, 1.0)
-    newton = jnp.where((h > 0) & jnp.isfinite(g), beta - g / safe_h, jnp.nan)
+    ok = (h > 0) & jnp.isfinite(g)
+    safe_h = jnp.where(ok, h, 1.0)
+    step = jnp.where(ok, g / safe_h, jnp.nan)
+    # Newton on beta; if it leaves the bracket, Newton on log(beta) (a shorter
+    # step in the same direction that keeps beta > 0); else bisect the bracket
+    # geometrically. A step past a domain edge not yet evaluated goes to it.
+    newton = beta - step
+    log_newton = beta * jnp.exp(-jnp.clip(step / beta, -30.0, 30.0))
     inside = (newton > lo) & (newton < hi)
-    bisect = jnp.sqrt(lo * hi)
-    nxt = jnp.where(inside, newton, bisect)
-    # A step past a domain edge that has not been evaluated goes to the edge.
-    nxt = jnp.where(~inside & (newton >= hi) & ~hi_eval, hi, nxt)
-    nxt = jnp.where(~inside & (newton <= lo) & ~lo_eval, lo, nxt)
+    log_inside = (log_newton > lo) & (log_newton < hi)
+    nxt = jnp.where(log_inside, log_newton, jnp.sqrt(lo * hi))
+    nxt = jnp.where(~log_inside & (newton >= hi) & ~hi_eval, hi, nxt)
+    nxt = jnp.where(~log_inside & (newton <= lo) & ~lo_eval, lo, nxt)
+    nxt = jnp.where(inside, newton, nxt)
     nxt = jnp.clip(nxt, lo, hi)
-    done = (jnp.abs(nxt - beta) <= _TEMPERATURE_RTOL * beta) | (hi - lo <= _TEMPERATURE_RTOL * lo)
+    small_step = jnp.abs(step) <= rtol * beta
+    nxt = jnp.where(small_step & ok, jnp.clip(newton, lo, hi), nxt)
+    done = exact | (small_step & ok) | (hi - lo <= rtol * lo)
     return nxt, lo, hi, lo_eval, hi_eval, done, it + 1
 
   one = jnp.asarray(1.0, dtype)

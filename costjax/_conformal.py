@@ -199,14 +199,19 @@ def calibrate_cost_sets(
   model gets larger sets), but shifts between calibration and test data
   void it.
 
-  The minimum is computed exactly, without bisection: each ``L_i`` is a step
-  function whose breakpoints are the gaps ``r_ij - min_k r_ik`` (``r`` the
-  decision costs), so the gaps are sorted per example (a running minimum of
-  ``C[y_i, j]`` in that order gives ``L_i`` at each breakpoint), then all
-  ``n K`` breakpoints are sorted together and the total loss is a cumulative
-  sum of per-breakpoint decrements. The smallest breakpoint that satisfies
-  the inequality is returned (up to float rounding of that cumulative sum).
-  Cost ``O(n K log(n K))``; jit-able; ``alpha`` may be traced.
+  The minimum is computed exactly, without bisection or a sort of the data.
+  Each ``L_i`` is a step function of ``t``: with the costs of row ``C[y_i]``
+  in increasing order ``c_(0) <= ... <= c_(K-1)`` (the ``K`` rows of ``C`` are
+  sorted once), the set reaches cost level ``c_(m)`` once ``t`` passes
+  ``tau_im``, the smallest gap ``r_ij - min_k r_ik`` (``r`` the decision costs)
+  among the classes that cost at most ``c_(m)`` (a running minimum). The total
+  loss is then ``sum_i c_(K-1) - sum_{i,m} [tau_im <= t] (c_(m+1) - c_(m))``,
+  so the threshold is a weighted quantile of the ``tau_im``, found exactly by
+  radix selection on their float bit patterns (four 256-bin weighted
+  histograms). The result is the smallest breakpoint that satisfies the
+  inequality, up to float rounding of the summed costs. Cost ``O(n K)``
+  besides the decision costs; jit-able; ``alpha`` may be traced. (Probability
+  labels sort each example's row instead, which is slower.)
 
   Args:
     logits: calibration logits, shape ``(..., K)`` (all leading axes are
@@ -265,24 +270,60 @@ def calibrate_cost_sets(
     rows = _cost_ops.vecmat(q, cost).reshape(-1, k)
     bad = jnp.array(False)
   bound = _cost_ops.max_cost(cost).astype(dtype)
-  # Per example: gaps in increasing order and L_i at each of them (the running
-  # minimum of the costs of the decisions admitted so far).
-  gaps_sorted, rows_sorted = jax.lax.sort((gaps, rows), dimension=1, num_keys=1)
-  loss_after = jax.lax.cummin(rows_sorted, axis=1)
-  loss_before = jnp.concatenate(
-      [jnp.broadcast_to(bound, (n, 1)).astype(dtype), loss_after[:, :-1]], axis=1
+  # L_i(t) = min {c_ij : g_ij <= t} with c_i = C[y_i]. Order the costs of
+  # row c_i increasingly, c_(0) <= ... <= c_(K-1); the set reaches cost level
+  # c_(m) once t >= tau_im = min_{m' <= m} g_i(m'). So
+  #   L_i(t) = c_(K-1) - sum_{m < K-1} [tau_im <= t] (c_(m+1) - c_(m)),
+  # and the total loss is a weighted count of the pairs (i, m) with
+  # tau_im <= t: the threshold is a weighted quantile of the tau.
+  if is_index:
+    # Only K distinct cost rows: sort those once, not one row per example.
+    table = _cost_ops.rows(cost, jnp.arange(k))
+    order = jnp.argsort(table, axis=1)
+    table_sorted = jnp.take_along_axis(table, order, axis=1)
+    perm = _checks.gather_rows(order, jnp.minimum(y, k - 1))
+    costs_sorted = _checks.gather_rows(table_sorted, jnp.minimum(y, k - 1))
+  else:
+    perm = jnp.argsort(rows, axis=1)
+    costs_sorted = jnp.take_along_axis(rows, perm, axis=1)
+  gaps_by_cost = jnp.take_along_axis(gaps, perm, axis=1)
+  tau = jax.lax.associative_scan(jnp.minimum, gaps_by_cost, axis=1) + 0.0  # no -0.0
+  weight = jnp.concatenate(
+      [costs_sorted[:, 1:] - costs_sorted[:, :-1], jnp.zeros((n, 1), dtype)], axis=1
   )
-  decrement = loss_before - loss_after
-  # All breakpoints together: total loss after each one.
-  keys, drops = jax.lax.sort(
-      (gaps_sorted.reshape(-1), decrement.reshape(-1)), dimension=0, num_keys=1,
-      is_stable=False,
-  )
-  total = n * bound - jnp.cumsum(drops)
-  # Only the last of a run of equal breakpoints is a threshold value at which
-  # every tied decrement has been applied.
-  last_of_run = jnp.concatenate([keys[1:] != keys[:-1], jnp.array([True])])
-  ok = last_of_run & (total + bound <= alpha * (n + 1))
-  first = jnp.argmax(ok)
-  threshold = jnp.where(jnp.any(ok), keys[first], jnp.inf)
+  need = jnp.sum(costs_sorted[:, -1]) + bound - alpha * (n + 1)
+  tau_hat = _weighted_quantile(tau.reshape(-1), weight.reshape(-1), need)
+  threshold = jnp.where(need <= 0, jnp.zeros((), dtype), tau_hat)
   return jnp.where(bad, jnp.nan, threshold).astype(dtype)
+
+
+def _weighted_quantile(values: jax.Array, weights: jax.Array, need: jax.Array) -> jax.Array:
+  """Smallest ``v`` in ``values`` (all ``>= +0``) with ``sum(weights[values <= v]) >= need``.
+
+  ``+inf`` if the total weight is below ``need``. Exact radix selection on the
+  bit patterns (monotone for non-negative floats): one 256-bin weighted
+  histogram per byte, most significant first, each restricted to the values
+  whose higher bytes match those chosen so far. Four (eight for float64)
+  scatter-adds over the data instead of a sort.
+  """
+  bits = jnp.finfo(values.dtype).bits
+  utype = jnp.uint32 if bits == 32 else jnp.uint64
+  codes = jax.lax.bitcast_convert_type(values, utype)
+  weights = weights.astype(values.dtype)
+  below = jnp.zeros((), values.dtype)  # weight of values under the current prefix
+  prefix = jnp.zeros((), utype)
+  for byte in range(bits // 8 - 1, -1, -1):
+    shift = 8 * byte
+    digit = ((codes >> shift) & 0xFF).astype(jnp.int32)
+    if byte == bits // 8 - 1:
+      match = jnp.ones(codes.shape, bool)
+    else:
+      match = (codes >> (shift + 8)) == prefix
+    hist = jnp.zeros((256,), values.dtype).at[digit].add(jnp.where(match, weights, 0.0))
+    cum = below + jnp.cumsum(hist)
+    chosen = jnp.argmax(cum >= need)  # first bin that reaches `need`
+    below = cum[chosen] - hist[chosen]
+    prefix = (prefix << 8) | chosen.astype(utype)
+  found = jnp.sum(weights) >= need
+  value = jax.lax.bitcast_convert_type(prefix, values.dtype)
+  return jnp.where(found, value, jnp.inf)
