@@ -145,3 +145,133 @@ def test_kappa_is_jittable():
       cohen_kappa_score(y, y[::-1], weights="quadratic"),
       rtol=1e-5,
   )
+
+
+# --------------------------------------------------------------------------- #
+# decision_costs, abstention (Chow's rule with costs), structured costs.
+# --------------------------------------------------------------------------- #
+
+
+def _asym_problem(seed, n=64, k=5):
+  rng = np.random.default_rng(seed)
+  logits = (2 * rng.normal(size=(n, k))).astype(np.float32)
+  c = rng.uniform(0, 10, size=(k, k)).astype(np.float32)
+  np.fill_diagonal(c, 0)
+  return logits, c
+
+
+def test_decision_costs_matches_numpy_and_orientation():
+  logits, c = _asym_problem(10)
+  got = jax.jit(cj.decision_costs)(logits, c)
+  want = ref.softmax(logits) @ c.astype(np.float64)  # sum_i p_i C[i, j]
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  assert not np.allclose(got, ref.softmax(logits) @ c.T, atol=1e-3)
+  np.testing.assert_array_equal(cj.bayes_decision(logits, c), np.argmin(want, -1))
+  assert cj.decision_costs(logits[0], c).shape == (5,)
+  # bf16 logits: computed in float32, returned in the input dtype.
+  low = cj.decision_costs(logits.astype(jnp.bfloat16), c)
+  assert low.dtype == jnp.bfloat16
+  np.testing.assert_allclose(low.astype(np.float32), want, rtol=3e-2, atol=3e-2)
+
+
+def test_decision_costs_check_grads():
+  from jax.test_util import check_grads
+
+  with jax.enable_x64(True):
+    logits, c = _asym_problem(11, n=6, k=4)
+    logits, c = jnp.asarray(logits, jnp.float64), jnp.asarray(c, jnp.float64)
+    check_grads(lambda z: cj.decision_costs(z, c), (logits,), order=2, modes=["fwd", "rev"],
+                atol=1e-6, rtol=1e-6)
+    check_grads(lambda m: cj.decision_costs(logits, m), (c,), order=1, modes=["rev"],
+                atol=1e-6, rtol=1e-6)
+
+
+def test_decisions_through_a_cost_structure():
+  from tests._dense_structure import DenseStructure
+
+  logits, c = _asym_problem(12)
+  s = DenseStructure(c)
+  np.testing.assert_allclose(cj.decision_costs(logits, s), cj.decision_costs(logits, c),
+                             rtol=1e-6)
+  np.testing.assert_array_equal(
+      jax.jit(lambda z, m: cj.bayes_decision(z, m, abstain_cost=2.0))(logits, s),
+      cj.bayes_decision(logits, c, abstain_cost=2.0),
+  )
+  rng = np.random.default_rng(0)
+  y = rng.integers(0, 5, 64)
+  yhat = rng.integers(-1, 5, 64)
+  np.testing.assert_allclose(cj.mean_cost(yhat, y, s, abstain_cost=1.5),
+                             cj.mean_cost(yhat, y, c, abstain_cost=1.5), rtol=1e-6)
+  with pytest.raises(ValueError, match="num_classes=5"):
+    cj.decision_costs(np.zeros((2, 4), np.float32), s)
+
+
+@pytest.mark.parametrize("abstain_cost", [0.0, 0.7, 2.0, 5.0, 1e6])
+def test_abstention_is_chow_rule_with_costs(abstain_cost):
+  logits, c = _asym_problem(13, n=400)
+  r = ref.softmax(logits) @ c.astype(np.float64)
+  best = r.min(-1)
+  want = np.where(best > abstain_cost, -1, r.argmin(-1))
+  got = jax.jit(lambda z, a: cj.bayes_decision(z, c, abstain_cost=a))(logits, abstain_cost)
+  # float32 vs float64 risks: ignore examples within rounding of the threshold.
+  clear = np.abs(best - abstain_cost) > 1e-4
+  np.testing.assert_array_equal(np.asarray(got)[clear], want[clear])
+  assert got.dtype == jnp.int32
+  if abstain_cost == 0.0:  # zero diagonal: only certain examples are decided
+    assert np.all(np.asarray(got)[best > 1e-4] == -1)
+  if abstain_cost == 1e6:
+    np.testing.assert_array_equal(got, cj.bayes_decision(logits, c))
+
+
+def test_abstention_boundary_is_strict():
+  c = jnp.array([[0.0, 1.0], [1.0, 0.0]])
+  logits = jnp.log(jnp.array([[0.75, 0.25], [0.5, 0.5]]))
+  # decision costs [0.25, 0.75] and [0.5, 0.5]: abstain only where min > abstain_cost.
+  np.testing.assert_array_equal(cj.bayes_decision(logits, c, abstain_cost=0.5), [0, 0])
+  np.testing.assert_array_equal(cj.bayes_decision(logits, c, abstain_cost=0.3), [0, -1])
+  np.testing.assert_array_equal(cj.bayes_decision(logits, c, abstain_cost=0.2), [-1, -1])
+
+
+def test_abstention_lowers_expected_cost_under_the_model():
+  """With labels drawn from the model, Chow's rule beats plain Bayes at price a."""
+  rng = np.random.default_rng(14)
+  logits, c = _asym_problem(14, n=20000)
+  p = ref.softmax(logits)
+  y = (p.cumsum(-1) > rng.random((20000, 1))).argmax(-1)
+  a = 1.0
+  plain = cj.mean_cost(cj.bayes_decision(logits, c), y, c)
+  chow = cj.mean_cost(cj.bayes_decision(logits, c, abstain_cost=a), y, c, abstain_cost=a)
+  # Expected values under the model, computed exactly:
+  r = p @ c.astype(np.float64)
+  np.testing.assert_allclose(chow, np.minimum(r.min(-1), a).mean(), rtol=0.05)
+  np.testing.assert_allclose(plain, r.min(-1).mean(), rtol=0.05)
+  assert chow < plain
+
+
+def test_mean_cost_abstentions():
+  c = np.array([[0.0, 1.0, 4.0], [1.0, 0.0, 3.0], [4.0, 3.0, 0.0]], np.float32)
+  y = np.array([0, 1, 2, 2])
+  yhat = np.array([2, -1, -1, 1])
+  np.testing.assert_allclose(cj.mean_cost(yhat, y, c, abstain_cost=0.5), (4 + 0.5 + 0.5 + 3) / 4)
+  f = jax.jit(lambda a: cj.mean_cost(yhat, y, c, abstain_cost=a))
+  np.testing.assert_allclose(f(2.0), (4 + 2 + 2 + 3) / 4)
+  np.testing.assert_allclose(
+      cj.mean_cost(yhat, y, c, abstain_cost=0.5, where=np.array([True, True, False, False])),
+      (4 + 0.5) / 2,
+  )
+  # Without abstain_cost, -1 is out of range; with it, -2 still is.
+  assert np.isnan(cj.mean_cost(yhat, y, c))
+  assert np.isnan(cj.mean_cost(np.array([-2, 0, 0, 0]), y, c, abstain_cost=0.5))
+  with pytest.raises(Exception, match=r"predictions\): labels must lie in \[0, 3\); got -2"):
+    cj.checked(cj.mean_cost)(np.array([-2, 0, 0, 0]), y, c, abstain_cost=0.5)
+
+
+@pytest.mark.parametrize("bad", [-0.1, float("inf"), float("nan"), -np.inf])
+def test_bad_abstain_cost(bad):
+  logits, c = _asym_problem(15, n=4)
+  with pytest.raises(ValueError, match="abstain_cost"):
+    cj.bayes_decision(logits, c, abstain_cost=bad)
+  with pytest.raises(ValueError, match="abstain_cost"):
+    cj.mean_cost(np.array([0, -1]), np.array([0, 1]), c, abstain_cost=bad)
+  with pytest.raises(ValueError, match="abstain_cost"):
+    cj.bayes_decision(logits, c, abstain_cost=np.array([1.0, 2.0]))
