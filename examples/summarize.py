@@ -1,4 +1,4 @@
-"""Print compact Markdown tables from compare_losses.py's results.json files.
+"""Print compact Markdown tables from ``costjax compare``'s results.json files.
 
   python examples/summarize.py runs/results/*/results.json
 
@@ -10,30 +10,36 @@ from __future__ import annotations
 import json
 import sys
 
-import numpy as np
 
-HP_NAME = {"ce_ec": "λ", "soft0.5": "T", "soft1": "T", "soft2": "T", "cdw": "α",
-           "sinkhorn": "ε/max C"}
+def _num(x, digits=4) -> str:
+  return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def _p(x) -> str:
+  return "n/a" if x is None else f"{x:.3g}"
 
 
 def table(res: dict) -> str:
   out = []
-  for cost in res["costs"]:
+  for cost, verdict in zip(res["costs"], res["verdicts"], strict=True):
     rows = [r for r in res["rows"] if r["cost"] == cost]
     out += [f"**{res['data']}, cost `{cost}`** ({len(res['seeds'])} seeds, {res['epochs']} "
             f"epochs, {res['devices']}, {res['total_seconds']:.0f} s in total)", "",
-            "| arm | decoding | chosen | test cost | test acc | p vs CE argmax | p vs CE Bayes "
-            "| time (s) |", "|---|---|---|---|---|---|---|---|"]
+            f"Verdict: {verdict['sentence']}", "",
+            "| arm | decoding | chosen | test cost | 95% CI | test acc | p vs CE argmax "
+            "| p vs CE Bayes (T) |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-      c, a = np.asarray(r["test_cost"]), np.asarray(r["test_acc"])
       ref = r["arm"] == "ce"
-      pa = "—" if ref and r["decoding"] == "argmax" else f"{r['p_vs_ce_argmax']:.3g}"
-      pb = "—" if ref and r["decoding"] == "bayes" else f"{r['p_vs_ce_bayes']:.3g}"
+      pa = "—" if ref and r["decoding"] == "argmax" else _p(r["p_vs_ce_argmax"])
+      pb = "—" if ref and r["decoding"] == "bayes_t" else _p(r["p_vs_ce_bayes"])
       hp = f"lr={r['lr']:g}"
-      if r["arm"] in HP_NAME:
-        hp += f", {HP_NAME[r['arm']]}={r['hp']:g}"
-      out.append(f"| {r['label']} | {r['decoding']} | {hp} | {c.mean():.4f} ± {c.std():.4f} "
-                 f"| {a.mean():.3f} | {pa} | {pb} | {r['seconds']:.1f} |")
+      if r["hp_name"]:
+        hp += f", {r['hp_name']}={r['hp']:g}"
+      lo, hi = r["test_cost_ci95"]
+      flag = " (diverged)" if r["diverged"] else ""
+      out.append(f"| {r['label']} | {r['decoding_label']} | {hp} "
+                 f"| {_num(r['test_cost_mean'])} ± {_num(r['test_cost_std'])}{flag} "
+                 f"| [{_num(lo)}, {_num(hi)}] | {_num(r['test_acc_mean'], 3)} | {pa} | {pb} |")
     out.append("")
   return "\n".join(out)
 

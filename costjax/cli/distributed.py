@@ -62,7 +62,7 @@ def check_arguments(args) -> None:
                          f"{args.process_id}.")
 
 
-def _cluster_detected() -> bool:
+def cluster_detected() -> bool:
   env = os.environ
   if env.get("COSTJAX_DISTRIBUTED") == "1":
     return True
@@ -72,12 +72,24 @@ def _cluster_detected() -> bool:
   return "," in hosts  # a multi-host TPU slice
 
 
+def _cpu_collectives() -> None:
+  """Cross-process collectives on CPU devices need an implementation (gloo); older JAX
+  versions default to none."""
+  try:
+    if jax.config.jax_cpu_collectives_implementation in (None, "", "none"):
+      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  except AttributeError:  # a JAX without the option
+    pass
+
+
 def initialize(args) -> None:
   """Calls :func:`jax.distributed.initialize` when the flags or a cluster ask for it."""
+  if args.coordinator is not None or cluster_detected():
+    _cpu_collectives()
   if args.coordinator is not None:
     jax.distributed.initialize(coordinator_address=args.coordinator,
                                num_processes=args.num_processes, process_id=args.process_id)
-  elif _cluster_detected():
+  elif cluster_detected():
     jax.distributed.initialize()
 
 

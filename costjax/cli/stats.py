@@ -115,7 +115,10 @@ def holm(pvalues) -> list[float]:
 
 
 def mean_ci(x, level: float = 0.95) -> tuple[float, float]:
-  """Student t confidence interval of the mean over seeds (NaN with one seed)."""
+  """Student t confidence interval of the mean over seeds (NaN with one seed).
+
+  Costs are non-negative, so the lower end is clipped at 0.
+  """
   from scipy.stats import t as student_t
 
   x = np.asarray(x, np.float64)
@@ -123,7 +126,7 @@ def mean_ci(x, level: float = 0.95) -> tuple[float, float]:
   if n < 2 or not np.all(np.isfinite(x)):
     return (float("nan"), float("nan"))
   half = student_t.ppf(0.5 + level / 2, n - 1) * x.std(ddof=1) / math.sqrt(n)
-  return (float(x.mean() - half), float(x.mean() + half))
+  return (max(0.0, float(x.mean() - half)), float(x.mean() + half))
 
 
 def smallest_p(num_seeds: int) -> float:

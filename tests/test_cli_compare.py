@@ -1,0 +1,325 @@
+"""Tests of ``costjax compare``: an end-to-end digits run, bad input, and the statistics.
+
+The end-to-end run checks what separates a working harness from a broken one:
+cross-entropy learns digits (accuracy > 0.9), Bayes decoding lowers the asymmetric cost
+against argmax, the per-epoch validation curve computed inside the compiled training
+loop ends at the validation cost found after training, every number in the report
+equals results.json and results.csv, p-values equal SciPy's on the per-seed costs, and
+the verdict follows its stated rule.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from scipy.stats import wilcoxon
+
+from costjax.cli import main as cli_main
+from costjax.cli import scoring, stats
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def cli_command() -> list[str]:
+  """The installed console script when present (it is, after pip install -e .), else -m."""
+  script = os.path.join(os.path.dirname(sys.executable), "costjax")
+  return [script] if os.path.exists(script) else [sys.executable, "-m", "costjax.cli"]
+
+
+def run_cli(*args, devices=1, timeout=600):
+  env = dict(os.environ)
+  flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", env.get("XLA_FLAGS", ""))
+  if devices > 1:
+    flags += f" --xla_force_host_platform_device_count={devices}"
+  env["XLA_FLAGS"] = flags.strip()
+  env["JAX_PLATFORMS"] = "cpu"
+  return subprocess.run([*cli_command(), *map(str, args)], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=timeout, check=False)
+
+
+# --------------------------------------------------------------------------- #
+# End to end on digits.
+# --------------------------------------------------------------------------- #
+
+EPOCHS = 15
+SEEDS = 3
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+  out = tmp_path_factory.mktemp("compare") / "digits"
+  proc = run_cli("compare", "--seeds", SEEDS, "--epochs", EPOCHS, "--lrs", "3e-3,1e-2",
+                 "--arms", "ce,ce_ec,wce", "--cost", "asymmetric", "--out", out)
+  assert proc.returncode == 0, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+  res = json.loads((out / "results.json").read_text())
+  return out, proc, res
+
+
+def row(res, arm, decoding):
+  return next(r for r in res["rows"] if r["arm"] == arm and r["decoding"] == decoding)
+
+
+@pytest.mark.slow
+def test_cross_entropy_learns_and_bayes_lowers_the_asymmetric_cost(digits_run):
+  _, _, res = digits_run
+  ce_arg, ce_bayes = row(res, "ce", "argmax"), row(res, "ce", "bayes_t")
+  assert ce_arg["test_acc_mean"] > 0.9
+  # The six confusions that cost 20 are what Bayes decoding avoids.
+  assert ce_bayes["test_cost_mean"] < ce_arg["test_cost_mean"]
+  assert {(r["arm"], r["decoding"]) for r in res["rows"]} == {
+      (a, d) for a in ("ce", "ce_ec", "wce") for d in scoring.DECODINGS}
+  for r in res["rows"]:
+    assert len(r["test_cost"]) == SEEDS and not r["diverged"]
+    assert r["test_cost_mean"] == pytest.approx(np.mean(r["test_cost"]), abs=1e-12)
+
+
+@pytest.mark.slow
+def test_validation_curve_ends_at_the_selected_validation_cost(digits_run):
+  _, _, res = digits_run
+  for arm in res["arms"]:
+    curve = arm["val_cost_curve_mean"]["asymmetric"]
+    assert len(curve) == EPOCHS
+    # Computed inside the training scan after the last epoch == computed after training.
+    assert curve[-1] == pytest.approx(row(res, arm["arm"], "argmax")["val_cost"], abs=1e-6)
+    assert curve[0] > curve[-1]  # training helps
+
+
+@pytest.mark.slow
+def test_p_values_and_intervals_match_scipy(digits_run):
+  from scipy.stats import t as student_t
+
+  _, _, res = digits_run
+  ref_a, ref_b = row(res, "ce", "argmax"), row(res, "ce", "bayes_t")
+  for r in res["rows"]:
+    for ref, key in ((ref_a, "p_vs_ce_argmax"), (ref_b, "p_vs_ce_bayes")):
+      d = np.subtract(r["test_cost"], ref["test_cost"])
+      want = 1.0 if np.all(d == 0) else wilcoxon(r["test_cost"], ref["test_cost"]).pvalue
+      assert r[key] == pytest.approx(want, rel=1e-9)
+    x = np.asarray(r["test_cost"])
+    half = student_t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x))
+    assert r["test_cost_ci95"][1] == pytest.approx(x.mean() + half, rel=1e-9)
+    assert r["test_cost_ci95"][0] == pytest.approx(max(0.0, x.mean() - half), abs=1e-12)
+
+
+def _table_rows(report: str) -> dict[tuple[str, str], list[str]]:
+  out = {}
+  for line in report.splitlines():
+    cells = [c.strip() for c in line.strip().strip("|").split("|")]
+    if len(cells) == 10 and cells[0] not in ("arm", "---"):
+      out[(cells[0], cells[1])] = cells
+  return out
+
+
+@pytest.mark.slow
+def test_report_numbers_equal_results_json_and_csv(digits_run):
+  out, _, res = digits_run
+  report = (out / "report.md").read_text()
+  table = _table_rows(report)
+  assert len(table) == len(res["rows"]) == 9
+  for r in res["rows"]:
+    cells = table[(r["label"], r["decoding_label"])]
+    assert cells[3] == f"{r['val_cost']:.4f}"
+    assert cells[4] == f"{r['test_cost_mean']:.4f} ± {r['test_cost_std']:.4f}"
+    lo, hi = r["test_cost_ci95"]
+    assert cells[5] == f"[{lo:.4f}, {hi:.4f}]"
+    assert cells[6] == f"{r['test_acc_mean']:.3f}"
+  with open(out / "results.csv", newline="") as f:
+    csv_rows = list(csv.DictReader(f))
+  assert len(csv_rows) == len(res["rows"])
+  for c, r in zip(csv_rows, res["rows"], strict=True):
+    assert (c["arm"], c["decoding"]) == (r["arm"], r["decoding"])
+    assert float(c["test_cost_mean"]) == r["test_cost_mean"]
+    assert float(c["p_vs_ce_bayes"]) == r["p_vs_ce_bayes"]
+  for name in ("val_curves.png", "test_cost.png", "confusion.png"):
+    assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"]({name})" in report
+
+
+@pytest.mark.slow
+def test_verdict_follows_its_rule_and_agrees_with_the_table(digits_run):
+  out, _, res = digits_run
+  (v,) = res["verdicts"]
+  rows = res["rows"]
+  pick = min(rows, key=lambda r: r["val_cost"])  # chosen on validation, never on test
+  assert (v["pick"]["arm"], v["pick"]["decoding"]) == (pick["arm"], pick["decoding"])
+  bases = [row(res, "ce", "argmax"), row(res, "ce", "bayes_t")]
+  others = [b for b in bases if b is not pick]
+  raw = [wilcoxon(pick["test_cost"], b["test_cost"]).pvalue
+         if np.any(np.subtract(pick["test_cost"], b["test_cost"])) else 1.0 for b in others]
+  holm = [min(1.0, max((len(raw) - i) * p for i, p in enumerate(sorted(raw)) if p <= q))
+          for q in raw]
+  assert [c["holm_p"] for c in v["comparisons"]] == pytest.approx(holm, rel=1e-9)
+  beats = all(pick["test_cost_mean"] < b["test_cost_mean"] and h < 0.05
+              for b, h in zip(others, holm, strict=True))
+  is_base = pick["arm"] == "ce" and pick["decoding"] in ("argmax", "bayes_t")
+  assert v["adopted"] == (beats and not is_base)
+  sentence = v["sentence"]
+  report = (out / "report.md").read_text()
+  verdict_section = report.split("## Verdict", 1)[1].split("\n## ", 1)[0]
+  assert sentence in verdict_section
+  # Every cost the sentence quotes is a mean test cost of the table.
+  means = {f"{r['test_cost_mean']:.4f}" for r in rows}
+  quoted = re.findall(r"\b\d\.\d{4}\b", sentence)
+  assert quoted and set(quoted) <= means
+  rec = row(res, v["recommended"]["arm"], v["recommended"]["decoding"])
+  assert f"{rec['test_cost_mean']:.4f}" in sentence
+  if not v["adopted"]:
+    assert rec in bases and sentence.endswith(".") and "use cross-entropy" in sentence.lower()
+  # The old framing ("Best on validation: ...") is gone.
+  assert "Best on validation" not in report
+
+
+@pytest.mark.slow
+def test_progress_is_one_line_per_arm_without_a_terminal(digits_run):
+  _, proc, _ = digits_run
+  assert "\r" not in proc.stdout
+  lines = [ln for ln in proc.stdout.splitlines() if re.match(r"\[\d/3\] ", ln)]
+  assert len(lines) == 3 and lines[0].startswith("[1/3] cross-entropy:")
+
+
+# --------------------------------------------------------------------------- #
+# Flags and bad input: one line on stderr, exit status 2, nothing written.
+# --------------------------------------------------------------------------- #
+
+
+def test_help_shows_defaults_and_every_flag(capsys):
+  with pytest.raises(SystemExit) as e:
+    cli_main.main(["compare", "--help"])
+  assert e.value.code == 0
+  text = " ".join(capsys.readouterr().out.split())
+  for flag in ("--data", "--label-column", "--features", "--ordinal", "--max-rows", "--cost",
+               "--arms", "--seeds", "--epochs", "--lrs", "--model", "--hidden", "--batch-size",
+               "--weight-decay", "--out", "--progress", "--coordinator", "--num-processes",
+               "--process-id"):
+    assert flag in text, flag
+  assert "(default: 1e-3,3e-3,1e-2)" in text and "(default: 10)" in text
+  assert "(default: asymmetric)" in text
+
+
+def _bad_cost_csv(tmp_path):
+  p = tmp_path / "c3.csv"
+  np.savetxt(p, np.ones((3, 3)) - np.eye(3), delimiter=",")
+  return str(p)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--seeds", "0"], "--seeds must be >= 1"),
+    (["--lrs", "1e-3,abc"], "expected comma-separated numbers"),
+    (["--lrs", "-1"], "positive"),
+    (["--epochs", "0"], "--epochs must be >= 1"),
+    (["--arms", "ce,bogus"], "unknown arm id(s) ['bogus']"),
+    (["--arms", "emd"], "needs ordered classes"),
+    (["--data", "no_such_file.csv"], "no_such_file.csv"),
+    (["--cost", "no_such_cost"], "no_such_cost"),
+    (["--cost", "BAD_CSV"], "10 x 10"),
+    (["--data", "diamonds", "--model", "cnn", "--max-rows", "300"], "needs image data"),
+    (["--coordinator", "127.0.0.1:1234"], "go together"),
+    (["--coordinator", "nohost", "--num-processes", "2", "--process-id", "0"], "HOST:PORT"),
+    (["--coordinator", "h:1", "--num-processes", "2", "--process-id", "2"], "--process-id"),
+    (["--bogus-flag"], "unrecognized arguments: --bogus-flag"),
+    (["--model", "rnn"], "invalid choice: 'rnn'"),
+])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, argv, message):
+  out = tmp_path / "out"
+  argv = [_bad_cost_csv(tmp_path) if a == "BAD_CSV" else a for a in argv]
+  try:
+    status = cli_main.main(["compare", *argv, "--out", str(out)])
+  except SystemExit as e:  # argparse's own errors
+    status = e.code
+  err = capsys.readouterr().err
+  assert status == 2
+  lines = err.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: "), err
+  assert message in lines[0]
+  assert "Traceback" not in err
+  assert not out.exists()
+
+
+def test_console_script_reports_bad_input_with_status_2(tmp_path):
+  proc = run_cli("compare", "--seeds", "-3", "--out", tmp_path / "o", timeout=120)
+  assert proc.returncode == 2
+  assert proc.stderr.strip() == "error: --seeds must be >= 1; got -3."
+  assert proc.stdout == "" and not (tmp_path / "o").exists()
+
+
+def test_out_must_be_a_directory(tmp_path, capsys):
+  f = tmp_path / "file"
+  f.write_text("x")
+  assert cli_main.main(["compare", "--out", str(f)]) == 2
+  assert "is not a directory" in capsys.readouterr().err
+  assert f.read_text() == "x"
+
+
+# --------------------------------------------------------------------------- #
+# Statistics and the verdict rule on constructed rows.
+# --------------------------------------------------------------------------- #
+
+
+def test_holm_matches_a_hand_computed_example():
+  # p sorted: 0.01 (x3 = 0.03), 0.02 (x2 = 0.04), 0.04 (x1 = 0.04, monotone), NaN ignored.
+  assert stats.holm([0.04, 0.01, float("nan"), 0.02]) == pytest.approx(
+      [0.04, 0.03, float("nan"), 0.04], nan_ok=True)
+  assert stats.holm([0.6, 0.5]) == pytest.approx([1.0, 1.0])
+
+
+def test_wilcoxon_edge_cases():
+  a = np.array([0.1, 0.2, 0.3, 0.4])
+  assert stats.wilcoxon_p(a, a) == 1.0
+  assert math.isnan(stats.wilcoxon_p(a, a + np.array([0, np.nan, 0, 0])))
+  assert stats.wilcoxon_p(a, a + 0.05) == pytest.approx(wilcoxon(a, a + 0.05).pvalue)
+
+
+def _row(arm, dec, val, test):
+  test = np.asarray(test, np.float64)
+  return stats.Row(arm=arm, label={"ce": "cross-entropy"}.get(arm, arm), decoding=dec, g=0,
+                   lr=1e-3, hp=0.0, val_cost=val, test_cost=test, test_acc=np.ones_like(test),
+                   temperature=np.ones_like(test), diverged_seeds=0, diverged_grid_points=0,
+                   seconds=1.0)
+
+
+def test_verdict_adopts_a_recipe_only_when_it_beats_both_baselines():
+  rng = np.random.default_rng(0)
+  base = 0.10 + 0.01 * rng.random(10)
+  rows = [_row("ce", "argmax", 0.20, base + 0.05), _row("ce", "bayes_t", 0.15, base),
+          _row("ce", "bayes_vs", 0.16, base + 0.001), _row("x", "argmax", 0.10, base - 0.03)]
+  v = stats.verdict(rows, scoring.DECODING_LABELS)
+  assert v.adopted and v.recommended.arm == "x"
+  assert v.sentence.startswith("x + argmax lowers test cost from 0.1")
+  assert all(c["holm_p"] == pytest.approx(2 * 2 / 2**10) for c in v.comparisons)
+
+  # Best on validation but worse on test: cross-entropy + Bayes is recommended instead.
+  rows[-1] = _row("x", "argmax", 0.10, base + 0.02)
+  v = stats.verdict(rows, scoring.DECODING_LABELS)
+  assert not v.adopted and (v.recommended.arm, v.recommended.decoding) == ("ce", "bayes_t")
+  assert "does not beat cross-entropy with Bayes (temperature) decoding" in v.sentence
+
+  # Three seeds can never reach p < 0.05: nothing is adopted, however large the gain.
+  rows3 = [_row(r.arm, r.decoding, r.val_cost, r.test_cost[:3]) for r in rows]
+  rows3[-1] = _row("x", "argmax", 0.10, base[:3] - 0.05)
+  assert not stats.verdict(rows3, scoring.DECODING_LABELS).adopted
+
+
+def test_diverged_models_are_flagged_and_skipped():
+  k, n = 3, 12
+  rng = np.random.default_rng(1)
+  y = rng.integers(0, k, size=(2, n)).astype(np.int32)
+  zv = rng.normal(size=(1, 2, 2, n, k)).astype(np.float32)  # (M, G, S, N, K)
+  zt = rng.normal(size=(1, 2, 2, n, k)).astype(np.float32)
+  zv[0, 0, 1, 3, 0] = np.nan  # grid point 0, seed 1 diverged
+  cost = (1.0 - np.eye(k, dtype=np.float32))[None]
+  s = scoring.score(zv, y, zt, y, cost)
+  assert s["finite"].tolist() == [[[True, False], [True, True]]]
+  assert np.isnan(s["test_cost_argmax"][0, 0, 1]) and np.isfinite(s["test_cost_argmax"][0, 1]).all()
+  # Argmax cost of finite models = the fraction of errors (0-1 cost), from NumPy.
+  want = (zt[0, 1].argmax(-1) != y).mean(-1)
+  np.testing.assert_allclose(s["test_cost_argmax"][0, 1], want, rtol=1e-6)
+  sel = stats.select(s, [(1e-3, 0.0), (1e-2, 0.0)], 0, "argmax")
+  assert sel["g"] == 1 and sel["diverged_grid_points"] == 1 and sel["diverged_seeds"] == 0
