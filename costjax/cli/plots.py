@@ -95,9 +95,9 @@ def plot_test_cost(path: str, rows: list[dict], title: str) -> None:
   ax.set_xlabel("mean test cost (95% CI over seeds); lower is better")
   ax.set_title(title, fontsize=10)
   ax.grid(axis="x", alpha=0.3)
-  ax.legend(fontsize=7, loc="lower right", framealpha=0.9)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3,
+            frameon=False)
+  fig.savefig(path, dpi=120, bbox_inches="tight")
   plt.close(fig)
 
 
@@ -119,6 +119,9 @@ def plot_val_curves(path: str, curves: dict[str, tuple[str, np.ndarray]], title:
   ymax = max(4.0 * ref, 1.2 * max(tops) if tops else 1.0) if ref > 0 else None
   if ymax:
     ax.set_ylim(0, ymax)
+  from matplotlib.ticker import MaxNLocator
+
+  ax.xaxis.set_major_locator(MaxNLocator(integer=True))
   ax.set_xlabel("epoch")
   ax.set_ylabel("validation cost (argmax), mean over seeds")
   ax.set_title(title, fontsize=10)
@@ -134,8 +137,8 @@ def plot_confusions(path: str, mats: list[tuple[str, np.ndarray]], names, title:
   k = len(names)
   vmax = max(float(np.max(m)) for _, m in mats) or 1.0
   size = max(4.0, 0.45 * k + 1.5)
-  fig, axes = plt.subplots(1, len(mats), figsize=(size * len(mats) + 0.8, size + 0.6),
-                           squeeze=False)
+  fig, axes = plt.subplots(1, len(mats), figsize=(size * len(mats) + 1.2, size + 0.4),
+                           squeeze=False, layout="constrained")
   im = None
   for ax, (sub, m) in zip(axes[0], mats, strict=True):
     m = np.asarray(m, np.float64)
@@ -153,7 +156,7 @@ def plot_confusions(path: str, mats: list[tuple[str, np.ndarray]], names, title:
           if m[i, j] > 0:
             ax.text(j, i, f"{m[i, j]:.0f}", ha="center", va="center", fontsize=6,
                     color="white" if m[i, j] > 0.6 * vmax else "black")
-  fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="cost (summed over seeds)")
+  fig.colorbar(im, ax=axes[0].tolist(), shrink=0.85, label="cost (summed over seeds)")
   fig.suptitle(title, fontsize=10)
   fig.savefig(path, dpi=120, bbox_inches="tight")
   plt.close(fig)
