@@ -1,0 +1,833 @@
+"""Structured cost matrices: trees, ordinal distances and embeddings, never ``K x K``.
+
+Each structure is a :class:`costjax._cost_ops.CostStructure` and a JAX pytree:
+its array leaves (edge weights, embeddings, scale) are traced, so they pass
+through ``jit``, ``vmap`` (over a stack of structures) and ``grad``; sizes,
+kinds, powers and the tree topology are static auxiliary data. Every costjax
+function reads them through ``rows`` (``C[y, :]`` for integer labels) and
+``vecmat`` (``q @ C`` for probability vectors), which here cost ``O(B K depth)``
+(trees), ``O(B K)`` (ordinal) and ``O(B K D)`` (embeddings) time and
+``O(B K)`` memory.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import checkify
+
+from costjax import _cost_ops, _trees
+
+# Largest depth * K for which TreeCost.rows keeps a (depth, K) ancestor table;
+# deeper trees use a top-down pass over the levels instead.
+_MAX_ANCESTOR_TABLE = 1 << 25
+
+
+def _is_tracer(x: Any) -> bool:
+  return isinstance(x, jax.core.Tracer)
+
+
+def _cost_name(obj: Any) -> str:
+  return type(obj).__name__
+
+
+# --------------------------------------------------------------------------- #
+# Trees.
+# --------------------------------------------------------------------------- #
+
+
+class _Topology:
+  """Static, hashable level layout of a class tree (NumPy only).
+
+  Nodes that are neither classes nor ancestors of classes are dropped. The
+  remaining ``N'`` nodes are numbered level by level from the root ("flat"
+  order); within a level, nodes are sorted by their parent's position, so the
+  children of a node are contiguous and every level's parent index array is
+  sorted (segment sums need no sort).
+  """
+
+  def __init__(self, parents: np.ndarray, num_classes: int, fn_name: str):
+    tree = _trees.parse_tree(parents, num_classes, None, fn_name)
+    par = tree.parents
+    depth = tree.depth
+    n = par.shape[0]
+    k = int(num_classes)
+    self.parents = par
+    self.num_classes = k
+    self.num_nodes = n
+    # Keep the classes and their ancestors.
+    keep = np.zeros(n, bool)
+    keep[:k] = True
+    max_depth = int(depth[:k].max())
+    for t in range(max_depth, 0, -1):
+      at = np.flatnonzero(keep & (depth == t))
+      keep[par[at]] = True
+    # Level-by-level flat numbering.
+    flat_of = np.full(n, -1, np.int64)
+    levels = [np.array([tree.root], np.int64)]
+    flat_of[tree.root] = 0
+    offsets = [0]
+    parent_local = [np.zeros(0, np.int32)]
+    pos_in_level = np.full(n, -1, np.int64)
+    pos_in_level[tree.root] = 0
+    total = 1
+    for t in range(1, max_depth + 1):
+      cand = np.flatnonzero(keep & (depth == t))
+      key = pos_in_level[par[cand]]
+      order = np.lexsort((cand, key))
+      nodes = cand[order]
+      pos_in_level[nodes] = np.arange(nodes.shape[0])
+      flat_of[nodes] = total + np.arange(nodes.shape[0])
+      offsets.append(total)
+      total += nodes.shape[0]
+      levels.append(nodes)
+      parent_local.append(pos_in_level[par[nodes]].astype(np.int32))
+    self.levels = levels  # original node ids per level
+    self.offsets = np.asarray(offsets, np.int64)
+    self.sizes = np.asarray([lv.shape[0] for lv in levels], np.int64)
+    self.parent_local = parent_local  # per level, sorted, into the level above
+    self.max_depth = max_depth
+    self.num_flat = total
+    node_of_flat = np.concatenate(levels)
+    self.node_of_flat = node_of_flat.astype(np.int32)
+    self.depth_flat = depth[node_of_flat].astype(np.int32)
+    pf = flat_of[par[node_of_flat]]
+    pf[0] = 0  # the root is its own parent
+    self.parent_flat = pf.astype(np.int32)
+    self.class_flat = flat_of[:k].astype(np.int32)
+    # Per level: class index of each node (-1 if not a class).
+    self.class_at_level = [np.where(lv < k, lv, -1).astype(np.int32) for lv in levels]
+    # Fast path: all classes on one level, in class order.
+    self.single_level = None
+    for t, lv in enumerate(levels):
+      if lv.shape[0] == k and np.array_equal(lv, np.arange(k)):
+        self.single_level = t
+    # Nodes where two branches that hold classes meet (for lca_height max).
+    branches = np.zeros(total, np.int64)
+    np.add.at(branches, self.parent_flat[1:], 1)
+    branches[self.class_flat] += 1
+    self.join_flat = np.flatnonzero(branches >= 2).astype(np.int32)
+    digest = hashlib.sha1(par.tobytes()).hexdigest()
+    self._hash = hash((digest, k))
+
+  def __hash__(self) -> int:
+    return self._hash
+
+  def __eq__(self, other: object) -> bool:
+    if self is other:
+      return True
+    return (
+        isinstance(other, _Topology)
+        and self._hash == other._hash
+        and self.num_classes == other.num_classes
+        and np.array_equal(self.parents, other.parents)
+    )
+
+  @functools.cached_property
+  def ancestor_table(self) -> np.ndarray:
+    """``(max_depth + 1, K)`` flat index of each class's ancestor per level, -1 below."""
+    k = self.num_classes
+    out = np.full((self.max_depth + 1, k), -1, np.int32)
+    cur = self.class_flat.astype(np.int64)
+    for _ in range(self.max_depth + 1):
+      out[self.depth_flat[cur], np.arange(k)] = cur
+      cur = self.parent_flat[cur].astype(np.int64)
+    return out
+
+
+def _level_split(x: jax.Array, topo: _Topology) -> list[jax.Array]:
+  return [x[..., int(o):int(o + s)] for o, s in zip(topo.offsets, topo.sizes, strict=True)]
+
+
+def _segment_sum_last(x: jax.Array, seg: np.ndarray, num: int) -> jax.Array:
+  """Sums ``x[..., i]`` into ``num`` sorted segments ``seg`` along the last axis."""
+  out = jax.ops.segment_sum(
+      jnp.moveaxis(x, -1, 0), jnp.asarray(seg), num_segments=num, indices_are_sorted=True
+  )
+  return jnp.moveaxis(out, 0, -1)
+
+
+def _segment_max_last(x: jax.Array, seg: np.ndarray, num: int) -> jax.Array:
+  out = jax.ops.segment_max(
+      jnp.moveaxis(x, -1, 0), jnp.asarray(seg), num_segments=num, indices_are_sorted=True
+  )
+  return jnp.moveaxis(out, 0, -1)
+
+
+def _take_last(x: jax.Array, idx: Any) -> jax.Array:
+  return x.at[..., jnp.asarray(idx)].get(mode="promise_in_bounds")
+
+
+@jax.tree_util.register_pytree_node_class
+class TreeCost(_cost_ops.CostStructure):
+  r"""Cost of a class hierarchy, ``hierarchy_cost_matrix(...)`` without the matrix.
+
+  ``C[i, j]`` is ``hierarchy_cost_matrix(parents, num_classes, kind=kind,
+  edge_weights=edge_weights)``: with ``d(n)`` the weighted distance from node
+  ``n`` to the root and ``l = lca(i, j)``,
+
+  * ``kind="path_length"``: ``C[i, j] = d(i) + d(j) - 2 d(l)``;
+  * ``kind="lca_height"``: ``C[i, j] = max(d(i), d(j)) - d(l)``.
+
+  Every costjax function that takes a ``cost_matrix`` accepts it. Rows
+  ``C[y, :]`` come from one top-down pass over the tree's levels, and
+  ``q @ C`` from a bottom-up pass (subtree masses) and a top-down pass, so a
+  batch of ``B`` examples costs ``O(B * N)`` time and memory for a tree of
+  ``N`` nodes — at ``K = 100,000`` classes a few times a cross-entropy,
+  never ``K x K``. ``kind="lca_height"`` with probability labels adds one
+  sort of the ``K`` class depths per call.
+
+  The topology (``parents``) is static and parsed once, eagerly, in NumPy;
+  ``edge_weights`` is a traced pytree leaf, so you can differentiate with
+  respect to it, or ``jax.vmap`` over a stack of trees that share
+  ``parents``. The level passes are unrolled, one small block of operations
+  per tree level: fine for taxonomies (depth 5 to 30), slow to compile for
+  trees thousands of levels deep.
+
+  Args:
+    parents: integer array ``(N,)`` over the tree's nodes, ``N >= K``; the
+      root's parent is ``-1`` and the first ``num_classes`` nodes are the
+      classes in class order (leaves or internal nodes). Must be concrete.
+    num_classes: ``K``.
+    kind: ``"path_length"`` or ``"lca_height"`` (static).
+    edge_weights: optional non-negative ``(N,)``; ``edge_weights[n]`` is the
+      length of the edge from ``n`` to its parent (default 1; the root's entry
+      is ignored). May be traced (checked eagerly when concrete).
+
+  Raises:
+    ValueError: for a malformed tree (a cycle, no or several roots, fewer
+      than ``num_classes`` nodes, an index out of range), an unknown ``kind``,
+      or edge weights of the wrong shape, or concrete ones that are negative
+      or not finite.
+    TypeError: if ``parents`` is traced.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import costjax as cj
+    >>> # classes 0, 1 under node 3; class 2 under node 4; root 5.
+    >>> tree = cj.TreeCost([3, 3, 4, 5, 5, -1], 3)
+    >>> tree.dense()
+    Array([[0., 2., 4.],
+           [2., 0., 4.],
+           [4., 4., 0.]], dtype=float32)
+    >>> logits = jnp.array([[2., 1., 0.], [0., 0., 3.]])
+    >>> cj.expected_cost(logits, jnp.array([0, 0]), tree)
+    Array([0.8496, 3.7283], dtype=float32)
+    >>> cj.bayes_decision(logits, tree)
+    Array([0, 2], dtype=int32)
+  """
+
+  def __init__(
+      self,
+      parents: jax.typing.ArrayLike,
+      num_classes: int,
+      *,
+      kind: Literal["path_length", "lca_height"] = "path_length",
+      edge_weights: jax.typing.ArrayLike | None = None,
+  ):
+    name = "costjax.TreeCost"
+    if kind not in ("path_length", "lca_height"):
+      raise ValueError(f"{name}: kind must be 'path_length' or 'lca_height'; got {kind!r}.")
+    if _is_tracer(parents):
+      raise TypeError(
+          f"{name}: parents is the tree's static structure and must be concrete (NumPy or "
+          "a jax.Array created outside jit); pass edge_weights as the traced part."
+      )
+    topo = _Topology(np.asarray(parents), num_classes, name)
+    n = topo.num_nodes
+    if edge_weights is None:
+      w = jnp.ones((n,), jnp.float32)
+    else:
+      if not _is_tracer(edge_weights):
+        # Values (finite, non-negative) and shape, eagerly, by the shared parser.
+        _trees.parse_tree(topo.parents, num_classes, np.asarray(edge_weights), name)
+      w = jnp.asarray(edge_weights)
+      if w.shape != (n,):
+        raise ValueError(
+            f"{name}: edge_weights must have shape parents.shape=({n},); got {w.shape}."
+        )
+      if not jnp.issubdtype(w.dtype, jnp.floating):
+        w = w.astype(jnp.float32)
+    self._topo = topo
+    self.kind = kind
+    self.edge_weights = w
+
+  # -- pytree -------------------------------------------------------------- #
+
+  def tree_flatten(self):
+    return (self.edge_weights,), (self._topo, self.kind)
+
+  @classmethod
+  def tree_unflatten(cls, aux, children):
+    obj = object.__new__(cls)
+    obj._topo, obj.kind = aux
+    (obj.edge_weights,) = children
+    return obj
+
+  def __repr__(self) -> str:
+    return (
+        f"TreeCost(num_classes={self.num_classes}, num_nodes={self._topo.num_nodes}, "
+        f"depth={self._topo.max_depth}, kind={self.kind!r})"
+    )
+
+  # -- structure ----------------------------------------------------------- #
+
+  @property
+  def num_classes(self) -> int:
+    return self._topo.num_classes
+
+  @property
+  def parents(self) -> np.ndarray:
+    return self._topo.parents
+
+  def astype(self, dtype: Any) -> TreeCost:
+    return jax.tree.map(lambda w: w.astype(dtype), self)
+
+  def _flat_weights(self) -> jax.Array:
+    """Edge weight of every kept node in flat order (root: 0)."""
+    w = _take_last(self.edge_weights, self._topo.node_of_flat)
+    return w.at[0].set(0)
+
+  def _level_depths(self, w_flat: jax.Array) -> list[jax.Array]:
+    """Weighted root distance of every kept node, per level."""
+    topo = self._topo
+    ws = _level_split(w_flat, topo)
+    out = [jnp.zeros((1,), w_flat.dtype)]
+    for t in range(1, topo.max_depth + 1):
+      out.append(_take_last(out[-1], topo.parent_local[t]) + ws[t])
+    return out
+
+  def _gather_classes(self, per_level: list[jax.Array]) -> jax.Array:
+    topo = self._topo
+    if topo.single_level is not None:
+      return per_level[topo.single_level]
+    return _take_last(jnp.concatenate(per_level, axis=-1), topo.class_flat)
+
+  def class_depths(self) -> jax.Array:
+    """``(K,)`` weighted distance of each class to the root."""
+    return self._gather_classes(self._level_depths(self._flat_weights()))
+
+  def rows(self, idx: jax.Array) -> jax.Array:
+    topo = self._topo
+    k = self.num_classes
+    w_flat = self._flat_weights()
+    d = self._gather_classes(self._level_depths(w_flat))
+    idx = jnp.asarray(idx)
+    y = jnp.clip(idx, 0, k - 1)
+    if topo.max_depth * k <= _MAX_ANCESTOR_TABLE:
+      lca_c = self._lca_depth_by_table(y, w_flat)
+    else:
+      lca_c = self._lca_depth_by_levels(y, w_flat)
+    d_y = _take_last(d, y)[..., None]
+    if self.kind == "path_length":
+      out = d_y + d - 2 * lca_c
+    else:
+      out = jnp.maximum(d_y, d) - lca_c
+    return jnp.maximum(out, 0)
+
+  def _lca_depth_by_table(self, y: jax.Array, w_flat: jax.Array) -> jax.Array:
+    """``d(lca(y, j))`` for all classes ``j``: compare ancestor chains level by level.
+
+    One fused elementwise pass over ``(..., K)`` with ``depth`` compares per
+    entry; ``O(K * depth)`` static memory for the ancestor table.
+    """
+    table = self._topo.ancestor_table  # (L + 1, K), -1 below each class
+    out = jnp.zeros(y.shape + (self.num_classes,), w_flat.dtype)
+    for t in range(1, table.shape[0]):
+      a_y = _take_last(jnp.asarray(table[t]), y)  # y's ancestor at level t, or -1
+      w_y = jnp.where(a_y >= 0, _take_last(w_flat, jnp.maximum(a_y, 0)), 0)
+      same = jnp.asarray(table[t]) == a_y[..., None]
+      out = out + jnp.where(same, w_y[..., None], 0)
+    return out
+
+  def _lca_depth_by_levels(self, y: jax.Array, w_flat: jax.Array) -> jax.Array:
+    """As :meth:`_lca_depth_by_table` by a top-down pass: ``O(N)`` static memory."""
+    topo = self._topo
+    ws = _level_split(w_flat, topo)
+    # Flat position of y's ancestor at every level (-1 below y's depth).
+    a = _take_last(jnp.asarray(topo.class_flat), y)
+    depth_flat = jnp.asarray(topo.depth_flat)
+    parent_flat = jnp.asarray(topo.parent_flat)
+    anc: list[Any] = [None] * (topo.max_depth + 1)
+    for t in range(topo.max_depth, 0, -1):
+      on = _take_last(depth_flat, a) == t
+      anc[t] = jnp.where(on, a - int(topo.offsets[t]), -1)
+      a = jnp.where(on, _take_last(parent_flat, a), a)
+    # Top-down: lca[n] = d(lca(y, n)) accumulates the weights of shared ancestors.
+    lca = [jnp.zeros(y.shape + (1,), w_flat.dtype)]
+    for t in range(1, topo.max_depth + 1):
+      shared = jnp.arange(int(topo.sizes[t]), dtype=jnp.int32) == anc[t][..., None]
+      lca.append(_take_last(lca[-1], topo.parent_local[t]) + jnp.where(shared, ws[t], 0))
+    return self._gather_classes(lca)
+
+  def _lca_weighted_mass(self, v: jax.Array, ws: list[jax.Array]) -> jax.Array:
+    """``sum_i v[..., i] d(lca(i, j))`` for every class ``j``: ``(..., K)``.
+
+    Works with classes on the leading axis (``(K, B)``), where segment sums
+    and gathers move contiguous rows of ``B`` values.
+    """
+    topo = self._topo
+    batch = v.shape[:-1]
+    x = v.reshape((-1, v.shape[-1])).T  # (K, B)
+    nb = x.shape[1]
+
+    def rows_of(a, idx):
+      return a.at[jnp.asarray(idx)].get(mode="promise_in_bounds")
+
+    # Bottom-up subtree masses.
+    mass: list[Any] = [None] * (topo.max_depth + 1)
+    below = None
+    for t in range(topo.max_depth, 0, -1):
+      cls = topo.class_at_level[t]
+      has = cls >= 0
+      if topo.single_level == t:
+        own = x
+      elif has.all():
+        own = rows_of(x, cls)
+      elif has.any():
+        own = jnp.where(jnp.asarray(has)[:, None], rows_of(x, np.where(has, cls, 0)), 0)
+      else:
+        own = None
+      parts = [a for a in (own, below) if a is not None]
+      m = parts[0] if len(parts) == 1 else parts[0] + parts[1]
+      mass[t] = m
+      below = jax.ops.segment_sum(
+          m, jnp.asarray(topo.parent_local[t]), num_segments=int(topo.sizes[t - 1]),
+          indices_are_sorted=True,
+      )
+    # Top-down: T(n) = sum over n's ancestors a (n included) of w_a M(a).
+    acc = [jnp.zeros((1, nb), v.dtype)]
+    for t in range(1, topo.max_depth + 1):
+      acc.append(rows_of(acc[-1], topo.parent_local[t]) + ws[t][:, None] * mass[t])
+    if topo.single_level is not None:
+      out = acc[topo.single_level]
+    else:
+      out = rows_of(jnp.concatenate(acc, axis=0), topo.class_flat)
+    return out.T.reshape(batch + (v.shape[-1],))
+
+  def vecmat(self, v: jax.Array) -> jax.Array:
+    w_flat = self._flat_weights().astype(v.dtype)
+    ws = _level_split(w_flat, self._topo)
+    d = self._gather_classes(self._level_depths(w_flat))
+    lca = self._lca_weighted_mass(v, ws)
+    if self.kind == "path_length":
+      total = jnp.sum(v, axis=-1, keepdims=True)
+      vd = jnp.sum(v * d, axis=-1, keepdims=True)
+      out = total * d + vd - 2 * lca
+    else:
+      out = _sum_max(v, d) - lca
+    return jnp.maximum(out, 0)
+
+  def entries(self, i: jax.Array, j: jax.Array) -> jax.Array:
+    topo = self._topo
+    k = self.num_classes
+    d_flat = jnp.concatenate(self._level_depths(self._flat_weights()))
+    depth_flat = jnp.asarray(topo.depth_flat)
+    parent_flat = jnp.asarray(topo.parent_flat)
+    cls = jnp.asarray(topo.class_flat)
+    a = _take_last(cls, jnp.clip(i, 0, k - 1))
+    b = _take_last(cls, jnp.clip(j, 0, k - 1))
+    a, b = jnp.broadcast_arrays(a, b)
+
+    def up_deeper(_, ab):
+      a, b = ab
+      da, db = depth_flat[a], depth_flat[b]
+      return jnp.where(da > db, parent_flat[a], a), jnp.where(db > da, parent_flat[b], b)
+
+    def up_both(_, ab):
+      a, b = ab
+      ne = a != b
+      return jnp.where(ne, parent_flat[a], a), jnp.where(ne, parent_flat[b], b)
+
+    steps = topo.max_depth
+    l_a, l_b = jax.lax.fori_loop(0, steps, up_deeper, (a, b))
+    l_a, _ = jax.lax.fori_loop(0, steps, up_both, (l_a, l_b))
+    da, db, dl = d_flat[a], d_flat[b], d_flat[l_a]
+    if self.kind == "path_length":
+      out = da + db - 2 * dl
+    else:
+      out = jnp.maximum(da, db) - dl
+    return jnp.maximum(out, 0)
+
+  def max_cost(self) -> jax.Array:
+    topo = self._topo
+    if self.kind == "path_length":
+      # Double sweep: in a tree metric, the class farthest from any class is
+      # an end of a longest path between classes.
+      far = jnp.argmax(self.rows(jnp.array(0)))
+      return jnp.max(self.rows(far))
+    # lca_height: max over nodes l where two class-holding branches meet of
+    # (deepest class below l) - d(l).
+    w_flat = self._flat_weights()
+    d_levels = self._level_depths(w_flat)
+    d_flat = jnp.concatenate(d_levels)
+    neg = jnp.full((topo.num_flat,), -jnp.inf, d_flat.dtype)
+    own = neg.at[jnp.asarray(topo.class_flat)].set(d_flat[jnp.asarray(topo.class_flat)])
+    own_levels = _level_split(own, topo)
+    deepest: list[Any] = [None] * (topo.max_depth + 1)
+    below = None
+    for t in range(topo.max_depth, -1, -1):
+      m = own_levels[t] if below is None else jnp.maximum(own_levels[t], below)
+      deepest[t] = m
+      if t > 0:
+        below = _segment_max_last(m, topo.parent_local[t], int(topo.sizes[t - 1]))
+    h = jnp.concatenate(deepest)
+    join = jnp.asarray(topo.join_flat)
+    return jnp.maximum(jnp.max(h[join] - d_flat[join]), 0)
+
+  def dense(self) -> jax.Array:
+    """The ``(K, K)`` matrix, from a per-level comparison of ancestor chains."""
+    topo = self._topo
+    table = topo.ancestor_table  # (L + 1, K), -1 below each class
+    w_flat = self._flat_weights()
+    d_flat = jnp.concatenate(self._level_depths(w_flat))
+    lca = 0
+    for t in range(1, topo.max_depth + 1):
+      a = table[t]
+      same = (a[:, None] == a[None, :]) & (a[:, None] >= 0)
+      lca = lca + jnp.where(jnp.asarray(same), w_flat[np.maximum(a, 0)][:, None], 0)
+    d = d_flat[topo.class_flat]
+    if self.kind == "path_length":
+      out = d[:, None] + d[None, :] - 2 * lca
+    else:
+      out = jnp.maximum(d[:, None], d[None, :]) - lca
+    out = jnp.maximum(out, 0)
+    return jnp.where(jnp.eye(self.num_classes, dtype=bool), 0, out)
+
+  def check_values(self, fn_name: str) -> None:
+    w = self._flat_weights()
+    checkify.check(
+        jnp.all(jnp.isfinite(w)),
+        f"{fn_name}: TreeCost edge_weights has a non-finite entry",
+    )
+    checkify.check(
+        jnp.all(w >= 0),
+        f"{fn_name}: TreeCost edge_weights has a negative entry (min {{m}})",
+        m=jnp.min(w),
+    )
+
+
+def _sum_max(v: jax.Array, d: jax.Array) -> jax.Array:
+  """``sum_i v[..., i] max(d_i, d_j)`` for every ``j``, by one sort of ``d``."""
+  order = jnp.argsort(d)
+  inv = jnp.zeros_like(order).at[order].set(jnp.arange(order.shape[0], dtype=order.dtype))
+  ds = d[order]
+  vs = _take_last(v, order)
+  below = jnp.cumsum(vs, axis=-1)  # mass with d_i <= d_j (ties: either side is exact)
+  above_d = jnp.cumsum((vs * ds)[..., ::-1], axis=-1)[..., ::-1]
+  above_d = jnp.concatenate([above_d[..., 1:], jnp.zeros_like(above_d[..., :1])], axis=-1)
+  return _take_last(ds * below + above_d, inv)
+
+
+# --------------------------------------------------------------------------- #
+# Ordinal.
+# --------------------------------------------------------------------------- #
+
+
+@jax.tree_util.register_pytree_node_class
+class OrdinalCost(_cost_ops.CostStructure):
+  r"""Ordinal cost ``C[i, j] = |i - j| ** power`` for ``power`` 1 or 2, without the matrix.
+
+  ``q @ C`` costs ``O(K)`` per example: prefix sums for ``power=1``, and for
+  ``power=2`` the rank-3 identity ``(i - j)^2 = i^2 - 2 i j + j^2``. Other
+  powers raise; build them with :func:`ordinal_cost_matrix`.
+
+  Args:
+    num_classes: ``K`` (static).
+    power: 1 or 2 (static).
+
+  Raises:
+    ValueError: if ``power`` is not 1 or 2, or ``num_classes`` is not a
+      positive int.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import costjax as cj
+    >>> cost = cj.OrdinalCost(4, power=2)
+    >>> cj.decision_costs(jnp.log(jnp.array([0.5, 0., 0., 0.5])), cost)
+    Array([4.5, 2.5, 2.5, 4.5], dtype=float32)
+  """
+
+  def __init__(self, num_classes: int, *, power: int = 1, dtype: Any = jnp.float32):
+    name = "costjax.OrdinalCost"
+    if not isinstance(num_classes, (int, np.integer)) or isinstance(num_classes, bool) or (
+        num_classes < 1
+    ):
+      raise ValueError(f"{name}: num_classes must be a positive int; got {num_classes!r}.")
+    if isinstance(power, bool) or power not in (1, 2):
+      raise ValueError(
+          f"{name}: power must be 1 or 2; got {power!r}. For other powers build the dense "
+          "matrix with costjax.ordinal_cost_matrix(num_classes, power=power)."
+      )
+    self._k = int(num_classes)
+    self.power = int(power)
+    self._dtype = jnp.dtype(dtype)
+
+  def tree_flatten(self):
+    return (), (self._k, self.power, self._dtype)
+
+  @classmethod
+  def tree_unflatten(cls, aux, children):
+    del children
+    obj = object.__new__(cls)
+    obj._k, obj.power, obj._dtype = aux
+    return obj
+
+  def __repr__(self) -> str:
+    return f"OrdinalCost(num_classes={self._k}, power={self.power})"
+
+  @property
+  def num_classes(self) -> int:
+    return self._k
+
+  def astype(self, dtype: Any) -> OrdinalCost:
+    return OrdinalCost(self._k, power=self.power, dtype=dtype)
+
+  def _grid(self) -> jax.Array:
+    return jnp.arange(self._k, dtype=self._dtype)
+
+  def _pow(self, x: jax.Array) -> jax.Array:
+    return jnp.abs(x) if self.power == 1 else x * x
+
+  def rows(self, idx: jax.Array) -> jax.Array:
+    y = jnp.asarray(idx).astype(self._dtype)
+    return self._pow(y[..., None] - self._grid())
+
+  def vecmat(self, v: jax.Array) -> jax.Array:
+    j = self._grid().astype(v.dtype)
+    if self.power == 2:
+      s0 = jnp.sum(v, axis=-1, keepdims=True)
+      s1 = jnp.sum(v * j, axis=-1, keepdims=True)
+      s2 = jnp.sum(v * j * j, axis=-1, keepdims=True)
+      return jnp.maximum(s0 * j * j - 2 * s1 * j + s2, 0)
+    # sum_{i<j} v_i (j - i) + sum_{i>j} v_i (i - j), by exclusive prefix sums.
+    q = jnp.cumsum(v, axis=-1) - v  # sum_{i<j} v_i
+    r = jnp.cumsum(v * j, axis=-1) - v * j  # sum_{i<j} i v_i
+    total_q = jnp.sum(v, axis=-1, keepdims=True)
+    total_r = jnp.sum(v * j, axis=-1, keepdims=True)
+    above_q = total_q - q - v
+    above_r = total_r - r - v * j
+    return jnp.maximum(j * q - r + above_r - j * above_q, 0)
+
+  def entries(self, i: jax.Array, j: jax.Array) -> jax.Array:
+    return self._pow(jnp.asarray(i).astype(self._dtype) - jnp.asarray(j).astype(self._dtype))
+
+  def max_cost(self) -> jax.Array:
+    return jnp.asarray(float(self._k - 1) ** self.power, self._dtype)
+
+  def dense(self) -> jax.Array:
+    g = self._grid()
+    return self._pow(g[:, None] - g[None, :])
+
+
+# --------------------------------------------------------------------------- #
+# Embeddings.
+# --------------------------------------------------------------------------- #
+
+
+@jax.tree_util.register_pytree_node_class
+class EmbeddingCost(_cost_ops.CostStructure):
+  r"""Squared Euclidean distance between class embeddings, without the matrix.
+
+  ``C[i, j] = scale * sum_d (e[i, d] - e[j, d]) ** 2`` for embeddings ``e`` of
+  shape ``(K, D)`` (for example word vectors of class names, or learned
+  prototypes). Rows and ``q @ C`` come from
+  ``scale * (|e_i|^2 + |e_j|^2 - 2 e_i . e_j)`` in ``O(B K D)`` (two matrix
+  products), clamped at 0 against rounding. ``embeddings`` and ``scale`` are
+  traced pytree leaves: differentiate with respect to them, or ``jax.vmap``
+  over a stack.
+
+  Args:
+    embeddings: ``(K, D)`` floating array.
+    scale: non-negative scalar (traced).
+
+  Raises:
+    ValueError: if ``embeddings`` is not 2-D or ``scale`` is not a scalar, or
+      (when concrete) either contains NaN/inf or ``scale`` is negative.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import costjax as cj
+    >>> cost = cj.EmbeddingCost(jnp.array([[0., 0.], [1., 0.], [3., 4.]]))
+    >>> cost.dense()
+    Array([[ 0.,  1., 25.],
+           [ 1.,  0., 20.],
+           [25., 20.,  0.]], dtype=float32)
+    >>> cj.expected_cost(jnp.zeros(3), jnp.array(1), cost)
+    Array(7., dtype=float32)
+  """
+
+  def __init__(self, embeddings: jax.typing.ArrayLike, *, scale: jax.typing.ArrayLike = 1.0):
+    name = "costjax.EmbeddingCost"
+    e = jnp.asarray(embeddings)
+    if e.ndim != 2:
+      raise ValueError(
+          f"{name}: embeddings must have shape (K, D); got embeddings.shape={e.shape}."
+      )
+    if e.shape[0] < 1:
+      raise ValueError(f"{name}: embeddings has no classes; got shape {e.shape}.")
+    if not jnp.issubdtype(e.dtype, jnp.floating):
+      e = e.astype(jnp.float32)
+    s = jnp.asarray(scale, e.dtype)
+    if s.ndim != 0:
+      raise ValueError(f"{name}: scale must be a scalar; got shape {s.shape}.")
+    self.embeddings = e
+    self.scale = s
+    if not _is_tracer(embeddings) and not _is_tracer(scale):
+      check_cost_structure(self)
+
+  def tree_flatten(self):
+    return (self.embeddings, self.scale), None
+
+  @classmethod
+  def tree_unflatten(cls, aux, children):
+    del aux
+    obj = object.__new__(cls)
+    obj.embeddings, obj.scale = children
+    return obj
+
+  def __repr__(self) -> str:
+    return f"EmbeddingCost(num_classes={self.num_classes}, dim={self.embeddings.shape[-1]})"
+
+  @property
+  def num_classes(self) -> int:
+    return self.embeddings.shape[-2]
+
+  def astype(self, dtype: Any) -> EmbeddingCost:
+    return jax.tree.map(lambda x: x.astype(dtype), self)
+
+  def _norms(self) -> jax.Array:
+    return jnp.sum(self.embeddings * self.embeddings, axis=-1)
+
+  def rows(self, idx: jax.Array) -> jax.Array:
+    e = self.embeddings
+    y = jnp.clip(jnp.asarray(idx), 0, self.num_classes - 1)
+    ey = _take_rows(e, y)  # (..., D)
+    n = self._norms()
+    out = jnp.sum(ey * ey, axis=-1, keepdims=True) + n - 2 * (ey @ e.T)
+    return self.scale * jnp.maximum(out, 0)
+
+  def vecmat(self, v: jax.Array) -> jax.Array:
+    e = self.embeddings.astype(v.dtype)
+    n = jnp.sum(e * e, axis=-1)
+    total = jnp.sum(v, axis=-1, keepdims=True)
+    vn = jnp.sum(v * n, axis=-1, keepdims=True)
+    out = total * n + vn - 2 * ((v @ e) @ e.T)
+    return self.scale.astype(v.dtype) * jnp.maximum(out, 0)
+
+  def entries(self, i: jax.Array, j: jax.Array) -> jax.Array:
+    k = self.num_classes
+    ei = _take_rows(self.embeddings, jnp.clip(jnp.asarray(i), 0, k - 1))
+    ej = _take_rows(self.embeddings, jnp.clip(jnp.asarray(j), 0, k - 1))
+    return self.scale * jnp.sum((ei - ej) ** 2, axis=-1)
+
+  def max_cost(self) -> jax.Array:
+    # Exact maximum needs all pairs; do it in blocks of rows (O(K^2 D) time,
+    # O(K * block) memory).
+    e = self.embeddings
+    k = self.num_classes
+    block = max(1, min(k, 1024))
+    pad = (-k) % block
+    idx = jnp.concatenate([jnp.arange(k), jnp.zeros(pad, jnp.int32)]).reshape(-1, block)
+
+    def body(m, rows_idx):
+      return jnp.maximum(m, jnp.max(self.rows(rows_idx))), None
+
+    m, _ = jax.lax.scan(body, jnp.zeros((), e.dtype), idx)
+    return m
+
+  def dense(self) -> jax.Array:
+    e = self.embeddings
+    diff = e[:, None, :] - e[None, :, :]
+    return self.scale * jnp.sum(diff * diff, axis=-1)
+
+  def check_values(self, fn_name: str) -> None:
+    checkify.check(
+        jnp.all(jnp.isfinite(self.embeddings)),
+        f"{fn_name}: EmbeddingCost embeddings has a non-finite entry",
+    )
+    checkify.check(
+        jnp.isfinite(self.scale) & (self.scale >= 0),
+        f"{fn_name}: EmbeddingCost scale must be finite and >= 0; got {{s}}",
+        s=self.scale,
+    )
+
+
+def _take_rows(table: jax.Array, idx: jax.Array) -> jax.Array:
+  return table.at[idx].get(mode="promise_in_bounds")
+
+
+# --------------------------------------------------------------------------- #
+# Eager validation.
+# --------------------------------------------------------------------------- #
+
+
+def check_cost_structure(cost: _cost_ops.CostStructure) -> _cost_ops.CostStructure:
+  """Validates the values of a cost structure eagerly and returns it.
+
+  The counterpart of :func:`check_cost_matrix` for :class:`TreeCost`,
+  :class:`OrdinalCost` and :class:`EmbeddingCost`: their array leaves (edge
+  weights; embeddings and scale) must be finite, and edge weights and scale
+  non-negative. Use it on structures whose leaves come from training or files;
+  under :func:`checked` the same checks run inside compiled code.
+
+  Args:
+    cost: a cost structure with concrete leaves.
+
+  Returns:
+    ``cost`` unchanged.
+
+  Raises:
+    TypeError: if ``cost`` is not a cost structure or a leaf is traced.
+    ValueError: naming the first offending leaf entry.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> import costjax as cj
+    >>> tree = cj.TreeCost([3, 3, 4, 5, 5, -1], 3)
+    >>> # e.g. edge weights after a bad optimiser step
+    >>> bad = jax.tree.map(lambda w: w.at[1].set(jnp.nan), tree)
+    >>> cj.check_cost_structure(bad)
+    Traceback (most recent call last):
+      ...
+    ValueError: TreeCost: edge_weights[1] = nan is not finite.
+  """
+  if not _cost_ops.is_structure(cost):
+    raise TypeError(
+        "check_cost_structure expects a TreeCost, OrdinalCost or EmbeddingCost; got "
+        f"{type(cost).__name__}. Use check_cost_matrix for dense matrices."
+    )
+  leaves = jax.tree.leaves(cost)
+  if any(_is_tracer(x) for x in leaves):
+    raise TypeError(
+        "check_cost_structure validates concrete values and cannot run under jit; "
+        "call it once outside the jitted function."
+    )
+  name = _cost_name(cost)
+  fields: list[tuple[str, Any, bool]] = []
+  if isinstance(cost, TreeCost):
+    w = np.array(cost.edge_weights, np.float64)
+    if w.ndim == 1:
+      w[cost._topo.levels[0][0]] = 0.0  # the root's entry is ignored
+    fields.append(("edge_weights", w, True))
+  elif isinstance(cost, EmbeddingCost):
+    fields.append(("embeddings", np.asarray(cost.embeddings, np.float64), False))
+    fields.append(("scale", np.asarray(cost.scale, np.float64), True))
+  for field, arr, nonneg in fields:
+    bad = ~np.isfinite(arr)
+    if bad.any():
+      at = tuple(int(i) for i in np.argwhere(bad)[0])
+      where = f"[{', '.join(map(str, at))}]" if at else ""
+      raise ValueError(f"{name}: {field}{where} = {arr[at]} is not finite.")
+    if nonneg:
+      neg = arr < 0
+      if neg.any():
+        at = tuple(int(i) for i in np.argwhere(neg)[0])
+        where = f"[{', '.join(map(str, at))}]" if at else ""
+        raise ValueError(f"{name}: {field}{where} = {arr[at]} is negative.")
+  return cost
