@@ -38,6 +38,10 @@ from costjax._sinkhorn import sinkhorn_loss as sinkhorn_loss
 from costjax._sinkhorn import sinkhorn_solve as sinkhorn_solve
 from costjax._soft_labels import cost_soft_labels as cost_soft_labels
 from costjax._soft_labels import soft_label_cross_entropy as soft_label_cross_entropy
+from costjax._structures import EmbeddingCost as EmbeddingCost
+from costjax._structures import OrdinalCost as OrdinalCost
+from costjax._structures import TreeCost as TreeCost
+from costjax._structures import check_cost_structure as check_cost_structure
 from costjax._tree_wasserstein import tree_wasserstein as tree_wasserstein
 from costjax._weighted_cross_entropy import cost_class_weights as cost_class_weights
 from costjax._weighted_cross_entropy import weighted_cross_entropy as weighted_cross_entropy
@@ -45,6 +49,10 @@ from costjax._weighted_cross_entropy import weighted_cross_entropy as weighted_c
 __version__ = "0.1.0"
 
 __all__ = (
+    "EmbeddingCost",
+    "OrdinalCost",
+    "TreeCost",
+    "check_cost_structure",
     "SinkhornOutput",
     "VectorScaling",
     "bayes_decision",
