@@ -52,6 +52,14 @@ def _path_lengths(parents, weights, k):
   return dist
 
 
+def _ancestors(parents, node):
+  """node and every node above it."""
+  out = [node]
+  while parents[out[-1]] != -1:
+    out.append(parents[out[-1]])
+  return out
+
+
 def _lp(a, b, cost):
   k = cost.shape[0]
   a_eq = np.zeros((2 * k, k * k))
@@ -98,9 +106,11 @@ def test_equals_lp_for_random_weighted_trees(seed):
 def test_integer_labels_equal_expected_cost_with_path_length_matrix(seed, logits, label):
   rng = np.random.default_rng(seed)
   parents = _random_tree(rng, 7, int(rng.integers(0, 5)))
-  cost = cj.hierarchy_cost_matrix(parents, 7, kind="path_length")
+  # The brute-force metric of this file, not hierarchy_cost_matrix (which shares
+  # tree_wasserstein's parser).
+  cost = _path_lengths(parents, np.ones(len(parents)), 7)
   got = cj.tree_wasserstein(logits, np.int32(label), parents)
-  ref = _softmax(logits.astype(np.float64)) @ np.asarray(cost, np.float64)[label]
+  ref = _softmax(logits.astype(np.float64)) @ cost[label]
   np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
 
 
@@ -115,11 +125,28 @@ def test_jit_vmap_grad_and_unbatched():
   np.testing.assert_allclose(jax.vmap(fn)(logits, q), batched, rtol=1e-6)
   assert fn(logits[0], q[0]).shape == ()
   # Gradient equals the expected-cost gradient for integer labels (same function).
-  y = jnp.array([0, 4, 2, 1])
-  c = cj.hierarchy_cost_matrix(parents, 5)
+  # The gradient for integer labels is that of p . C[y] with C the brute-force
+  # metric: p_k (C[y, k] - p . C[y]).
+  y = np.array([0, 4, 2, 1])
+  c = _path_lengths(parents, np.ones(len(parents)), 5)
   g1 = jax.grad(lambda z: cj.tree_wasserstein(z, y, parents).sum())(logits)
-  g2 = jax.grad(lambda z: cj.expected_cost(z, y, c).sum())(logits)
-  np.testing.assert_allclose(g1, g2, atol=1e-5)
+  p = _softmax(logits.astype(np.float64))
+  rows = c[y]
+  np.testing.assert_allclose(g1, p * (rows - (p * rows).sum(-1, keepdims=True)), atol=1e-5)
+  # With probability labels the gradient is that of the LP value (tested above) by
+  # its dual: p_k (phi_k - p . phi) for the optimal potential phi, which for a tree is
+  # phi_k = sum over k's ancestors n of w_n sign(p(subtree n) - q(subtree n)).
+  g2 = jax.grad(lambda z: cj.tree_wasserstein(z, q, parents).sum())(logits)
+  phi = np.zeros((4, 5))
+  for b in range(4):
+    for k in range(5):
+      node = k
+      while parents[node] != -1:
+        members = [j for j in range(5) if node in _ancestors(parents, j)]
+        diff = p[b, members].sum() - q[b, members].sum()
+        phi[b, k] += np.sign(diff)
+        node = parents[node]
+  np.testing.assert_allclose(g2, p * (phi - (p * phi).sum(-1, keepdims=True)), atol=1e-5)
 
 
 def test_large_hierarchy_without_a_k_by_k_matrix():
