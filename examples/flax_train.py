@@ -1,28 +1,33 @@
-"""Train a Flax NNX classifier with any costjax loss, data-parallel on every device.
+"""Train a Flax NNX classifier with any costjax loss, save it, and decide on new rows.
 
   python examples/flax_train.py                                  # digits, CE, asymmetric cost
   python examples/flax_train.py --loss ce_ec --loss-param 10 --cost asymmetric
   python examples/flax_train.py --model cnn --loss soft --loss-param 0.5
   python examples/flax_train.py --data diamonds --cost ordinal --loss emd
-  python examples/flax_train.py --data my.npz --cost my_cost.csv --out runs/mine
+  python examples/flax_train.py --data penguins.csv --label-column species --cost cost.csv \\
+      --out runs/penguins
+  python examples/flax_train.py --predict new_rows.csv --out runs/penguins
 
-Data parallelism: a 1-D mesh ``data`` over all devices (``jax.make_mesh``); every
-minibatch is split along its example axis over that axis and the model and optimizer
-state are replicated, so XLA inserts the gradient all-reduce. Nothing is
-device-specific: the same command runs on one CPU, on 8 forced host devices
-(``XLA_FLAGS=--xla_force_host_platform_device_count=8``), on a GPU or on a TPU.
+Training writes to ``--out``: an Orbax checkpoint ``checkpoint/`` (the model's parameters,
+the temperature fitted on validation with ``costjax.fit_temperature``, the cost matrix, the
+class names and how to encode and standardize new rows), ``summary.md``, ``metrics.json``,
+``val_outputs.npz`` / ``test_outputs.npz`` (logits and labels, ready for ``costjax decide``),
+``learning_curves.png`` and ``confusion.png`` (cost-weighted confusion matrices, argmax and
+Bayes decoding).
 
-Multi-host: start the same command on every host with ``COSTJAX_DISTRIBUTED=1``
-and JAX's usual coordinator settings (``JAX_COORDINATOR_ADDRESS=host0:1234``,
-``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``; SLURM and TPU pods are auto-detected),
-which calls ``jax.distributed.initialize()``. Every host reads the same table and
-draws the same shuffle, then feeds only its own slice of each global minibatch
-(``jax.make_array_from_process_local_data``); process 0 writes the outputs. The
-multi-host path is not exercised by the tests (they run single-host, with 1 and 8
-devices).
+``--predict FILE`` (a CSV of feature columns, or a ``.npz`` with an array ``x``) loads
+``--out``'s checkpoint (or ``--checkpoint DIR``) and writes ``predictions.csv`` there: the
+minimum-expected-cost (Bayes) decision of the temperature-scaled model for every row, its
+expected cost, and the plain argmax.
 
-Outputs in ``--out``: ``summary.md``, ``metrics.json``, ``learning_curves.png`` and
-``confusion.png`` (cost-weighted confusion matrices, argmax and Bayes decoding).
+Data and costs come from ``costjax.cli.data`` / ``costjax.cli.costs`` (text labels and
+features, a cost CSV with a header of class names; see ``costjax compare --help``).
+Data parallelism: a 1-D mesh ``data`` over all devices; every minibatch is split along its
+example axis and the model and optimizer state are replicated, so XLA inserts the gradient
+all-reduce. The same command runs on one CPU, on 8 forced host devices
+(``XLA_FLAGS=--xla_force_host_platform_device_count=8``), a GPU or a TPU. Multi-host: start
+the same command on every host with ``COSTJAX_DISTRIBUTED=1`` and JAX's coordinator settings;
+every host feeds its slice of each global minibatch and process 0 writes the outputs.
 """
 
 from __future__ import annotations
@@ -34,20 +39,24 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
 
-import common  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
-from flax import nnx  # noqa: E402
-
-import costjax as cj  # noqa: E402
+import costjax as cj
+from costjax.cli import costs, data, distributed, training
+from costjax.cli.errors import UserInputError, exit_on_user_error
 
 DEFAULT_PARAM = {"ce": 0.0, "ec": 0.0, "ce_ec": 1.0, "soft": 0.5, "cdw": 1.0,
-                 "sinkhorn": 0.1, "emd": 0.0}
+                 "sinkhorn": 0.1, "ce_sinkhorn": 1.0, "wce": 0.0, "emd": 0.0}
 PARAM_DOC = "λ for ce_ec, T for soft, α for cdw, ε / max(C) for sinkhorn"
+
+
+# --------------------------------------------------------------------------- #
+# Sharded batches.
+# --------------------------------------------------------------------------- #
 
 
 def global_batch(local: np.ndarray, sharding, global_rows: int) -> jax.Array:
@@ -84,13 +93,107 @@ def predict(model, x: np.ndarray, sharding, batch: int) -> np.ndarray:
   return np.concatenate(out)
 
 
+# --------------------------------------------------------------------------- #
+# Checkpoint: parameters + everything needed to decide on new rows.
+# --------------------------------------------------------------------------- #
+
+
+def save_checkpoint(path: str, model, meta: dict) -> None:
+  """Orbax checkpoint: ``params`` (the model's ``nnx.Param`` leaves) and ``meta`` (JSON)."""
+  import orbax.checkpoint as ocp
+
+  params = jax.device_get(nnx.state(model, nnx.Param).to_pure_dict())
+  ckpt = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+  ckpt.save(os.path.abspath(path), force=True, args=ocp.args.Composite(
+      params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta)))
+
+
+def load_checkpoint(path: str):
+  """``(model, meta)`` from :func:`save_checkpoint`'s directory."""
+  import orbax.checkpoint as ocp
+
+  if not os.path.isdir(path):
+    raise UserInputError(f"--checkpoint {path!r}: no checkpoint there; train first "
+                         "(python examples/flax_train.py ... --out DIR).")
+  ckpt = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+  got = ckpt.restore(os.path.abspath(path), args=ocp.args.Composite(
+      params=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+  meta = got["meta"]
+  m = meta["model"]
+  model = nnx.eval_shape(lambda: training.make_model(
+      m["kind"], num_features=m["num_features"], num_classes=m["num_classes"],
+      hidden=m["hidden"], image_shape=m["image_shape"], rngs=nnx.Rngs(0)))
+  params = nnx.state(model, nnx.Param)
+  nnx.replace_by_pure_dict(params, got["params"])
+  nnx.update(model, params)
+  return model, meta
+
+
+def features_of(path: str, meta: dict) -> np.ndarray:
+  """Encodes and standardizes new rows exactly as in training."""
+  where = f"--predict {path!r}"
+  if not os.path.isfile(path):
+    raise UserInputError(f"{where}: no such file.")
+  if path.lower().endswith(".npz"):
+    x = data.read_npz(path, where, required=("x",))["x"]
+  else:
+    frame = data.read_csv(path, where)
+    if meta["encoding"] is not None:
+      x = data.FeatureEncoding.from_json(meta["encoding"]).encode(frame, source=where)
+    else:  # digits / .npz training data: numeric columns in training order
+      x = frame.to_numpy()
+  d = meta["model"]["num_features"]
+  x = np.asarray(x)
+  if x.ndim != 2 or x.shape[1] != d or not np.issubdtype(x.dtype, np.number):
+    raise UserInputError(f"{where}: need {d} numeric feature columns; got shape {x.shape}.")
+  if not np.all(np.isfinite(x)):
+    raise UserInputError(f"{where}: features must be finite (missing values are not dropped "
+                         "when predicting).")
+  return ((x - np.asarray(meta["mean"])) / np.asarray(meta["scale"])).astype(np.float32)
+
+
+def decide(model, meta: dict, x: np.ndarray):
+  """``(bayes, expected cost, argmax)`` for standardized rows ``x``."""
+  logits = nnx.jit(lambda m, xb: m(xb))(model, jnp.asarray(x)) / meta["temperature"]
+  cost = jnp.asarray(meta["cost"], jnp.float32)
+  risk = cj.decision_costs(logits, cost)
+  return (np.asarray(cj.bayes_decision(logits, cost)), np.asarray(risk.min(-1)),
+          np.asarray(logits.argmax(-1)))
+
+
+def run_predict(args) -> None:
+  ckpt_dir = args.checkpoint or os.path.join(args.out, "checkpoint")
+  model, meta = load_checkpoint(ckpt_dir)
+  x = features_of(args.predict, meta)
+  bayes, expected, argmax = decide(model, meta, x)
+  names = meta["class_names"]
+  import pandas as pd
+
+  os.makedirs(args.out, exist_ok=True)
+  out = os.path.join(args.out, "predictions.csv")
+  pd.DataFrame({"bayes": [names[i] for i in bayes], "expected_cost": expected.round(6),
+                "argmax": [names[i] for i in argmax]}).to_csv(out, index=False)
+  print(f"wrote {out}: {len(bayes)} Bayes decisions (T = {meta['temperature']:.3f}, "
+        f"cost {meta['cost_spec']})")
+
+
+# --------------------------------------------------------------------------- #
+# Training.
+# --------------------------------------------------------------------------- #
+
+
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  common.add_data_arguments(p, ordinal_help="a user file's classes are ordered")
+  p.add_argument("--data", default="digits",
+                 help="digits (default), diamonds, or a .npz (x, y) / .csv file")
+  p.add_argument("--label-column", default="label", help="label column of a .csv file")
+  p.add_argument("--features", default=None, help="comma-separated feature columns")
+  p.add_argument("--ordinal", action="store_true", help="a user file's classes are ordered")
+  p.add_argument("--max-rows", type=int, default=None, help="stratified subsample")
   p.add_argument("--cost", default="asymmetric",
                  help="forum, ordinal, asymmetric, random, or a CSV file (default: %(default)s)")
-  p.add_argument("--loss", default="ce", choices=sorted(common.LOSSES))
+  p.add_argument("--loss", default="ce", choices=sorted(training.LOSSES))
   p.add_argument("--loss-param", type=float, default=None, help=PARAM_DOC)
   p.add_argument("--model", default="mlp", choices=("mlp", "cnn"))
   p.add_argument("--hidden", type=int, default=128)
@@ -100,44 +203,52 @@ def parse_args(argv=None):
   p.add_argument("--weight-decay", type=float, default=1e-4)
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--out", default="runs/flax_train")
+  p.add_argument("--predict", default=None, metavar="FILE",
+                 help="decide on the rows of FILE with a saved checkpoint instead of training")
+  p.add_argument("--checkpoint", default=None,
+                 help="checkpoint directory (default: OUT/checkpoint)")
   p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
   args = p.parse_args(argv)
   if args.loss_param is None:
     args.loss_param = DEFAULT_PARAM[args.loss]
   if args.epochs < 1 or args.batch_size < 1 or not (args.lr > 0 and math.isfinite(args.lr)):
-    raise common.UserInputError("--epochs, --batch-size and --lr must be positive.")
+    raise UserInputError("--epochs, --batch-size and --lr must be positive.")
   return args
 
 
-def main(argv=None):
-  args = parse_args(argv)
-  common.maybe_initialize_distributed()
-  k_csv = common.csv_num_classes([args.cost])
-  ds = common.load_data(args.data, label_column=args.label_column, max_rows=args.max_rows,
-                        num_classes=k_csv, ordinal=args.ordinal)
-  cost_np = common.cost_matrix(args.cost, ds.num_classes)
-  sp = common.make_splits(ds, [args.seed])
+def train(args):
+  """Trains, fits the temperature, evaluates, and returns ``(model, meta, metrics, extras)``."""
+  if distributed.cluster_detected():
+    jax.distributed.initialize()
+  k_csv, names_csv = costs.cost_classes([args.cost])
+  features = None if args.features is None else [f.strip() for f in args.features.split(",")]
+  ds = data.load_data(args.data, label_column=args.label_column, max_rows=args.max_rows,
+                      num_classes=k_csv, class_names=names_csv, ordinal=args.ordinal,
+                      features=features)
+  cost_np = costs.cost_matrix(args.cost, ds.num_classes, class_names=ds.class_names)
+  sp = data.make_splits(ds, [args.seed])
   x_tr, y_tr, x_va, y_va, x_te, y_te = (a[0] for a in (
       sp.x_train, sp.y_train, sp.x_val, sp.y_val, sp.x_test, sp.y_test))
 
-  mesh = common.data_mesh()
+  mesh = distributed.data_mesh()
   jax.set_mesh(mesh)
-  data_sh = common.batch_sharding(mesh)
-  rep = common.replicated(mesh)
-  batch = common.round_batch_size(args.batch_size, len(y_tr))
+  data_sh = jax.sharding.NamedSharding(mesh, jax.P("data"))
+  rep = jax.sharding.NamedSharding(mesh, jax.P())
+  batch = distributed.round_batch_size(args.batch_size, len(y_tr))
   if batch % jax.process_count():
-    raise common.UserInputError("the batch size must be divisible by the number of processes.")
+    raise UserInputError("the batch size must be divisible by the number of processes.")
   steps = len(y_tr) // batch  # drop the remainder; every epoch reshuffles
   lead = jax.process_index() == 0
 
-  model = common.make_model(args.model, ds, hidden=args.hidden, rngs=nnx.Rngs(args.seed))
+  model = training.make_model(args.model, num_features=ds.x.shape[1],
+                              num_classes=ds.num_classes, hidden=args.hidden,
+                              image_shape=ds.image_shape, rngs=nnx.Rngs(args.seed))
   optimizer = nnx.Optimizer(model, optax.adamw(args.lr, weight_decay=args.weight_decay),
                             wrt=nnx.Param)
   # Replicate model and optimizer state over the mesh.
-  state = jax.device_put(nnx.state((model, optimizer)), rep)
-  nnx.update((model, optimizer), state)
+  nnx.update((model, optimizer), jax.device_put(nnx.state((model, optimizer)), rep))
   cost = jax.device_put(jnp.asarray(cost_np), rep)
-  loss_of = common.LOSSES[args.loss]
+  loss_of = training.LOSSES[args.loss]
   hp = jnp.float32(args.loss_param)
 
   @nnx.jit
@@ -162,9 +273,8 @@ def main(argv=None):
                disable=args.no_progress or not lead, leave=False, file=sys.stdout)
     for s in bar:
       idx = perm[s * batch:(s + 1) * batch][rows]  # this host's slice of the batch
-      loss = train_step(model, optimizer, global_batch(x_tr[idx], data_sh, batch),
-                        global_batch(y_tr[idx], data_sh, batch))
-      losses.append(loss)
+      losses.append(train_step(model, optimizer, global_batch(x_tr[idx], data_sh, batch),
+                               global_batch(y_tr[idx], data_sh, batch)))
     zv = predict(model, x_va, data_sh, batch)
     pv = zv.argmax(-1)
     history["train_loss"].append(float(np.mean(jax.device_get(losses))))
@@ -181,48 +291,76 @@ def main(argv=None):
   # Temperature scaling on validation, then both decodings on test.
   zv = predict(model, x_va, data_sh, batch)
   zt = predict(model, x_te, data_sh, batch)
-  temp = float(common.fit_temperature(jnp.asarray(zv), jnp.asarray(y_va)))
-  pred_arg, pred_bayes = (np.asarray(p) for p in common.decode(jnp.asarray(zt),
-                                                                jnp.asarray(cost_np), temp))
+  temp = float(cj.fit_temperature(jnp.asarray(zv), jnp.asarray(y_va)))
+  pred_arg = zt.argmax(-1)
+  pred_bayes = np.asarray(cj.bayes_decision(jnp.asarray(zt) / temp, jnp.asarray(cost_np)))
+  meta = {
+      "model": {"kind": args.model, "hidden": args.hidden, "num_features": int(ds.x.shape[1]),
+                "num_classes": ds.num_classes, "image_shape": ds.image_shape},
+      "temperature": temp, "cost": cost_np.tolist(), "cost_spec": args.cost,
+      "class_names": list(ds.class_names), "feature_names": list(ds.feature_names),
+      "encoding": None if ds.encoding is None else ds.encoding.to_json(),
+      "mean": sp.mean[0].tolist(), "scale": sp.scale[0].tolist(),
+      "data": args.data, "label_column": args.label_column, "loss": args.loss,
+      "loss_param": args.loss_param,
+  }
   metrics = {
       "data": ds.name, "cost": args.cost, "loss": args.loss, "loss_param": args.loss_param,
       "model": args.model, "epochs": args.epochs, "lr": args.lr, "batch_size": batch,
-      "devices": common.device_summary(), "train_seconds": train_seconds,
-      "temperature": temp, "history": history,
+      "devices": distributed.device_summary(), "train_seconds": train_seconds,
+      "temperature": temp, "history": history, "data_notes": list(sp.notes),
   }
   for name, pred in (("argmax", pred_arg), ("bayes", pred_bayes)):
     metrics[f"test_acc_{name}"] = float(np.mean(pred == y_te))
-    metrics[f"test_cost_{name}"] = float(cj.mean_cost(jnp.asarray(pred), jnp.asarray(y_te),
-                                                      jnp.asarray(cost_np)))
+    metrics[f"test_cost_{name}"] = float(np.mean(cost_np[y_te, pred]))
     if ds.ordinal:
       metrics[f"test_qwk_{name}"] = float(cj.quadratic_weighted_kappa(
           jnp.asarray(pred), jnp.asarray(y_te), num_classes=ds.num_classes))
-  conf = {n: common.cost_weighted_confusion(p, y_te, cost_np)
-          for n, p in (("argmax", pred_arg), ("bayes", pred_bayes))}
+  conf = {}
+  for n, p in (("argmax", pred_arg), ("bayes", pred_bayes)):
+    counts = np.zeros((ds.num_classes,) * 2)
+    np.add.at(counts, (y_te, p), 1)
+    conf[n] = counts * cost_np  # total cost per (true, predicted) cell
   metrics["cost_weighted_confusion"] = {n: c.tolist() for n, c in conf.items()}
+  extras = {"ds": ds, "conf": conf, "outputs": {"val": (zv, y_va), "test": (zt, y_te)},
+            "lead": lead}
+  return model, meta, metrics, extras
 
+
+def main(argv=None):
+  args = parse_args(argv)
+  if args.predict is not None:
+    return run_predict(args)
+  model, meta, metrics, ex = train(args)
+  save_checkpoint(os.path.join(args.out, "checkpoint"), model, meta)  # every process takes part
+  if not ex["lead"]:
+    return model, meta, metrics
+  ds = ex["ds"]
   summary = (
       f"{ds.name} ({len(ds.y)} examples, K={ds.num_classes}), cost {args.cost}, loss "
-      f"{args.loss}({args.loss_param:g}), {args.model}, {args.epochs} epochs, batch {batch} on "
-      f"{common.device_summary()}: trained in {train_seconds:.1f} s\n"
-      f"temperature (validation NLL): {temp:.3f}\n"
+      f"{args.loss}({args.loss_param:g}), {args.model}, {args.epochs} epochs, batch "
+      f"{metrics['batch_size']} on {metrics['devices']}: trained in "
+      f"{metrics['train_seconds']:.1f} s\n"
+      + "".join(f"note: {n}\n" for n in metrics["data_notes"])
+      + f"temperature (validation NLL): {meta['temperature']:.3f}\n"
       f"test accuracy  argmax {metrics['test_acc_argmax']:.4f}   "
       f"Bayes {metrics['test_acc_bayes']:.4f}\n"
       f"test mean cost argmax {metrics['test_cost_argmax']:.4f}   "
       f"Bayes {metrics['test_cost_bayes']:.4f}\n"
   )
-  if not lead:
-    return
   print(summary, end="")
-  print("cost-weighted confusion (Bayes decoding; rows true, columns predicted):")
-  print(np.array2string(conf["bayes"], precision=1, suppress_small=True, max_line_width=120))
   os.makedirs(args.out, exist_ok=True)
+  for split, (z, y) in ex["outputs"].items():
+    np.savez(os.path.join(args.out, f"{split}_outputs.npz"), logits=z, y=y)
   with open(os.path.join(args.out, "metrics.json"), "w", encoding="utf-8") as f:
     json.dump(metrics, f, indent=1)
   with open(os.path.join(args.out, "summary.md"), "w", encoding="utf-8") as f:
     f.write("# flax_train\n\n```\n" + summary + "```\n")
-  plot(args.out, history, conf, ds.class_names, f"{ds.name}, {args.loss}, cost {args.cost}")
-  print(f"wrote {args.out}/summary.md, metrics.json, learning_curves.png, confusion.png")
+  plot(args.out, metrics["history"], ex["conf"], ds.class_names,
+       f"{ds.name}, {args.loss}, cost {args.cost}")
+  print(f"wrote {args.out}/checkpoint, summary.md, metrics.json, val_outputs.npz, "
+        "test_outputs.npz, learning_curves.png, confusion.png")
+  return model, meta, metrics
 
 
 def plot(out, history, conf, names, title):
@@ -267,4 +405,4 @@ def plot(out, history, conf, names, title):
 
 
 if __name__ == "__main__":
-  common.exit_on_user_error(main)
+  exit_on_user_error(main)
