@@ -13,6 +13,7 @@ import numpy as np
 def softmax(z):
   z = np.asarray(z, np.float64)
   m = np.max(z, axis=-1, keepdims=True)
+  m = np.where(np.isfinite(m), m, 0.0)
   e = np.exp(z - m)
   return e / e.sum(axis=-1, keepdims=True)
 
@@ -51,12 +52,29 @@ def soft_label_cross_entropy(logits, labels, c, temperature=1.0):
   return -(t * log_softmax(logits)).sum(-1)
 
 
+def log1m_softmax(z):
+  """log(1 - p_j) = logsumexp_{k != j} z_k - logsumexp_k z_k, exact when p_j rounds to 1."""
+  z = np.asarray(z, np.float64)
+  out = np.empty_like(z)
+  lse = logsumexp(z)
+  for j in range(z.shape[-1]):
+    out[..., j] = logsumexp(np.delete(z, j, axis=-1)) - lse
+  return out
+
+
+def logsumexp(z):
+  z = np.asarray(z, np.float64)
+  m = np.max(z, axis=-1, keepdims=True)
+  m = np.where(np.isfinite(m), m, 0.0)
+  return m[..., 0] + np.log(np.exp(z - m).sum(-1))
+
+
 def cdw_ce(logits, labels, c, alpha=1.0):
   c = np.asarray(c, np.float64)
   q = as_distribution(labels, c.shape[0])
   w = q @ (c**alpha)
-  p = softmax(logits)
-  return -(w * np.log1p(-p)).sum(-1)
+  log1m = log1m_softmax(logits)
+  return -(np.where(w != 0, w * np.where(w != 0, log1m, 0.0), 0.0)).sum(-1)
 
 
 def ordinal_emd(logits, labels, power=1.0):

@@ -259,14 +259,29 @@ def test_no_recompilation_on_second_call(loss):
 
 @loss_param
 @pytest.mark.parametrize("scale", [1e4, -1e4])
-def test_extreme_logits_finite(loss, scale):
+def test_extreme_logits_match_float64(loss, scale):
+  """Logits of +-1e4 (a tie at the top included): values against the float64 oracle,
+  gradients against its central differences."""
   rng = np.random.default_rng(0)
-  logits = jnp.asarray(rng.choice([-1.0, 0.0, 1.0], size=(6, K)) * scale, jnp.float32)
-  labels = jnp.arange(6) % K
+  raw = rng.choice([-1.0, 0.0, 1.0], size=(6, K)) * scale
+  raw[0] = [scale, scale, 0.0, -scale, 0.0]
+  logits = jnp.asarray(raw, jnp.float32)
+  labels = np.arange(6) % K
   c = asymmetric_cost(rng)
   value, grad = jax.value_and_grad(lambda z: loss.fn(z, labels, c).sum())(logits)
   assert np.isfinite(value)
-  assert np.all(np.isfinite(grad))
+  # float32 resolves 1e4 to ~1e-3 (one ulp) and the losses subtract log-sum-exps of
+  # that size: allow ten ulps, far below any clamping or log(0) artefact.
+  np.testing.assert_allclose(loss.fn(logits, labels, c), loss.ref(raw, labels, c), rtol=1e-6,
+                             atol=1e-2)
+  h = 1e-3
+  fd = np.zeros_like(raw)
+  for idx in np.ndindex(raw.shape):
+    up, down = raw.copy(), raw.copy()
+    up[idx] += h
+    down[idx] -= h
+    fd[idx] = (loss.ref(up, labels, c).sum() - loss.ref(down, labels, c).sum()) / (2 * h)
+  np.testing.assert_allclose(grad, fd, atol=2e-3)
 
 
 def test_cdw_extreme_logits_exact():
@@ -299,16 +314,29 @@ def test_neg_inf_logits(loss):
 
 
 @loss_param
-@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
-def test_half_precision_close_to_float32(loss, dtype):
-  logits, labels, c = data(batch=(8,))
-  low = jnp.asarray(logits).astype(dtype)
+@pytest.mark.parametrize("dtype, bits", [(jnp.bfloat16, 8), (jnp.float16, 11)],
+                         ids=["bfloat16", "float16"])
+def test_half_precision_is_float32_math_rounded_once(loss, dtype, bits):
+  """Half-precision logits are computed in float32: the result is the float64 value
+  rounded once to the output dtype (relative error <= 2**-bits), which a computation
+  carried out in bfloat16/float16 misses. Logits and costs are multiples of 1/8 and
+  1/4, exact in both formats, so the oracle sees the same inputs."""
+  rng = np.random.default_rng(70)
+  logits = (rng.integers(-24, 25, size=(64, K)) / 8.0).astype(np.float32)
+  labels = rng.integers(0, K, 64).astype(np.int32)
+  c = (rng.integers(1, 33, size=(K, K)) / 4.0).astype(np.float32)
+  np.fill_diagonal(c, 0)
+  low = jnp.asarray(logits, dtype)
+  assert np.array_equal(np.asarray(low, np.float32), logits)
   got = loss.fn(low, labels, c)
   assert got.dtype == dtype
-  want = loss.fn(low.astype(jnp.float32), labels, c)  # same rounded inputs, f32 math
-  np.testing.assert_allclose(got.astype(np.float32), want, rtol=1e-2, atol=1e-2)
+  np.testing.assert_allclose(np.asarray(got, np.float64), loss.ref(logits, labels, c),
+                             rtol=2.0**-bits * 1.02, atol=1e-6)
   grad = jax.grad(lambda z: loss.fn(z, labels, c).astype(jnp.float32).sum())(low)
-  assert grad.dtype == dtype and np.all(np.isfinite(grad.astype(np.float32)))
+  assert grad.dtype == dtype
+  g32 = jax.grad(lambda z: loss.fn(z, labels, c).sum())(jnp.asarray(logits))
+  np.testing.assert_allclose(np.asarray(grad, np.float32), g32, rtol=2.0**-bits * 1.02,
+                             atol=1e-6)
 
 
 @loss_param
