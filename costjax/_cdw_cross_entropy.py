@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero
 
 from costjax import _checks, _common
 
@@ -145,8 +149,128 @@ def class_distance_weighted_cross_entropy(
     alpha = jnp.asarray(alpha, p.logits.dtype)
     transform = lambda c: _checks.safe_pow(c, alpha)
   weights = _common.target_cost_rows(p, transform)
-  penalty = -log1m_softmax(p.logits)  # >= 0, +inf where p_j == 1
-  active = weights != 0  # NaN weights (bad labels) stay active -> NaN loss
-  safe_penalty = jnp.where(active, penalty, jnp.zeros_like(penalty))
-  terms = jnp.where(active, weights * safe_penalty, jnp.zeros_like(penalty))
-  return _common.finish(jnp.sum(terms, axis=-1), p)
+  return _common.finish(_cdw(p.logits, weights), p)
+
+
+class _Parts(NamedTuple):
+  """Pieces of ``log(1 - softmax(z))`` (see :func:`_cdw_parts`)."""
+
+  probs: jax.Array  # (..., K)
+  not_top: jax.Array  # (..., K) 1.0 except 0.0 on a unique arg-max
+  log1m_rest: jax.Array  # (..., K) log(1 - p_j) off a unique arg-max, 0 on it
+  log1m_top: jax.Array  # (..., 1) log(1 - p_t) of a unique arg-max t (0 if none)
+  lse_rest: jax.Array  # (..., 1) LSE of z without a unique arg-max (-inf if none)
+
+
+def _indicator_not_max(e: jax.Array) -> jax.Array:
+  """``1.0`` where ``e < 1``, ``0.0`` where ``e == 1``, for ``e = exp(z - max z)``.
+
+  Exact with arithmetic only (``min(1, (1 - e) 2^{p+1})``): the next float below 1
+  is ``1 - 2^-(p+1)``. XLA:CPU runs reductions over arithmetic expressions as
+  fast library kernels, but falls back to a ~3x slower loop for ones that
+  contain compares or selects, so masks here are numbers, not booleans.
+  """
+  scale = 2.0 ** (jnp.finfo(e.dtype).nmant + 1)
+  return jax.lax.stop_gradient(jnp.minimum(1.0, (1.0 - e) * scale))
+
+
+def _cdw_parts(logits: jax.Array) -> _Parts:
+  """``log(1 - p)`` with one ``exp`` and one ``log1p`` pass in the common case.
+
+  For every class but a unique arg-max ``p_j <= 1/2``, so ``log1p(-p_j)`` is
+  accurate. (Classes within rounding of the maximum, ``exp(z_j - m) == 1``,
+  count as tied maxima, with ``p_j <= 1/2``.) For a unique arg-max ``t``,
+  ``log(1 - p_t) = LSE_{k != t} z_k - LSE z``: with ``m = max z`` the rest sum
+  ``R = sum_{k != t} exp(z_k - m)`` gives it as ``m + log R`` while ``R`` is a
+  normal number (logit gaps up to ~69 in float32). Only when some row's ``R``
+  underflows does a ``lax.cond`` take the slow branch (second maximum, second
+  ``exp`` pass), so logits of 1e4 stay exact; under ``vmap`` both branches run
+  (a select), still exact.
+  """
+  dtype = logits.dtype
+  m = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+  m = jnp.where(jnp.isfinite(m), m, jnp.zeros_like(m))
+  e = jnp.exp(logits - m)
+  total = jnp.sum(e, axis=-1, keepdims=True)
+  below = _indicator_not_max(e)
+  rest = jnp.sum(e * below, axis=-1, keepdims=True)
+  num_top = logits.shape[-1] - jnp.sum(below, axis=-1, keepdims=True)  # >= 1
+  unique = num_top == 1
+  # Tied maxima: every class is "rest"; the row needs no special entry.
+  not_top = jnp.where(unique, below, jnp.ones_like(below))
+  tiny = jnp.finfo(dtype).tiny * 2.0 ** (jnp.finfo(dtype).nmant + 3)
+
+  def fast(operands):
+    del operands
+    safe = jnp.where(unique, rest, jnp.ones_like(rest))
+    return jnp.where(unique, m + jnp.log(safe), -jnp.inf)
+
+  def slow(operands):
+    logits, m, unique = operands  # the mask is recomputed: no (..., K) operand
+    below = _indicator_not_max(jnp.exp(logits - m))
+    others = jnp.where((below == 1) | ~unique, logits, -jnp.inf)
+    m2 = jax.lax.stop_gradient(jnp.max(others, axis=-1, keepdims=True))
+    has_rest = jnp.isfinite(m2)
+    safe_m2 = jnp.where(has_rest, m2, jnp.zeros_like(m2))
+    rest2 = jnp.sum(jnp.exp(others - safe_m2), axis=-1, keepdims=True)
+    safe_rest2 = jnp.where(has_rest, rest2, jnp.ones_like(rest2))
+    return jnp.where(unique & has_rest, safe_m2 + jnp.log(safe_rest2), -jnp.inf)
+
+  underflow = jnp.any(unique & (rest < tiny))
+  lse_rest = jax.lax.cond(underflow, slow, fast, (logits, m, unique))
+  lse = m + jnp.log(total)
+  log1m_top = jnp.where(unique, lse_rest - lse, jnp.zeros_like(lse))
+  probs = e / total
+  log1m_rest = jnp.log1p(-probs * not_top)  # 0 on a unique arg-max
+  return _Parts(probs, not_top, log1m_rest, log1m_top, lse_rest)
+
+
+@jax.custom_jvp
+def _cdw(logits: jax.Array, weights: jax.Array) -> jax.Array:
+  """``-sum_j w_j log(1 - p_j)``, with ``0 * inf = 0`` where ``w_j = 0``."""
+  return _cdw_value(weights, _cdw_parts(logits))
+
+
+def _cdw_value(weights: jax.Array, parts: _Parts) -> jax.Array:
+  rest = -jnp.sum(weights * parts.log1m_rest, axis=-1)
+  top_weight = jnp.sum(weights * (1.0 - parts.not_top), axis=-1)
+  # w_t * log(1 - p_t) is 0 when w_t == 0, even where p_t == 1.
+  top = jnp.where(top_weight == 0, 0.0, -top_weight * parts.log1m_top[..., 0])
+  return rest + top
+
+
+@functools.partial(_cdw.defjvp, symbolic_zeros=True)
+def _cdw_jvp(primals, tangents):
+  r"""Closed-form JVP.
+
+  With ``v_j = w_j p_j / (1 - p_j)``, ``dl/dz_k = v_k - p_k sum_j v_j``. For a
+  unique arg-max ``t`` (``v_t`` may overflow) this is rearranged with
+  ``V = sum_{j != t} v_j`` and ``r_k = p_k / (1 - p_t) = exp(z_k - LSE_{j != t} z_j)``:
+  ``dl/dz_t = p_t (w_t - V)`` and ``dl/dz_k = v_k - p_k V - w_t p_t r_k``.
+  ``dl/dw_j = -log(1 - p_j)``, 0 where ``w_j = 0``.
+  """
+  logits, weights = primals
+  dlogits, dweights = tangents
+  parts = _cdw_parts(logits)
+  value = _cdw_value(weights, parts)
+  tangent = jnp.zeros_like(value)
+  probs, not_top = parts.probs, parts.not_top
+  is_top = 1.0 - not_top
+  if not isinstance(dlogits, SymbolicZero):
+    rest_probs = probs * not_top  # <= 1/2
+    v = weights * rest_probs / (1.0 - rest_probs)
+    total_v = jnp.sum(v, axis=-1, keepdims=True)
+    top_wp = jnp.sum(weights * probs * is_top, axis=-1, keepdims=True)
+    has_rest = jnp.isfinite(parts.lse_rest)
+    safe_lse_rest = jnp.where(has_rest, parts.lse_rest, jnp.zeros_like(parts.lse_rest))
+    r = not_top * jnp.exp(jnp.minimum(logits - safe_lse_rest, 0.0))
+    r = jnp.where(has_rest, r, jnp.zeros_like(r))
+    grad = (not_top * (v - probs * total_v - top_wp * r)
+            + is_top * probs * (weights - total_v))
+    dlogits = jnp.where(jnp.isfinite(logits), dlogits, jnp.zeros_like(dlogits))
+    tangent = tangent + jnp.sum(grad * dlogits, axis=-1)
+  if not isinstance(dweights, SymbolicZero):
+    penalty = -(parts.log1m_rest + is_top * parts.log1m_top)
+    penalty = jnp.where(weights != 0, penalty, jnp.zeros_like(penalty))
+    tangent = tangent + jnp.sum(penalty * dweights, axis=-1)
+  return value, tangent
