@@ -102,6 +102,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                  help="paired bootstrap resamples for the intervals")
   p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and the NLL split")
   p.add_argument("--out", default="runs/decide", help="output directory")
+  p.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
 # --------------------------------------------------------------------------- #
@@ -666,6 +667,12 @@ def check_flags(args) -> None:
     raise UserInputError(f"--out {args.out!r} exists and is not a directory.")
 
 
+def _say(quiet: bool, message: str) -> None:
+  """A progress line (the steps are few and long, so lines rather than a bar)."""
+  if not quiet:
+    print(message, flush=True)
+
+
 def run(args) -> dict:
   """Runs ``costjax decide`` for parsed ``args``; validates everything before writing."""
   t0 = time.perf_counter()
@@ -673,13 +680,20 @@ def run(args) -> dict:
   inp = load_inputs(args.val, args.test, args.cost, label_column=args.label_column,
                     csv_values=args.csv_values)
   t_read = time.perf_counter() - t0
+  quiet = getattr(args, "quiet", False)
+  _say(quiet, f"read {len(inp.val.logits)} validation and {len(inp.test.logits)} test "
+       f"examples, K = {len(inp.class_names)} ({t_read:.1f} s); calibrating "
+       f"({args.calibration}) and decoding ...")
   res = compute(inp, alpha=args.alpha, abstain_cost=args.abstain_cost,
                 calibration=args.calibration, seed=args.seed)
   res.seconds["read"] = t_read
+  _say(quiet, f"calibration: {res.calibration['chosen']} "
+       f"({res.seconds['calibration']:.1f} s); decisions ({res.seconds['decisions']:.1f} s); "
+       f"writing the report ({args.bootstrap} bootstrap resamples) ...")
   summary = write_outputs(args.out, inp, res, args)
   res.seconds["total"] = time.perf_counter() - t0
-  print(f"wrote {args.out}/predictions.csv, report.md, expected_cost.png "
-        f"({res.seconds['total']:.1f} s)")
+  _say(quiet, f"wrote {args.out}/predictions.csv, report.md, expected_cost.png "
+       f"({res.seconds['total']:.1f} s)")
   return summary
 
 
