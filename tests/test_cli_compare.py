@@ -323,3 +323,34 @@ def test_diverged_models_are_flagged_and_skipped():
   np.testing.assert_allclose(s["test_cost_argmax"][0, 1], want, rtol=1e-6)
   sel = stats.select(s, [(1e-3, 0.0), (1e-2, 0.0)], 0, "argmax")
   assert sel["g"] == 1 and sel["diverged_grid_points"] == 1 and sel["diverged_seeds"] == 0
+
+
+@pytest.mark.slow
+def test_user_table_with_string_labels_and_a_named_cost_matrix(tmp_path):
+  rng = np.random.default_rng(0)
+  n = 240
+  a, b = rng.normal(size=n), rng.normal(size=n)
+  color = rng.choice(["red", "blue"], size=n)
+  names = np.array(["low", "mid", "high"])
+  label = names[(a > -0.4).astype(int) + (a > 0.4)]
+  lines = ["a,b,noise,color,label"]
+  for i in range(n):
+    lines.append(f"{a[i]:.4f},{'' if i == 7 else f'{b[i]:.4f}'},{rng.normal():.3f},{color[i]},"
+                 f"{label[i]}")
+  (tmp_path / "t.csv").write_text("\n".join(lines) + "\n")
+  # Header order differs from the sorted label order: the header's order must win.
+  (tmp_path / "c.csv").write_text("low,mid,high\n0,1,5\n1,0,1\n9,1,0\n")
+  out = tmp_path / "o"
+  proc = run_cli("compare", "--data", tmp_path / "t.csv", "--cost", tmp_path / "c.csv",
+                 "--features", "a,b,color", "--ordinal", "--arms", "emd", "--seeds", 2,
+                 "--epochs", 3, "--lrs", "1e-2", "--batch-size", 32, "--out", out)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  res = json.loads((out / "results.json").read_text())
+  assert res["class_names"] == ["low", "mid", "high"]
+  assert res["cost_matrices"] == [[[0, 1, 5], [1, 0, 1], [9, 1, 0]]]
+  assert res["dropped_rows"] == 1 and res["num_examples"] == n - 1
+  assert {r["arm"] for r in res["rows"]} == {"ce", "emd"}
+  report = (out / "report.md").read_text()
+  assert "| true \\ pred | low | mid | high |" in report
+  assert "1 rows with missing values dropped" in report
+  assert (out / "results.csv").read_text().count("\n") == 1 + 2 * 3
