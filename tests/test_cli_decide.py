@@ -324,3 +324,17 @@ def test_paired_bootstrap_matches_normal_approximation():
   assert hi == pytest.approx(d.mean() + half, abs=0.15 * half)
   # An unpaired interval would be far wider: the pairing is what the test is about.
   assert hi - lo < 0.5 * 2 * 1.96 * np.sqrt((a.var() + b.var()) / len(a))
+
+
+def test_csv_logits_flag_and_builtin_cost(tmp_path):
+  rng = np.random.default_rng(3)
+  z = 5 * rng.normal(size=(12, 4))
+  df = pd.DataFrame(z, columns=["10", "2", "1", "0"])  # integer names: numeric order
+  df["label"] = [0, 1, 2, 10] * 3
+  df.to_csv(tmp_path / "v.csv", index=False)
+  inp = decide.load_inputs(str(tmp_path / "v.csv"), str(tmp_path / "v.csv"), "asymmetric",
+                           csv_values="logits")
+  assert inp.class_names == ("0", "1", "2", "10")
+  np.testing.assert_allclose(inp.val.logits, z[:, [3, 2, 1, 0]], rtol=1e-6)
+  np.testing.assert_array_equal(inp.val.labels, [0, 1, 2, 3] * 3)
+  np.testing.assert_array_equal(inp.cost, costs.asymmetric_cost(4))
