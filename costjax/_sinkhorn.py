@@ -42,6 +42,8 @@ _SCALING_START_RATIO = 50.0
 # least _COMPACT_MIN) are unconverged, they finish in a buffer of that size.
 _COMPACT_FRACTION = 16
 _COMPACT_MIN = 8
+_COMPACT_STAGES = 1
+_COMPACT_UNROLL = 1
 
 
 class SinkhornOutput(NamedTuple):
@@ -404,12 +406,12 @@ def _potentials(lp, lq, cost, eps, active, tol, max_iterations):
     # checkify cannot functionalise a while_loop under vmap (nor a custom_vmap):
     # a fixed-length scan gives the same result thanks to freezing.
     return _solve_jit(lp, lq, active, cost, eps, tol=tol, max_iterations=max_iterations,
-                      use_scan=True)
-  return _batched_solver(tol, max_iterations)(lp, lq, active, cost, eps)
+                      use_scan=True, stages=0)
+  return _batched_solver(tol, max_iterations, _COMPACT_STAGES)(lp, lq, active, cost, eps)
 
 
 @functools.cache
-def _batched_solver(tol: float, max_iterations: int):
+def _batched_solver(tol: float, max_iterations: int, stages: int):
   """The solver as a ``custom_vmap`` function for one static configuration.
 
   Arguments ``(lp, lq, active, cost, eps)``: problems ``(*batch, K)``, ``cost``
@@ -423,7 +425,7 @@ def _batched_solver(tol: float, max_iterations: int):
   @jax.custom_batching.custom_vmap
   def solver(lp, lq, active, cost, eps):
     return _solve_jit(lp, lq, active, cost, eps, tol=tol, max_iterations=max_iterations,
-                      use_scan=False)
+                      use_scan=False, stages=stages)
 
   @solver.def_vmap
   def _rule(axis_size, in_batched, lp, lq, active, cost, eps):
@@ -437,8 +439,8 @@ def _batched_solver(tol: float, max_iterations: int):
   return solver
 
 
-@functools.partial(jax.jit, static_argnames=("tol", "max_iterations", "use_scan"))
-def _solve_jit(lp, lq, active, cost, eps, *, tol, max_iterations, use_scan):
+@functools.partial(jax.jit, static_argnames=("tol", "max_iterations", "use_scan", "stages"))
+def _solve_jit(lp, lq, active, cost, eps, *, tol, max_iterations, use_scan, stages):
   """Regroups ``(*batch, K)`` problems by distinct ``(cost, eps)`` and solves them.
 
   The batch axes along which the cost or epsilon varies move first (merged into
@@ -474,10 +476,11 @@ def _solve_jit(lp, lq, active, cost, eps, *, tol, max_iterations, use_scan):
   eps_g = jnp.broadcast_to(jnp.asarray(eps, lp.dtype), ks).reshape(groups)
   # Compaction flattens the batch; an explicitly sharded batch axis cannot be
   # reshaped without naming the output sharding, so such batches skip it.
-  compact = not use_scan and not any(_explicitly_sharded(x) for x in (lp, lq, active))
+  if any(_explicitly_sharded(x) for x in (lp, lq, active)):
+    stages = 0
   out = _solve_grouped(to_groups(lp), to_groups(lq), to_groups(active), cost_g, eps_g,
                        tol=tol, max_iterations=max_iterations, use_scan=use_scan,
-                       compact=compact)
+                       stages=stages)
   return tuple(from_groups(x) for x in out)
 
 
@@ -553,13 +556,20 @@ def _sink_error(lq, g, g_next, eps):
   return jnp.sum(jnp.where(pos, q * jnp.abs(ratio - 1.0), 0.0), axis=-1)
 
 
-def _compact_size(total: int) -> int:
-  """Static number of slots of the compacted tail loop (``total`` if none)."""
-  cap = max(_COMPACT_MIN, -(-total // _COMPACT_FRACTION))
-  return total if cap * 2 > total else cap
+def _compact_sizes(total: int, stages: int) -> tuple[int, ...]:
+  """Static slot counts of the compacted tail loops (each ``_COMPACT_FRACTION`` smaller)."""
+  caps = []
+  size = total
+  while len(caps) < stages:
+    cap = max(_COMPACT_MIN, -(-size // _COMPACT_FRACTION))
+    if cap * 2 > size:
+      break
+    caps.append(cap)
+    size = cap
+  return tuple(caps)
 
 
-def _solve_grouped(lp, lq, active, cost, eps, *, tol, max_iterations, use_scan, compact):
+def _solve_grouped(lp, lq, active, cost, eps, *, tol, max_iterations, use_scan, stages):
   """Sinkhorn on ``(G, n, K)`` problems; group ``g`` has cost ``cost[g]`` and ``eps[g]``.
 
   Kernel or log domain is decided once for all groups (a scalar predicate).
@@ -568,19 +578,32 @@ def _solve_grouped(lp, lq, active, cost, eps, *, tol, max_iterations, use_scan, 
   level, without convergence test; its iterations count towards
   ``max_iterations``. Then Sinkhorn iterates at ``eps`` with a convergence
   test per problem; converged problems are frozen, so every problem gets the
-  iterates it would get alone. Once at most ``_compact_size`` problems are
+  iterates it would get alone. Once at most ``_compact_sizes(...)[0]`` problems are
   left, they are gathered into a small buffer and finished there, so the long
   tail of slow problems does not pay for the whole batch.
   """
+  use_kernel = _kernel_ok(cost, eps)
   range_ = jnp.max(cost, axis=(-2, -1)) - jnp.min(cost, axis=(-2, -1))
   eps_start = jnp.maximum(eps, range_ / _SCALING_START_RATIO)
-  run = functools.partial(_run, lp=lp, lq=lq, cost=cost, eps=eps, active=active, tol=tol,
-                          max_iterations=max_iterations, use_scan=use_scan, compact=compact)
-  return lax.cond(
-      _kernel_ok(cost, eps),
-      lambda: run(_kernel_updates, eps_start=None),
-      lambda: run(_lse_updates, eps_start=eps_start),
-  )
+  levels = jnp.ceil(jnp.log(eps / eps_start) / np.log(_SCALING)).astype(jnp.int32)
+  levels = jnp.where(use_kernel, 0, jnp.clip(levels, 0, max_iterations // 2))
+  return _run(functools.partial(_make_updates, use_kernel=use_kernel), lp=lp, lq=lq,
+              cost=cost, eps=eps, active=active, eps_start=eps_start, levels=levels, tol=tol,
+              max_iterations=max_iterations, use_scan=use_scan, stages=stages)
+
+
+def _make_updates(cost, eps, *, use_kernel):
+  """Half-steps that take the kernel or the log-domain path (``use_kernel``, a scalar)."""
+  kernel_g, kernel_f = _kernel_updates(cost, eps)
+  lse_g, lse_f = _lse_updates(cost, eps)
+
+  def update_g(lp, f, e):
+    return lax.cond(use_kernel, kernel_g, lse_g, lp, f, e)
+
+  def update_f(lq, g, e):
+    return lax.cond(use_kernel, kernel_f, lse_f, lq, g, e)
+
+  return update_g, update_f
 
 
 def _body(state, *, updates, lp, lq, eps, tol, max_iterations):
@@ -601,28 +624,24 @@ def _body(state, *, updates, lp, lq, eps, tol, max_iterations):
   return f, g, g_next, err, iters, done
 
 
-def _run(make_updates, *, lp, lq, cost, eps, active, eps_start, tol, max_iterations, use_scan,
-         compact):
-  """Loop of :func:`_solve_grouped` for one path (kernel or log domain)."""
+def _run(make_updates, *, lp, lq, cost, eps, active, eps_start, levels, tol, max_iterations,
+         use_scan, stages):
+  """The loops of :func:`_solve_grouped`: epsilon scaling, batched, compacted."""
   bshape = lp.shape[:-1]  # (G, ...)
   eps_b = eps.reshape(eps.shape + (1,) * (len(bshape) - 1))  # broadcasts against (G, ...)
   updates = make_updates(cost, eps)
   update_g, update_f = updates
-  f = jnp.zeros_like(lp)
-  t0 = jnp.zeros(eps_b.shape, jnp.int32)
-  if eps_start is not None:
-    log_decay = np.log(_SCALING)
-    levels = jnp.ceil(jnp.log(eps / eps_start) / log_decay).astype(jnp.int32)
-    levels = jnp.clip(levels, 0, max_iterations // 2).reshape(eps_b.shape)
-    start = eps_start.reshape(eps_b.shape)
+  log_decay = np.log(_SCALING)
+  levels = levels.reshape(eps_b.shape)
+  start = eps_start.reshape(eps_b.shape)
 
-    def anneal(t, f):
-      e = jnp.maximum(eps_b, start * jnp.exp(log_decay * t.astype(eps.dtype)))
-      return jnp.where((t < levels)[..., None], update_f(lq, update_g(lp, f, e), e), f)
+  def anneal(t, f):
+    e = jnp.maximum(eps_b, start * jnp.exp(log_decay * t.astype(eps.dtype)))
+    return jnp.where((t < levels)[..., None], update_f(lq, update_g(lp, f, e), e), f)
 
-    n_levels = max_iterations // 2 if use_scan else jnp.max(levels)
-    f = lax.fori_loop(0, n_levels, anneal, f)
-    t0 = levels
+  n_levels = max_iterations // 2 if use_scan else jnp.max(levels)
+  f = lax.fori_loop(0, n_levels, anneal, jnp.zeros_like(lp))
+  t0 = levels
   iters = jnp.broadcast_to(t0, lp.shape[:-1])
   state = (
       f,
@@ -634,23 +653,28 @@ def _run(make_updates, *, lp, lq, cost, eps, active, eps_start, tol, max_iterati
   )
   body = functools.partial(_body, tol=tol, max_iterations=max_iterations)
   full = functools.partial(body, updates=updates, lp=lp, lq=lq, eps=eps_b)
-  total = int(np.prod(bshape))
-  cap = _compact_size(total) if compact else total
+  caps = _compact_sizes(int(np.prod(bshape)), stages)
   if use_scan:
     state, _ = lax.scan(lambda s, _: (full(s), None), state, None, length=max_iterations)
   else:
-    left = cap if cap < total else 0
+    left = caps[0] if caps else 0
     state = lax.while_loop(lambda s: jnp.sum(~s[5]) > left, full, state)
-  if cap < total:
-    state = _finish_compacted(state, body, make_updates, lp, lq, cost, eps, cap)
+  if caps:
+    state = _finish_compacted(state, body, make_updates, lp, lq, cost, eps, caps)
   f, g, _, err, iters, _ = state
   err = jnp.where(active, err, 0.0)
   iters = jnp.where(active, iters, 0)
   return f, g, err, iters
 
 
-def _finish_compacted(state, body, make_updates, lp, lq, cost, eps, cap):
-  """Runs the at most ``cap`` unfinished problems to the end in a ``cap``-slot buffer."""
+def _finish_compacted(state, body, make_updates, lp, lq, cost, eps, caps):
+  """Runs the at most ``caps[0]`` unfinished problems in a ``caps[0]``-slot buffer.
+
+  They iterate there until at most ``caps[1]`` are left, which move on to a
+  smaller buffer in turn; the last buffer runs to the end. Results are
+  scattered back, so every problem gets exactly its own iterates.
+  """
+  cap = caps[0]
   nb = lp.ndim - 1
   groups = lp.shape[0]
   total = int(np.prod(lp.shape[:-1]))
@@ -675,17 +699,48 @@ def _finish_compacted(state, body, make_updates, lp, lq, cost, eps, cap):
   sub = sub[:5] + (sub[5] | ~valid.reshape(shape),)
   c_lp, c_lq = take(lp), take(lq)
   updates = make_updates(c_cost, c_eps)
-  sub = lax.while_loop(
-      lambda s: jnp.any(~s[5]),
-      functools.partial(body, updates=updates, lp=c_lp, lq=c_lq, eps=c_eps[:, None]),
-      sub,
-  )
+  left = caps[1] if len(caps) > 1 else 0
+  step = functools.partial(body, updates=updates, lp=c_lp, lq=c_lq, eps=c_eps[:, None])
+
+  def unrolled(s):  # fewer loop trips; frozen problems make extra steps no-ops
+    for _ in range(_COMPACT_UNROLL):
+      s = step(s)
+    return s
+
+  sub = lax.while_loop(lambda s: jnp.sum(~s[5]) > left, unrolled, sub)
+  if len(caps) > 1:
+    sub = _finish_compacted(sub, body, make_updates, c_lp, c_lq, c_cost, c_eps, caps[1:])
 
   def put(x, y):
     y = y.reshape((cap,) + y.shape[2:])  # slots are 2-D: (1, cap) or (cap, 1)
     return flat(x).at[idx].set(y, mode="drop").reshape(x.shape)
 
   return tuple(put(x, y) for x, y in zip(state, sub, strict=True))
+
+
+@jax.custom_batching.custom_vmap
+def _kernel_ok_custom(cost, eps):
+  return _kernel_ok(cost, eps)
+
+
+@_kernel_ok_custom.def_vmap
+def _kernel_ok_rule(axis_size, in_batched, cost, eps):
+  del axis_size
+  cost, eps = (x if b else x[None] for x, b in zip((cost, eps), in_batched, strict=True))
+  return _kernel_ok_custom(cost, eps), False
+
+
+def _kernel_ok_everywhere(cost, eps):
+  """:func:`_kernel_ok` for every problem of an enclosing ``vmap`` at once.
+
+  Under :func:`jax.vmap` over cost matrices or epsilons the predicate stays an
+  unbatched scalar (true only if every vmapped problem may use the kernel), so
+  a :func:`jax.lax.cond` on it runs one branch instead of both; the log-domain
+  branch is exact for every problem, the kernel branch for those allowed.
+  """
+  if _checks.checks_on():  # checkify has no rule for custom_vmap
+    return _kernel_ok(cost, eps)
+  return _kernel_ok_custom(cost, eps)
 
 
 def _expand(cost: jax.Array, nbatch: int) -> jax.Array:
@@ -722,6 +777,6 @@ def _dual_value(lp, lq, cost, eps, f, g):
     log_mass = a[..., 0] + b[..., 0] - cmin / eps + jnp.log(jnp.maximum(s, jnp.finfo(s.dtype).tiny))
     return jnp.exp(jnp.minimum(log_mass, 80.0))
 
-  mass = lax.cond(_kernel_ok(lax.stop_gradient(cost), lax.stop_gradient(eps)),
+  mass = lax.cond(_kernel_ok_everywhere(lax.stop_gradient(cost), lax.stop_gradient(eps)),
                   mass_kernel, mass_log)
   return linear - eps * (mass - 1.0)
