@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from costjax.cli import costs, data
 from costjax.cli.errors import UserInputError, exit_on_user_error
@@ -326,3 +328,32 @@ def test_split_sizes_keep_one_training_example_per_class():
     assert test.sum() == max(1, round(0.3 * counts.sum()))
     assert val.sum() == max(1, round(0.2 * counts.sum()))
     assert np.all(counts - test - val >= (counts > 0))
+
+
+_NAMES = st.lists(st.text(alphabet="abcdefghijklmnopqrstuvwxyzABC _-", min_size=1, max_size=6)
+                  .map(str.strip).filter(lambda s: s and not s[0].isdigit()),
+                  min_size=2, max_size=6, unique=True)
+
+
+@settings(max_examples=40, deadline=None)
+@given(names=_NAMES, layout=st.sampled_from(["plain", "header", "header+rows", "digits"]),
+       seed=st.integers(0, 2**16))
+def test_cost_csv_round_trip(tmp_path_factory, names, layout, seed):
+  """Any matrix written in any accepted layout (by pandas / NumPy) reads back exactly."""
+  k = len(names)
+  rng = np.random.default_rng(seed)
+  m = rng.integers(0, 50, size=(k, k)) / rng.choice([1, 4, 10])
+  path = tmp_path_factory.mktemp("rt") / "c.csv"
+  if layout == "plain":
+    np.savetxt(path, m, delimiter=",")
+    expect = None
+  elif layout == "digits":
+    expect = tuple(str(i) for i in rng.permutation(k))
+    pd.DataFrame(m, columns=list(expect)).to_csv(path, index=False)
+  else:
+    df = pd.DataFrame(m, columns=names, index=names)
+    df.to_csv(path, index=(layout == "header+rows"))
+    expect = tuple(names)
+  t = costs.read_cost_csv(str(path))
+  assert t.class_names == expect
+  np.testing.assert_allclose(t.matrix, m.astype(np.float32), rtol=1e-6)

@@ -30,9 +30,10 @@ Labels (the rules of the contract's "Data files"):
   sorted order, an error if their number differs from ``num_classes``.
 
 Features: numeric columns as they are; non-numeric (string, boolean, categorical) columns are
-one-hot encoded (``column=value``, values sorted); rows with a missing value in the label or
-a used feature are dropped and counted; ``features`` picks the columns (names for CSV files,
-integer column indices for ``.npz``). Infinite values are an error, not "missing".
+one-hot encoded (``column=value``; values sorted, or in a pandas categorical's order); rows
+with a missing value in the label or a used feature are dropped and counted; ``features``
+picks the columns (names for CSV files, integer column indices for ``.npz``). Infinite
+values are an error, not "missing".
 
 Data never comes from the network: ``digits`` is scikit-learn's bundled copy and
 ``diamonds`` the table that plotnine ships. ``.npz`` files are read with
