@@ -500,8 +500,16 @@ def write_outputs(out: str, inp: Inputs, res: Result, args) -> dict:
       f"- test: `{inp.test.source}` ({len(inp.test.logits)} examples, {inp.test.kind}, "
       f"{'with' if y is not None else 'without'} labels)",
       f"- cost: `{inp.cost_source}` (K = {len(names)}; classes {', '.join(names[:20])}"
-      f"{' ...' if len(names) > 20 else ''})", "",
-      "## Calibration (fitted on validation)", "",
+      f"{' ...' if len(names) > 20 else ''})",
+  ]
+  absent = [n for n, c in zip(names, np.bincount(inp.val.labels, minlength=len(names)),
+                              strict=True) if c == 0]
+  if absent:
+    lines.append(f"- classes without validation examples: {', '.join(absent[:20])}"
+                 f"{' ...' if len(absent) > 20 else ''} (their calibrated probabilities are "
+                 "fitted from no data; vector scaling drives them towards 0)")
+  lines += [
+      "", "## Calibration (fitted on validation)", "",
       "| method | validation NLL (all, in-sample) | held-out NLL (fit on one half, scored on "
       "the other) |", "|---|---|---|",
   ]
