@@ -11,12 +11,16 @@ exchangeable examples.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from costjax import _checks, _cost_ops
 from costjax._decisions import _decision_costs
+
+_THRESHOLD_SLACK_ULPS = 16
 
 
 def _gaps(logits, cost_matrix, fn_name):
@@ -209,7 +213,10 @@ def calibrate_cost_sets(
   so the threshold is a weighted quantile of the ``tau_im``, found exactly by
   radix selection on their float bit patterns (four 256-bin weighted
   histograms). The result is the smallest breakpoint that satisfies the
-  inequality, up to float rounding of the summed costs. Cost ``O(n K)``
+  inequality (up to float rounding of the summed costs), rounded up by 16
+  float ulps so that :func:`cost_sets` recomputed elsewhere (another compiled
+  program may round the decision costs differently in the last bit) still
+  holds every decision counted here. Cost ``O(n K)``
   besides the decision costs; jit-able; ``alpha`` may be traced. (Probability
   labels sort each example's row instead, which is slower.)
 
@@ -253,6 +260,19 @@ def calibrate_cost_sets(
   """
   name = "costjax.calibrate_cost_sets"
   alpha = _check_alpha(alpha, name)
+  if not isinstance(logits, jax.core.Tracer):
+    logits = jnp.asarray(logits)
+  if not isinstance(labels, jax.core.Tracer):
+    labels = jnp.asarray(labels)
+  if not _cost_ops.is_structure(cost_matrix):
+    cost_matrix = jnp.asarray(cost_matrix)
+  return _calibrate_jit(logits, labels, cost_matrix, alpha, _checks.checks_on())
+
+
+@functools.partial(jax.jit, static_argnums=4)
+def _calibrate_jit(logits, labels, cost_matrix, alpha, checks):
+  del checks  # a static cache key only: checked mode is read at trace time
+  name = "costjax.calibrate_cost_sets"
   logits = _checks.check_logits(logits, name)
   k = logits.shape[-1]
   labels, is_index = _checks.labels_are_indices(logits, labels, name)
@@ -293,6 +313,10 @@ def calibrate_cost_sets(
   )
   need = jnp.sum(costs_sorted[:, -1]) + bound - alpha * (n + 1)
   tau_hat = _weighted_quantile(tau.reshape(-1), weight.reshape(-1), need)
+  # Rounded up by 16 ulps: decision costs recomputed in another compiled
+  # program (cost_sets outside this jit) may differ in their last bits, and the
+  # sets at the returned threshold must still hold every decision counted here.
+  tau_hat = tau_hat * (1 + _THRESHOLD_SLACK_ULPS * jnp.finfo(dtype).eps)
   threshold = jnp.where(need <= 0, jnp.zeros((), dtype), tau_hat)
   return jnp.where(bad, jnp.nan, threshold).astype(dtype)
 
