@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -137,3 +138,39 @@ def test_check_cost_matrix_accepts_and_converts():
   np.testing.assert_array_equal(out, [[0, 1], [2, 0]])
   # A non-zero diagonal is allowed.
   cj.check_cost_matrix(np.array([[1.0, 2.0], [3.0, 0.5]]))
+
+
+def test_ordinal_cost_matrix_defaults_dtypes_and_edge_cases():
+  i, j = np.meshgrid(np.arange(4), np.arange(4), indexing="ij")
+  np.testing.assert_array_equal(cj.ordinal_cost_matrix(4), np.abs(i - j))  # power=1 default
+  assert cj.ordinal_cost_matrix(4).dtype == jnp.float32
+  np.testing.assert_array_equal(cj.ordinal_cost_matrix(1), [[0.0]])  # one class is allowed
+  # power=0 is the 0-1 cost: the diagonal stays 0 (not 0**0 = 1).
+  np.testing.assert_array_equal(cj.ordinal_cost_matrix(4, power=0.0), 1 - np.eye(4))
+  for dtype in (jnp.float16, jnp.bfloat16):
+    got = cj.ordinal_cost_matrix(5, power=2, dtype=dtype)
+    assert got.dtype == dtype
+    np.testing.assert_array_equal(np.asarray(got, np.float32), np.abs(
+        np.arange(5)[:, None] - np.arange(5)[None, :]) ** 2)
+  with jax.enable_x64(True):
+    assert cj.ordinal_cost_matrix(3, power=1.5).dtype == jnp.float32
+    assert cj.ordinal_cost_matrix(3, dtype=jnp.float64).dtype == jnp.float64
+    assert cj.hierarchy_cost_matrix([2, 2, -1], 2).dtype == jnp.float32
+  for bad in (-1, 2.0, "3"):
+    with pytest.raises(ValueError, match="num_classes must be a positive int"):
+      cj.ordinal_cost_matrix(bad)
+
+
+def test_ordinal_cost_matrix_gradient_in_power_is_finite_on_the_diagonal():
+  """d/dp sum |i-j|**p = sum_{i != j} |i-j|**p log|i-j|; the diagonal contributes 0."""
+  g = jax.grad(lambda pw: cj.ordinal_cost_matrix(4, power=pw).sum())(2.0)
+  d = np.abs(np.arange(4)[:, None] - np.arange(4)[None, :]).astype(np.float64)
+  off = d > 0
+  np.testing.assert_allclose(g, np.sum(d[off] ** 2 * np.log(d[off])), rtol=1e-5)
+
+
+def test_hierarchy_errors_name_the_function():
+  with pytest.raises(ValueError, match=r"^costjax\.hierarchy_cost_matrix: .*cycle"):
+    cj.hierarchy_cost_matrix(np.array([1, 2, 1, -1]), 2)
+  with pytest.raises(ValueError, match=r"^costjax\.hierarchy_cost_matrix: kind"):
+    cj.hierarchy_cost_matrix([2, 2, -1], 2, kind="depth")

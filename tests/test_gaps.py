@@ -648,3 +648,56 @@ def test_tree_wasserstein_and_hierarchy_reject_non_finite_edge_weights():
   np.testing.assert_allclose(
       cj.tree_wasserstein(z, jnp.array(3), TREE_PARENTS, edge_weights=w),
       TREE_COST[3].mean(), rtol=1e-6)
+
+
+# --------------------------------------------------------------------------- #
+# Found by mutation testing (docs/testing.md).
+# --------------------------------------------------------------------------- #
+
+
+NAMED = {
+    "expected_cost": cj.expected_cost,
+    "cost_regularized_cross_entropy": cj.cost_regularized_cross_entropy,
+    "soft_label_cross_entropy": cj.soft_label_cross_entropy,
+    "class_distance_weighted_cross_entropy": cj.class_distance_weighted_cross_entropy,
+    "ordinal_emd": lambda z, y, c: cj.ordinal_emd(z, y),
+    "sinkhorn_loss": functools.partial(cj.sinkhorn_loss, epsilon=0.5),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NAMED))
+def test_errors_and_checked_mode_name_the_function(name):
+  fn = NAMED[name]
+  c = np.ones((K, K), np.float32)
+  with pytest.raises(TypeError, match=rf"^costjax\.{name}: logits must have a floating"):
+    fn(jnp.zeros((2, K), jnp.int32), jnp.array([0, 1]), c)
+  with pytest.raises(ValueError, match=rf"^costjax\.{name}: "):
+    fn(jnp.zeros((2, K)), jnp.array([0, 1, 2]), c)
+  with pytest.raises(checkify.JaxRuntimeError, match=rf"costjax\.{name}: labels must lie in"):
+    cj.checked(fn)(jnp.zeros((2, K)), jnp.array([0, K]), c)
+
+
+def test_cost_soft_labels_errors_name_the_function():
+  with pytest.raises(ValueError, match=r"^costjax\.cost_soft_labels: "):
+    cj.cost_soft_labels(jnp.full((2, 4), 0.25), jnp.ones((K, K)))
+  with pytest.raises(checkify.JaxRuntimeError, match=r"costjax\.cost_soft_labels: labels must"):
+    cj.checked(cj.cost_soft_labels)(jnp.array([0, 9]), jnp.ones((K, K)))
+
+
+@pytest.mark.parametrize("alpha", [1, 1.0, 2, 2.0, 0.5])
+@pytest.mark.parametrize("probs", [False, True], ids=["indices", "probabilities"])
+def test_cdw_ce_at_integer_and_float_alphas(alpha, probs):
+  """The alpha == 1 shortcut must not catch other exponents, nor miss 1.0 / traced 1."""
+  rng = np.random.default_rng(60)
+  logits = rng.normal(size=(4, K)) * 2
+  cost = asymmetric(rng)
+  np.fill_diagonal(cost, 0.0)
+  q = rng.dirichlet(np.ones(K), size=4) if probs else one_hot([0, 2, 4, 1], K)
+  labels = q.astype(np.float32) if probs else np.array([0, 2, 4, 1])
+  want = np_cdw(logits, q, cost, alpha)
+  got = cj.class_distance_weighted_cross_entropy(logits.astype(np.float32), labels,
+                                                 cost.astype(np.float32), alpha=alpha)
+  np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-5)
+  traced = jax.jit(lambda a: cj.class_distance_weighted_cross_entropy(
+      logits.astype(np.float32), labels, cost.astype(np.float32), alpha=a))(float(alpha))
+  np.testing.assert_allclose(traced, want, rtol=2e-5, atol=1e-5)
