@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import checkify
 
-from costjax import _cost_ops, _trees
+from costjax import _checks, _cost_ops, _trees
 
 # Largest depth * K for which TreeCost.rows keeps a (depth, K) ancestor table;
 # deeper trees use a top-down pass over the levels instead.
@@ -140,6 +140,11 @@ class _Topology:
     return out
 
 
+def _gather(table: jax.Array, idx: jax.Array) -> jax.Array:
+  """``table[idx]`` for in-bounds ``idx`` that may be sharded over a mesh (labels)."""
+  return _checks.gather_rows(table, idx)
+
+
 def _level_split(x: jax.Array, topo: _Topology) -> list[jax.Array]:
   return [x[..., int(o):int(o + s)] for o, s in zip(topo.offsets, topo.sizes, strict=True)]
 
@@ -160,7 +165,12 @@ def _segment_max_last(x: jax.Array, seg: np.ndarray, num: int) -> jax.Array:
 
 
 def _take_last(x: jax.Array, idx: Any) -> jax.Array:
-  return x.at[..., jnp.asarray(idx)].get(mode="promise_in_bounds")
+  return x.at[..., jnp.asarray(idx)].get(mode="promise_in_bounds", out_sharding=_like(x))
+
+
+def _like(x: jax.Array) -> Any:
+  """The explicit sharding of ``x`` (batch axes over a mesh), for outputs shaped alike."""
+  return _checks._explicit_sharding(x)
 
 
 @jax.tree_util.register_pytree_node_class
@@ -323,7 +333,7 @@ class TreeCost(_cost_ops.CostStructure):
       lca_c = self._lca_depth_by_table(y, w_flat)
     else:
       lca_c = self._lca_depth_by_levels(y, w_flat)
-    d_y = _take_last(d, y)[..., None]
+    d_y = _gather(d, y)[..., None]
     if self.kind == "path_length":
       out = d_y + d - 2 * lca_c
     else:
@@ -339,8 +349,8 @@ class TreeCost(_cost_ops.CostStructure):
     table = self._topo.ancestor_table  # (L + 1, K), -1 below each class
     out = jnp.zeros(y.shape + (self.num_classes,), w_flat.dtype)
     for t in range(1, table.shape[0]):
-      a_y = _take_last(jnp.asarray(table[t]), y)  # y's ancestor at level t, or -1
-      w_y = jnp.where(a_y >= 0, _take_last(w_flat, jnp.maximum(a_y, 0)), 0)
+      a_y = _gather(jnp.asarray(table[t]), y)  # y's ancestor at level t, or -1
+      w_y = jnp.where(a_y >= 0, _gather(w_flat, jnp.maximum(a_y, 0)), 0)
       same = jnp.asarray(table[t]) == a_y[..., None]
       out = out + jnp.where(same, w_y[..., None], 0)
     return out
@@ -350,14 +360,14 @@ class TreeCost(_cost_ops.CostStructure):
     topo = self._topo
     ws = _level_split(w_flat, topo)
     # Flat position of y's ancestor at every level (-1 below y's depth).
-    a = _take_last(jnp.asarray(topo.class_flat), y)
+    a = _gather(jnp.asarray(topo.class_flat), y)
     depth_flat = jnp.asarray(topo.depth_flat)
     parent_flat = jnp.asarray(topo.parent_flat)
     anc: list[Any] = [None] * (topo.max_depth + 1)
     for t in range(topo.max_depth, 0, -1):
-      on = _take_last(depth_flat, a) == t
+      on = _gather(depth_flat, a) == t
       anc[t] = jnp.where(on, a - int(topo.offsets[t]), -1)
-      a = jnp.where(on, _take_last(parent_flat, a), a)
+      a = jnp.where(on, _gather(parent_flat, a), a)
     # Top-down: lca[n] = d(lca(y, n)) accumulates the weights of shared ancestors.
     lca = [jnp.zeros(y.shape + (1,), w_flat.dtype)]
     for t in range(1, topo.max_depth + 1):
@@ -377,7 +387,7 @@ class TreeCost(_cost_ops.CostStructure):
     nb = x.shape[1]
 
     def rows_of(a, idx):
-      return a.at[jnp.asarray(idx)].get(mode="promise_in_bounds")
+      return a.at[jnp.asarray(idx)].get(mode="promise_in_bounds", out_sharding=_like(a))
 
     # Bottom-up subtree masses.
     mass: list[Any] = [None] * (topo.max_depth + 1)
@@ -396,10 +406,9 @@ class TreeCost(_cost_ops.CostStructure):
       parts = [a for a in (own, below) if a is not None]
       m = parts[0] if len(parts) == 1 else parts[0] + parts[1]
       mass[t] = m
-      below = jax.ops.segment_sum(
-          m, jnp.asarray(topo.parent_local[t]), num_segments=int(topo.sizes[t - 1]),
-          indices_are_sorted=True,
-      )
+      below = jnp.zeros((int(topo.sizes[t - 1]), nb), m.dtype).at[
+          jnp.asarray(topo.parent_local[t])
+      ].add(m, mode="promise_in_bounds", indices_are_sorted=True, out_sharding=_like(m))
     # Top-down: T(n) = sum over n's ancestors a (n included) of w_a M(a).
     acc = [jnp.zeros((1, nb), v.dtype)]
     for t in range(1, topo.max_depth + 1):
@@ -430,24 +439,25 @@ class TreeCost(_cost_ops.CostStructure):
     depth_flat = jnp.asarray(topo.depth_flat)
     parent_flat = jnp.asarray(topo.parent_flat)
     cls = jnp.asarray(topo.class_flat)
-    a = _take_last(cls, jnp.clip(i, 0, k - 1))
-    b = _take_last(cls, jnp.clip(j, 0, k - 1))
+    a = _gather(cls, jnp.clip(i, 0, k - 1))
+    b = _gather(cls, jnp.clip(j, 0, k - 1))
     a, b = jnp.broadcast_arrays(a, b)
 
     def up_deeper(_, ab):
       a, b = ab
-      da, db = depth_flat[a], depth_flat[b]
-      return jnp.where(da > db, parent_flat[a], a), jnp.where(db > da, parent_flat[b], b)
+      da, db = _gather(depth_flat, a), _gather(depth_flat, b)
+      return (jnp.where(da > db, _gather(parent_flat, a), a),
+              jnp.where(db > da, _gather(parent_flat, b), b))
 
     def up_both(_, ab):
       a, b = ab
       ne = a != b
-      return jnp.where(ne, parent_flat[a], a), jnp.where(ne, parent_flat[b], b)
+      return jnp.where(ne, _gather(parent_flat, a), a), jnp.where(ne, _gather(parent_flat, b), b)
 
     steps = topo.max_depth
     l_a, l_b = jax.lax.fori_loop(0, steps, up_deeper, (a, b))
     l_a, _ = jax.lax.fori_loop(0, steps, up_both, (l_a, l_b))
-    da, db, dl = d_flat[a], d_flat[b], d_flat[l_a]
+    da, db, dl = _gather(d_flat, a), _gather(d_flat, b), _gather(d_flat, l_a)
     if self.kind == "path_length":
       out = da + db - 2 * dl
     else:
@@ -759,7 +769,7 @@ class EmbeddingCost(_cost_ops.CostStructure):
 
 
 def _take_rows(table: jax.Array, idx: jax.Array) -> jax.Array:
-  return table.at[idx].get(mode="promise_in_bounds")
+  return _checks.gather_rows(table, idx)
 
 
 # --------------------------------------------------------------------------- #

@@ -1,0 +1,565 @@
+"""Structured costs (TreeCost, OrdinalCost, EmbeddingCost) against dense matrices and oracles.
+
+Every function that accepts a ``cost_matrix`` is run with each structure and
+with the structure's dense matrix; the dense matrices themselves are checked
+against NumPy oracles written here (tree distances by explicit ancestor walks,
+independent of costjax's tree parser).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.experimental import checkify
+from jax.test_util import check_grads
+
+import costjax as cj
+from costjax import _structures
+
+# --------------------------------------------------------------------------- #
+# Oracles.
+# --------------------------------------------------------------------------- #
+
+
+def random_tree(num_nodes: int, rng: np.random.Generator) -> np.ndarray:
+  """A random tree over ``num_nodes`` nodes in random order (any node may be the root)."""
+  perm = rng.permutation(num_nodes)
+  parents = np.full(num_nodes, -1, np.int64)
+  for i in range(1, num_nodes):
+    parents[perm[i]] = perm[rng.integers(0, i)]
+  return parents
+
+
+def taxonomy(sizes, rng) -> np.ndarray:
+  """Leaves ``0..K-1`` (the classes) under levels of the given sizes (root first)."""
+  k = sizes[-1]
+  ids, start = [], k
+  for s in sizes[:-1]:
+    ids.append(np.arange(start, start + s))
+    start += s
+  ids.append(np.arange(k))
+  parents = np.full(start, -1, np.int64)
+  for t in range(1, len(sizes)):
+    npar, nch = sizes[t - 1], sizes[t]
+    assign = np.sort(np.concatenate([np.arange(npar), rng.integers(0, npar, nch - npar)]))
+    parents[ids[t]] = ids[t - 1][assign]
+  return parents
+
+
+def chain_to_root(parents: np.ndarray, node: int) -> list[int]:
+  out = [node]
+  while parents[out[-1]] != -1:
+    out.append(int(parents[out[-1]]))
+  return out
+
+
+def tree_oracle_rows(parents, weights, ys, num_classes, kind):
+  """``C[y, :]`` for each ``y`` in ``ys``, by explicit ancestor walks (float64 NumPy)."""
+  parents = np.asarray(parents)
+  w = np.asarray(weights, np.float64).copy()
+  w[parents == -1] = 0.0
+  # Weighted root distance of every class: walk all classes up in lockstep.
+  cur = np.arange(num_classes)
+  dist = np.zeros(num_classes)
+  while np.any(cur >= 0):
+    alive = cur >= 0
+    dist[alive] += w[cur[alive]]
+    cur = np.where(alive, parents[np.maximum(cur, 0)], -1)
+  out = []
+  for y in ys:
+    on_path = np.zeros(parents.shape[0], bool)
+    on_path[chain_to_root(parents, int(y))] = True
+    cur = np.arange(num_classes)
+    while not np.all(on_path[cur]):
+      cur = np.where(on_path[cur], cur, parents[cur])
+    lca = cur
+    # Weighted depth of the lca: sum of weights on its root path.
+    lca_depth = np.array([w[chain_to_root(parents, int(n))].sum() for n in np.unique(lca)])
+    lca_d = lca_depth[np.searchsorted(np.unique(lca), lca)]
+    if kind == "path_length":
+      row = dist[y] + dist - 2 * lca_d
+    else:
+      row = np.maximum(dist[y], dist) - lca_d
+    out.append(np.maximum(row, 0))
+  return np.stack(out)
+
+
+def tree_oracle_dense(parents, weights, num_classes, kind):
+  return tree_oracle_rows(parents, weights, np.arange(num_classes), num_classes, kind)
+
+
+# --------------------------------------------------------------------------- #
+# Fixtures: one structure of each kind with its dense matrix.
+# --------------------------------------------------------------------------- #
+
+K = 7
+
+
+def _tree_case(kind, seed):
+  rng = np.random.default_rng(seed)
+  n = 12
+  parents = random_tree(n, rng)
+  weights = rng.uniform(0.2, 2.0, n).astype(np.float32)
+  return cj.TreeCost(parents, K, kind=kind, edge_weights=weights), (parents, weights)
+
+
+def make_structure(name):
+  if name == "tree_path":
+    return _tree_case("path_length", 1)[0]
+  if name == "tree_lca":
+    return _tree_case("lca_height", 2)[0]
+  if name == "ordinal1":
+    return cj.OrdinalCost(K, power=1)
+  if name == "ordinal2":
+    return cj.OrdinalCost(K, power=2)
+  if name == "embedding":
+    e = np.random.default_rng(3).normal(size=(K, 3)).astype(np.float32)
+    return cj.EmbeddingCost(e, scale=0.7)
+  raise AssertionError(name)
+
+
+STRUCTURES = ["tree_path", "tree_lca", "ordinal1", "ordinal2", "embedding"]
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("kind", ["path_length", "lca_height"])
+def test_tree_dense_matches_oracle_and_hierarchy_matrix(kind, seed):
+  tree, (parents, weights) = _tree_case(kind, 10 + seed)
+  oracle = tree_oracle_dense(parents, weights, K, kind)
+  np.testing.assert_allclose(tree.dense(), oracle, atol=1e-5)
+  np.testing.assert_allclose(
+      cj.hierarchy_cost_matrix(parents, K, kind=kind, edge_weights=weights), oracle, atol=1e-5
+  )
+
+
+def test_ordinal_and_embedding_dense_match_formula():
+  i = np.arange(K)
+  np.testing.assert_allclose(cj.OrdinalCost(K).dense(), np.abs(i[:, None] - i[None]))
+  np.testing.assert_allclose(cj.OrdinalCost(K, power=2).dense(), (i[:, None] - i[None]) ** 2)
+  e = np.random.default_rng(0).normal(size=(K, 4))
+  cost = cj.EmbeddingCost(e.astype(np.float32), scale=2.0)
+  oracle = 2.0 * ((e[:, None, :] - e[None, :, :]) ** 2).sum(-1)
+  np.testing.assert_allclose(cost.dense(), oracle, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", STRUCTURES)
+def test_primitives_match_dense(name):
+  s = make_structure(name)
+  c = np.asarray(s.dense(), np.float64)
+  rng = np.random.default_rng(0)
+  y = rng.integers(0, K, (3, 4))
+  np.testing.assert_allclose(s.rows(jnp.asarray(y)), c[y], rtol=1e-5, atol=1e-5)
+  q = rng.dirichlet(np.ones(K), (2, 5)) * rng.uniform(0.5, 2, (2, 5, 1))  # unnormalised
+  np.testing.assert_allclose(s.vecmat(jnp.asarray(q, jnp.float32)), q @ c, rtol=1e-5, atol=1e-4)
+  j = rng.integers(0, K, (3, 4))
+  np.testing.assert_allclose(s.entries(jnp.asarray(y), jnp.asarray(j)), c[y, j], atol=1e-5)
+  np.testing.assert_allclose(s.max_cost(), c.max(), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["path_length", "lca_height"])
+def test_tree_level_pass_fallback_matches(kind, monkeypatch):
+  """Deep trees use a top-down level pass instead of the ancestor table."""
+  tree, (parents, weights) = _tree_case(kind, 5)
+  y = jnp.arange(K)
+  table = tree.rows(y)
+  monkeypatch.setattr(_structures, "_MAX_ANCESTOR_TABLE", 0)
+  levels = jax.jit(lambda t, y: t.rows(y))(tree, y)
+  np.testing.assert_allclose(levels, tree_oracle_dense(parents, weights, K, kind), atol=1e-5)
+  np.testing.assert_allclose(levels, table, atol=1e-5)
+
+
+def test_tree_classes_internal_extra_nodes_and_class_root():
+  # 0 is the root and a class; 1 internal class; 2, 3 leaves; 4, 5 non-class nodes
+  # (5 is a non-class leaf that must be ignored).
+  parents = np.array([-1, 0, 1, 4, 0, 4])
+  w = np.array([9.0, 1.5, 0.5, 2.0, 1.0, 7.0], np.float32)
+  for kind in ["path_length", "lca_height"]:
+    tree = cj.TreeCost(parents, 4, kind=kind, edge_weights=w)
+    oracle = tree_oracle_dense(parents, w, 4, kind)
+    np.testing.assert_allclose(tree.rows(jnp.arange(4)), oracle, atol=1e-6)
+    q = np.random.default_rng(1).dirichlet(np.ones(4), 3)
+    np.testing.assert_allclose(tree.vecmat(jnp.asarray(q, jnp.float32)), q @ oracle, atol=1e-5)
+    np.testing.assert_allclose(tree.max_cost(), oracle.max(), atol=1e-6)
+
+
+# --------------------------------------------------------------------------- #
+# Every public function: structure vs its dense matrix.
+# --------------------------------------------------------------------------- #
+
+LOSSES = {
+    "expected_cost": cj.expected_cost,
+    "cost_regularized_cross_entropy": functools.partial(
+        cj.cost_regularized_cross_entropy, lam=0.6
+    ),
+    "soft_label_cross_entropy": functools.partial(cj.soft_label_cross_entropy, temperature=1.3),
+    "cdw_ce": cj.class_distance_weighted_cross_entropy,
+    "cdw_ce_alpha2": functools.partial(cj.class_distance_weighted_cross_entropy, alpha=2.0),
+}
+
+
+def _inputs(seed=0, batch=(2, 3)):
+  rng = np.random.default_rng(seed)
+  logits = jnp.asarray(rng.normal(size=batch + (K,)) * 2, jnp.float32)
+  labels = jnp.asarray(rng.integers(0, K, batch), jnp.int32)
+  probs = jnp.asarray(rng.dirichlet(np.ones(K) * 0.5, batch), jnp.float32)
+  return logits, labels, probs
+
+
+@pytest.mark.parametrize("name", STRUCTURES)
+@pytest.mark.parametrize("loss", list(LOSSES))
+def test_losses_match_dense(name, loss):
+  s = make_structure(name)
+  c = s.dense()
+  fn = LOSSES[loss]
+  logits, labels, probs = _inputs()
+  for lab in (labels, probs):
+    np.testing.assert_allclose(fn(logits, lab, s), fn(logits, lab, c), rtol=2e-5, atol=2e-5)
+  bad = labels.at[0, 1].set(K)
+  out = fn(logits, bad, s)
+  assert np.isnan(out[0, 1]) and np.isfinite(np.delete(np.ravel(out), 1)).all()
+
+
+@pytest.mark.parametrize("name", STRUCTURES)
+def test_cost_soft_labels_match_dense(name):
+  s = make_structure(name)
+  c = s.dense()
+  _, labels, probs = _inputs()
+  for lab in (labels, probs, labels[0, 0]):
+    np.testing.assert_allclose(
+        cj.cost_soft_labels(lab, s, temperature=0.9),
+        cj.cost_soft_labels(lab, c, temperature=0.9),
+        rtol=1e-5, atol=1e-6,
+    )
+  assert np.isnan(cj.cost_soft_labels(jnp.array([0, -1]), s)[1]).all()
+
+
+@pytest.mark.parametrize("name", STRUCTURES)
+def test_decisions_match_dense(name):
+  s = make_structure(name)
+  c = s.dense()
+  logits, labels, probs = _inputs(1, (40,))
+  dc_s, dc_d = cj.decision_costs(logits, s), cj.decision_costs(logits, c)
+  np.testing.assert_allclose(dc_s, dc_d, rtol=1e-5, atol=1e-5)
+  # Bayes decisions: the same up to ties within rounding.
+  pred = cj.bayes_decision(logits, s)
+  chosen = np.take_along_axis(np.asarray(dc_d), np.asarray(pred)[:, None], 1)[:, 0]
+  np.testing.assert_allclose(chosen, np.min(dc_d, axis=1), rtol=1e-5, atol=1e-5)
+  thr = float(np.median(np.min(dc_d, axis=1)))
+  np.testing.assert_array_equal(
+      cj.bayes_decision(logits, s, abstain_cost=thr) == -1,
+      cj.bayes_decision(logits, c, abstain_cost=thr) == -1,
+  )
+  np.testing.assert_allclose(cj.mean_cost(pred, labels, s), cj.mean_cost(pred, labels, c),
+                             rtol=1e-5)
+  # Conformal cost sets.
+  t = 0.3 * float(np.max(c))
+  sets_s, sets_d = cj.cost_sets(logits, s, threshold=t), cj.cost_sets(logits, c, threshold=t)
+  gap = np.asarray(dc_d) - np.min(dc_d, axis=1, keepdims=True)
+  clear = np.abs(gap - t) > 1e-4  # away from the boundary
+  np.testing.assert_array_equal(np.asarray(sets_s)[clear], np.asarray(sets_d)[clear])
+  for lab in (labels, probs):
+    np.testing.assert_allclose(cj.set_cost(sets_d, lab, s), cj.set_cost(sets_d, lab, c),
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        cj.calibrate_cost_sets(logits, lab, s, alpha=0.4 * float(np.max(c))),
+        cj.calibrate_cost_sets(logits, lab, c, alpha=0.4 * float(np.max(c))),
+        rtol=1e-4, atol=1e-4,
+    )
+  np.testing.assert_allclose(cj.cost_class_weights(s), cj.cost_class_weights(c), rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", STRUCTURES)
+def test_sinkhorn_densifies_small_structures(name):
+  s = make_structure(name)
+  logits, labels, probs = _inputs()
+  for lab in (labels, probs):
+    np.testing.assert_allclose(
+        cj.sinkhorn_loss(logits, lab, s, epsilon=0.5),
+        cj.sinkhorn_loss(logits, lab, s.dense(), epsilon=0.5),
+        rtol=1e-5, atol=1e-5,
+    )
+
+
+def test_sinkhorn_refuses_huge_structures():
+  k = 5000
+  with pytest.raises(ValueError, match="tree_wasserstein"):
+    cj.sinkhorn_loss(jnp.zeros((2, k)), jnp.array([0, 1]), cj.OrdinalCost(k), epsilon=0.1)
+
+
+# --------------------------------------------------------------------------- #
+# Gradients, jit, vmap.
+# --------------------------------------------------------------------------- #
+
+
+def _tree_from_weights(parents, kind):
+  return lambda w: cj.TreeCost(parents, K, kind=kind, edge_weights=w)
+
+
+@pytest.mark.parametrize("kind", ["path_length", "lca_height"])
+def test_tree_gradients_match_dense_chain_rule(kind):
+  tree, (parents, weights) = _tree_case(kind, 7)
+  make = _tree_from_weights(parents, kind)
+  logits, labels, probs = _inputs(2)
+  cases = [(cj.expected_cost, labels), (cj.expected_cost, probs),
+           (LOSSES["soft_label_cross_entropy"], labels), (LOSSES["cdw_ce_alpha2"], probs)]
+  for loss, lab in cases:
+    if True:
+      def structured(z, w, loss=loss, lab=lab):
+        return jnp.sum(loss(z, lab, make(w)) * jnp.arange(1, 3)[:, None])
+
+      def dense(z, w, loss=loss, lab=lab):
+        return jnp.sum(loss(z, lab, make(w).dense()) * jnp.arange(1, 3)[:, None])
+
+      gs = jax.jit(jax.grad(structured, argnums=(0, 1)))(logits, jnp.asarray(weights))
+      gd = jax.grad(dense, argnums=(0, 1))(logits, jnp.asarray(weights))
+      for a, b in zip(gs, gd, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  # Gradient of the decision costs (vecmat) w.r.t. the weights.
+  g1 = jax.grad(lambda w: jnp.sum(cj.decision_costs(logits, make(w)) ** 2))(
+      jnp.asarray(weights))
+  g2 = jax.grad(lambda w: jnp.sum(cj.decision_costs(logits, make(w).dense()) ** 2))(
+      jnp.asarray(weights))
+  np.testing.assert_allclose(g1, g2, rtol=1e-4, atol=1e-4)
+  # Gradient with respect to the structure itself (a pytree of edge weights).
+  gt = jax.grad(lambda t: jnp.sum(cj.expected_cost(logits, labels, t)))(tree)
+  assert isinstance(gt, cj.TreeCost)
+  gw = jax.grad(lambda w: jnp.sum(cj.expected_cost(logits, labels, make(w).dense())))(
+      jnp.asarray(weights))
+  np.testing.assert_allclose(gt.edge_weights, gw, rtol=1e-4, atol=1e-5)
+
+
+def test_embedding_gradients_match_dense_chain_rule():
+  rng = np.random.default_rng(4)
+  e = jnp.asarray(rng.normal(size=(K, 3)), jnp.float32)
+  logits, labels, probs = _inputs(3)
+  for lab in (labels, probs):
+    def structured(z, e, s, lab=lab):
+      return jnp.sum(cj.expected_cost(z, lab, cj.EmbeddingCost(e, scale=s)))
+
+    def dense(z, e, s, lab=lab):
+      return jnp.sum(cj.expected_cost(z, lab, cj.EmbeddingCost(e, scale=s).dense()))
+
+    gs = jax.jit(jax.grad(structured, argnums=(0, 1, 2)))(logits, e, 0.8)
+    gd = jax.jit(jax.grad(dense, argnums=(0, 1, 2)))(logits, e, 0.8)
+    for a, b in zip(gs, gd, strict=True):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_check_grads_float64():
+  with jax.enable_x64(True):
+    rng = np.random.default_rng(5)
+    parents = random_tree(10, rng)
+    w = jnp.asarray(rng.uniform(0.5, 2, 10))
+    z = jnp.asarray(rng.normal(size=(3, K)))
+    y = jnp.asarray([0, 3, 6])
+    q = jnp.asarray(rng.dirichlet(np.ones(K), 3))
+    for kind in ["path_length", "lca_height"]:
+      make = _tree_from_weights(parents, kind)
+      check_grads(jax.jit(lambda z, w: cj.expected_cost(z, y, make(w))), (z, w), order=1,
+                  modes=["rev"], atol=1e-5, rtol=1e-5)
+      # lca_height: away from ties between class depths the sort is locally constant.
+      check_grads(jax.jit(lambda z, w: cj.expected_cost(z, q, make(w))), (z, w), order=1,
+                  modes=["rev"], atol=1e-5, rtol=1e-5)
+    e = jnp.asarray(rng.normal(size=(K, 2)))
+    check_grads(jax.jit(lambda z, e: cj.soft_label_cross_entropy(z, y, cj.EmbeddingCost(e))),
+                (z, e), order=1, modes=["rev"], atol=1e-5, rtol=1e-5)
+    check_grads(jax.jit(lambda z: cj.class_distance_weighted_cross_entropy(
+        z, q, cj.OrdinalCost(K, power=2))), (z,), order=1, modes=["rev"], atol=1e-5, rtol=1e-5)
+
+
+def test_jit_with_structure_argument_does_not_retrace():
+  tree, (parents, weights) = _tree_case("path_length", 8)
+  logits, labels, _ = _inputs()
+  traces = []
+
+  @jax.jit
+  def f(z, y, c):
+    traces.append(1)
+    return cj.expected_cost(z, y, c)
+
+  out1 = f(logits, labels, tree)
+  tree2 = cj.TreeCost(parents, K, edge_weights=weights * 2)
+  out2 = f(logits, labels, tree2)
+  assert len(traces) == 1
+  np.testing.assert_allclose(out1, cj.expected_cost(logits, labels, tree.dense()), rtol=1e-5)
+  np.testing.assert_allclose(out2, 2 * np.asarray(out1), rtol=1e-5)
+  # A different kind is a different static structure: a retrace.
+  f(logits, labels, cj.TreeCost(parents, K, kind="lca_height", edge_weights=weights))
+  assert len(traces) == 2
+
+
+def test_vmap_over_stacks_of_structures():
+  rng = np.random.default_rng(6)
+  parents = random_tree(12, rng)
+  ws = rng.uniform(0.1, 3, (4, 12)).astype(np.float32)
+  trees = [cj.TreeCost(parents, K, kind="lca_height", edge_weights=w) for w in ws]
+  stack = jax.tree.map(lambda *x: jnp.stack(x), *trees)
+  logits, labels, probs = _inputs()
+  for lab in (labels, probs):
+    out = jax.jit(jax.vmap(cj.expected_cost, in_axes=(None, None, 0)))(logits, lab, stack)
+    for i, t in enumerate(trees):
+      np.testing.assert_allclose(out[i], cj.expected_cost(logits, lab, t.dense()),
+                                 rtol=1e-5, atol=1e-5)
+  embs = [cj.EmbeddingCost(rng.normal(size=(K, 2)).astype(np.float32), scale=s)
+          for s in (0.5, 1.0, 2.0)]
+  estack = jax.tree.map(lambda *x: jnp.stack(x), *embs)
+  out = jax.vmap(cj.decision_costs, in_axes=(None, 0))(logits, estack)
+  for i, e in enumerate(embs):
+    np.testing.assert_allclose(out[i], cj.decision_costs(logits, e.dense()), rtol=1e-5,
+                               atol=1e-5)
+  # vmap over examples with one shared structure.
+  per_ex = jax.vmap(cj.soft_label_cross_entropy, in_axes=(0, 0, None))(
+      logits[0], labels[0], trees[0])
+  np.testing.assert_allclose(
+      per_ex, cj.soft_label_cross_entropy(logits[0], labels[0], trees[0].dense()), rtol=1e-5)
+
+
+# --------------------------------------------------------------------------- #
+# K = 100,000 against the NumPy oracle.
+# --------------------------------------------------------------------------- #
+
+
+@pytest.mark.parametrize("kind", ["path_length", "lca_height"])
+def test_tree_k100k_rows_against_oracle(kind):
+  rng = np.random.default_rng(7)
+  k = 100_000
+  parents = taxonomy([1, 3, 20, 100, 600, 4000, 20000, k], rng)
+  w = rng.uniform(0.1, 2.0, parents.shape[0]).astype(np.float32)
+  tree = cj.TreeCost(parents, k, kind=kind, edge_weights=w)
+  ys = np.array([0, 51_234, k - 1])
+  oracle = tree_oracle_rows(parents, w, ys, k, kind)
+  np.testing.assert_allclose(tree.rows(jnp.asarray(ys)), oracle, rtol=1e-5, atol=1e-5)
+  # q @ C for sparse q: a mixture of the same rows.
+  q = np.zeros((2, k), np.float32)
+  q[0, ys] = [0.5, 0.3, 0.2]
+  q[1, ys[1]] = 1.0
+  expect = q[:, ys] @ oracle
+  np.testing.assert_allclose(tree.vecmat(jnp.asarray(q)), expect, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(
+      tree.entries(jnp.asarray(ys), jnp.asarray([7, 99_000, 3])),
+      oracle[np.arange(3), [7, 99_000, 3]], rtol=1e-5, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- #
+# Bad input.
+# --------------------------------------------------------------------------- #
+
+
+def test_bad_trees_raise():
+  with pytest.raises(ValueError, match="cycle"):
+    cj.TreeCost([1, 2, 0, -1], 3)
+  with pytest.raises(ValueError, match="exactly one root"):
+    cj.TreeCost([-1, -1, 0], 3)
+  with pytest.raises(ValueError, match="num_classes=5 exceeds"):
+    cj.TreeCost([2, 2, -1], 5)
+  with pytest.raises(ValueError, match="kind"):
+    cj.TreeCost([2, 2, -1], 2, kind="depth")
+  with pytest.raises(ValueError, match="edge_weights must have shape"):
+    cj.TreeCost([2, 2, -1], 2, edge_weights=np.ones(4))
+  with pytest.raises(ValueError, match=r"edge_weights\[1\] = nan"):
+    cj.TreeCost([2, 2, -1], 2, edge_weights=np.array([1.0, np.nan, 1.0]))
+  with pytest.raises(ValueError, match="negative"):
+    cj.TreeCost([2, 2, -1], 2, edge_weights=np.array([1.0, -1.0, 1.0]))
+  with pytest.raises(TypeError, match="concrete"):
+    jax.jit(lambda p: cj.TreeCost(p, 2))(jnp.array([2, 2, -1]))
+
+
+def test_bad_ordinal_and_embeddings_raise():
+  for power in (0, 3, 1.5, True):
+    with pytest.raises(ValueError, match="ordinal_cost_matrix"):
+      cj.OrdinalCost(4, power=power)
+  with pytest.raises(ValueError, match="embeddings must have shape"):
+    cj.EmbeddingCost(jnp.ones(4))
+  with pytest.raises(ValueError, match="not finite"):
+    cj.EmbeddingCost(jnp.array([[0.0, np.nan], [1.0, 1.0]]))
+  with pytest.raises(ValueError, match="scale"):
+    cj.EmbeddingCost(jnp.ones((3, 2)), scale=-1.0)
+
+
+@pytest.mark.parametrize("fn", [cj.expected_cost, cj.soft_label_cross_entropy,
+                                cj.class_distance_weighted_cross_entropy])
+def test_class_count_mismatch_is_a_trace_time_error(fn):
+  cost = cj.EmbeddingCost(jnp.ones((5, 2)))
+  with pytest.raises(ValueError, match=r"num_classes=5.*K = 4"):
+    jax.jit(fn)(jnp.zeros((3, 4)), jnp.zeros(3, jnp.int32), cost)
+  with pytest.raises(ValueError, match=r"num_classes=5.*K = 4"):
+    cj.decision_costs(jnp.zeros((3, 4)), cost)
+
+
+def test_check_cost_structure_and_checked_mode_catch_nan_leaves():
+  tree = cj.TreeCost([3, 3, 4, 5, 5, -1], 3)
+  assert cj.check_cost_structure(tree) is tree
+  bad_tree = jax.tree.map(lambda w: w.at[4].set(jnp.nan), tree)
+  with pytest.raises(ValueError, match=r"edge_weights\[4\] = nan"):
+    cj.check_cost_structure(bad_tree)
+  neg_tree = jax.tree.map(lambda w: w.at[0].set(-2.0), tree)
+  with pytest.raises(ValueError, match=r"edge_weights\[0\] = -2.0 is negative"):
+    cj.check_cost_structure(neg_tree)
+  emb = cj.EmbeddingCost(jnp.ones((3, 2)))
+  bad_emb = jax.tree.map(lambda x: jnp.where(x.ndim == 2, x.at[..., 1].set(jnp.inf), x)
+                         if x.ndim else x, emb)
+  with pytest.raises(ValueError, match=r"embeddings\[0, 1\] = inf"):
+    cj.check_cost_structure(bad_emb)
+  with pytest.raises(TypeError, match="check_cost_matrix"):
+    cj.check_cost_structure(jnp.ones((3, 3)))
+  z, y = jnp.zeros((2, 3)), jnp.array([0, 2])
+  for bad in (bad_tree, neg_tree, bad_emb):
+    with pytest.raises(checkify.JaxRuntimeError, match="non-finite|negative"):
+      cj.checked(cj.expected_cost)(z, y, bad)
+  # Good structures pass checked mode and give the plain value.
+  np.testing.assert_allclose(cj.checked(cj.expected_cost)(z, y, tree),
+                             cj.expected_cost(z, y, tree))
+
+
+# --------------------------------------------------------------------------- #
+# Sharded batches.
+# --------------------------------------------------------------------------- #
+
+_SHARDED = textwrap.dedent("""
+    import json, jax, jax.numpy as jnp, numpy as np
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    import costjax as cj
+    mesh = jax.make_mesh((8,), ("data",))
+    rng = np.random.default_rng(0)
+    parents = np.array([6, 6, 7, 7, 8, 8, 9, 9, 9, -1])
+    tree = cj.TreeCost(parents, 6, kind="lca_height",
+                       edge_weights=rng.uniform(0.5, 2, 10).astype(np.float32))
+    emb = cj.EmbeddingCost(rng.normal(size=(6, 3)).astype(np.float32))
+    z = rng.normal(size=(32, 6)).astype(np.float32)
+    y = rng.integers(0, 6, 32).astype(np.int32)
+    zs = jax.device_put(z, NamedSharding(mesh, P("data", None)))
+    ys = jax.device_put(y, NamedSharding(mesh, P("data")))
+    out = {}
+    for name, c in [("tree", tree), ("emb", emb), ("ord", cj.OrdinalCost(6, power=2))]:
+      f = jax.jit(jax.value_and_grad(lambda z, y, c: cj.expected_cost(z, y, c).mean()))
+      v1, g1 = f(z, y, c)
+      v8, g8 = f(zs, ys, c)
+      d1 = cj.decision_costs(z, c)
+      d8 = jax.jit(cj.decision_costs)(zs, c)
+      out[name] = max(float(abs(v1 - v8)), float(jnp.max(jnp.abs(g1 - g8))),
+                      float(jnp.max(jnp.abs(d1 - d8))),
+                      float(abs(v1 - cj.expected_cost(z, y, c.dense()).mean())))
+    print(json.dumps(out))
+""")
+
+
+@pytest.mark.slow
+def test_sharded_batches_match_single_device():
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             JAX_PLATFORMS="cpu")
+  res = subprocess.run([sys.executable, "-c", _SHARDED], capture_output=True, text=True,
+                       env=env, timeout=300, check=False)
+  assert res.returncode == 0, res.stderr[-3000:]
+  report = json.loads(res.stdout.strip().splitlines()[-1])
+  assert set(report) == {"tree", "emb", "ord"}
+  for name, err in report.items():
+    assert err < 1e-5, (name, err)
