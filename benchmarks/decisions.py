@@ -75,6 +75,16 @@ def bench_conformal(n, k, rounds):
           "value": f"threshold = {float(cal(logits, labels, cost, alpha)):.4f}"}
 
 
+def bench_vector_scaling(n, k, rounds):
+  logits, labels = _problem(n, k, 2, 2.5)
+  ce = _ce_value_and_grad()
+  fit = jax.jit(lambda z, y: cj.fit_vector_scaling(z, y).scale)
+  t_ce, t_fit = _time([ce, fit], [(logits, labels)] * 2, rounds)
+  scale = fit(logits, labels)
+  return {"name": f"fit_vector_scaling (n={n:,}, K={k})", "ce_s": t_ce, "fn_s": t_fit,
+          "value": f"mean scale = {float(scale.mean()):.4f} (no goal)"}
+
+
 def count_passes(n, k):
   """Number of Newton/bisection passes fit_temperature makes (its while_loop, run eagerly)."""
   from costjax import _calibration
@@ -111,7 +121,8 @@ def main():
   print(f"jax {jax.__version__}, optax {optax.__version__}, backend {jax.default_backend()}, "
         f"{jax.device_count()} device(s): {jax.devices()[0].device_kind} ({cpu})")
   print(f"fit_temperature passes over the data: {count_passes(*t_size)}")
-  rows = [bench_temperature(*t_size, rounds), bench_conformal(*c_size, rounds)]
+  rows = [bench_temperature(*t_size, rounds), bench_conformal(*c_size, rounds),
+          bench_vector_scaling(*c_size, rounds)]
   print("| function | CE value-and-grad (ms) | function (ms) | ratio | result |")
   print("|---|---:|---:|---:|---|")
   for r in rows:

@@ -152,6 +152,7 @@ def test_cost_structure_and_jit_vmap():
   got = jax.vmap(lambda a: cj.calibrate_cost_sets(logits, y, c, alpha=a))(alphas)
   for a, g in zip([0.3, 0.7, 1.5], got, strict=True):
     assert float(g) == float(cj.calibrate_cost_sets(logits, y, c, alpha=a))
+  assert np.all(np.diff(np.asarray(got)) <= 0)  # a larger alpha never needs larger sets
   stack = jax.vmap(lambda z, t: cj.calibrate_cost_sets(z, t, c, alpha=0.7))(
       logits.reshape(3, 30, 5), y.reshape(3, 30))
   for m in range(3):  # a batched matmul may round decision costs differently
