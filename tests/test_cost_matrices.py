@@ -154,6 +154,8 @@ def test_ordinal_cost_matrix_defaults_dtypes_and_edge_cases():
         np.arange(5)[:, None] - np.arange(5)[None, :]) ** 2)
   with jax.enable_x64(True):
     assert cj.ordinal_cost_matrix(3, power=1.5).dtype == jnp.float32
+    assert cj.ordinal_cost_matrix(3, power=np.float64(1.5)).dtype == jnp.float32
+    assert cj.ordinal_cost_matrix(3, power=jnp.float64(2.0)).dtype == jnp.float32
     assert cj.ordinal_cost_matrix(3, dtype=jnp.float64).dtype == jnp.float64
     assert cj.hierarchy_cost_matrix([2, 2, -1], 2).dtype == jnp.float32
   for bad in (-1, 2.0, "3"):
