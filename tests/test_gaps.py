@@ -701,3 +701,61 @@ def test_cdw_ce_at_integer_and_float_alphas(alpha, probs):
   traced = jax.jit(lambda a: cj.class_distance_weighted_cross_entropy(
       logits.astype(np.float32), labels, cost.astype(np.float32), alpha=a))(float(alpha))
   np.testing.assert_allclose(traced, want, rtol=2e-5, atol=1e-5)
+
+
+def test_cost_soft_labels_dtypes_and_checked_probability_labels():
+  labels = jnp.array([0, 3])
+  c_int = np.array(np.abs(np.arange(K)[:, None] - 2 * np.arange(K)[None, :]), np.int32)
+  got = cj.cost_soft_labels(labels, c_int, temperature=2.0)
+  assert got.dtype == jnp.float32
+  np.testing.assert_allclose(got, np_soft_targets(one_hot([0, 3], K), c_int, 2.0), rtol=1e-5)
+  with jax.enable_x64(True):
+    got = cj.cost_soft_labels(labels, c_int.astype(np.float64), temperature=2.0)
+    assert got.dtype == jnp.float64
+    np.testing.assert_allclose(got, np_soft_targets(one_hot([0, 3], K), c_int, 2.0),
+                               rtol=1e-12)
+    r = np.full((2, K), 1.0 / K)
+    assert cj.cost_soft_labels(r, c_int.astype(np.float64)).dtype == jnp.float64
+  r = np.full((2, K), 0.2, np.float32)
+  r[1, :2] = [0.5, -0.1]
+  with pytest.raises(checkify.JaxRuntimeError, match="costjax.cost_soft_labels: probability"):
+    cj.checked(cj.cost_soft_labels)(r, c_int.astype(np.float32))
+
+
+@pytest.mark.parametrize("name", ["expected_cost", "cost_regularized_ce", "cdw_ce"])
+def test_probability_labels_with_zeros_at_impossible_classes(name):
+  """q_j = 0 where z_j = -inf: the 0 * (-inf) terms are 0, value and gradient finite."""
+  fn, oracle = {
+      "expected_cost": (cj.expected_cost, np_expected_cost),
+      "cost_regularized_ce": (
+          functools.partial(cj.cost_regularized_cross_entropy, lam=0.7),
+          lambda z, q, c: np_cross_entropy(z, q) + 0.7 * np_expected_cost(z, q, c)),
+      "cdw_ce": (functools.partial(cj.class_distance_weighted_cross_entropy, alpha=1.5),
+                 lambda z, q, c: np_cdw(z, q, c, 1.5)),
+  }[name]
+  rng = np.random.default_rng(61)
+  logits = rng.normal(size=(4, K)).astype(np.float32)
+  q = rng.dirichlet(np.ones(K), size=4)
+  logits[:, 1] = -np.inf
+  q[:, 1] = 0.0
+  q /= q.sum(-1, keepdims=True)
+  c = asymmetric(rng)
+  value, grad = jax.value_and_grad(
+      lambda z: fn(z, q.astype(np.float32), c.astype(np.float32)).sum())(jnp.asarray(logits))
+  finite = np.where(np.isinf(logits), -1e30, logits).astype(np.float64)
+  np.testing.assert_allclose(fn(logits, q.astype(np.float32), c.astype(np.float32)),
+                             oracle(finite, q, c), rtol=1e-5, atol=1e-6)
+  assert np.isfinite(float(value)) and np.isfinite(np.asarray(grad)).all()
+  assert np.all(np.asarray(grad)[:, 1] == 0)
+
+
+def test_cross_entropy_terms_are_linear_in_unnormalised_targets():
+  """-sum_j q_j log p_j and sum_i q_i (p . C[i]) as written, for q that sums to 2."""
+  rng = np.random.default_rng(62)
+  logits = rng.normal(size=(3, K))
+  q = 2 * rng.dirichlet(np.ones(K), size=3)
+  c = asymmetric(rng)
+  got = cj.cost_regularized_cross_entropy(logits.astype(np.float32), q.astype(np.float32),
+                                          c.astype(np.float32), lam=0.5)
+  want = np_cross_entropy(logits, q) + 0.5 * np_expected_cost(logits, q, c)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
