@@ -247,3 +247,24 @@ def test_shape_errors():
     cj.calibrate_cost_sets(logits, y[:9], c, alpha=0.5)
   with pytest.raises(TypeError, match="integer dtype"):
     cj.calibrate_cost_sets(logits, y.astype(np.float32), c, alpha=0.5)
+
+
+def test_shipped_cost_structures_match_their_dense_matrices():
+  structures = pytest.importorskip("costjax._structures")
+  logits, y, _ = _problem(58, 120, 6)
+  emb = np.random.default_rng(58).normal(size=(6, 3)).astype(np.float32)
+  for s in [structures.OrdinalCost(6, power=2), structures.EmbeddingCost(emb, scale=0.5)]:
+    dense = np.asarray(s.dense())
+    np.testing.assert_allclose(cj.decision_costs(logits, s), cj.decision_costs(logits, dense),
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(cj.bayes_decision(logits, s, abstain_cost=1.0),
+                                  cj.bayes_decision(logits, dense, abstain_cost=1.0))
+    alpha = 0.3 * float(dense.max())
+    got = float(cj.calibrate_cost_sets(logits, y, s, alpha=alpha))
+    want = _brute_force_threshold(_gaps_np(logits, dense), dense[y], dense.max(), alpha)
+    assert got == pytest.approx(want, rel=1e-5, abs=1e-6)
+    sets = cj.cost_sets(logits, s, threshold=got)
+    np.testing.assert_allclose(cj.set_cost(sets, y, s), np.where(sets, dense[y], np.inf).min(1),
+                               rtol=1e-6)
+    pred = np.asarray(cj.bayes_decision(logits, s))
+    np.testing.assert_allclose(cj.mean_cost(pred, y, s), dense[y, pred].mean(), rtol=1e-6)
