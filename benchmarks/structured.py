@@ -175,7 +175,8 @@ def part_b(k: int, b: int, rounds: int, kind: str) -> dict:
       "agree": float(jnp.mean(decide(z, tree) == decide(z, dense))),
   }
   print(f"  Bayes decisions, TreeCost {kind}, K={k}, B={b}: structured "
-        f"{best['structured'] * 1e3:.1f} ms, dense {best['dense'] * 1e3:.1f} ms -> {res['speedup']:.1f}x faster (goal >= 10x)")
+        f"{best['structured'] * 1e3:.1f} ms, dense {best['dense'] * 1e3:.1f} ms -> "
+        f"{res['speedup']:.1f}x faster (goal >= 10x)")
   print(f"  compiled argument+temp bytes: structured {mem_s / 2**20:.1f} MiB, dense "
         f"{mem_d / 2**20:.1f} MiB -> {res['compiled_memory_ratio']:.0f}x less (goal >= 100x)")
   print(f"  the same without the {z.nbytes / 2**20:.1f} MiB of logits both read: "
