@@ -307,6 +307,7 @@ def test_verdict_adopts_a_recipe_only_when_it_beats_both_baselines():
   assert not stats.verdict(rows3, scoring.DECODING_LABELS).adopted
 
 
+@pytest.mark.slow  # compiles the scorer (three vector-scaling fits per model): ~15 s
 def test_diverged_models_are_flagged_and_skipped():
   k, n = 3, 12
   rng = np.random.default_rng(1)

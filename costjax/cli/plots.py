@@ -126,9 +126,9 @@ def plot_val_curves(path: str, curves: dict[str, tuple[str, np.ndarray]], title:
   ax.set_ylabel("validation cost (argmax), mean over seeds")
   ax.set_title(title, fontsize=10)
   ax.grid(alpha=0.3)
-  ax.legend(fontsize=7, ncol=2, loc="upper right", framealpha=0.9)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.13),
+            frameon=False)
+  fig.savefig(path, dpi=120, bbox_inches="tight")
   plt.close(fig)
 
 

@@ -226,7 +226,8 @@ def write_markdown(path: str, summary: dict, *, figures: dict, class_names) -> N
       f"(smallest possible with {n_seeds} seeds: {fmt_p(_f(stats.smallest_p(n_seeds)))}); "
       "the verdict's p-values are Holm-corrected; 95% CI: Student t over seeds",
       f"- devices: {s['devices']}; total wall time {s['total_seconds']:.0f} s; time column: "
-      "compile and train the arm's whole grid × seeds × cost matrices",
+      "compile and train the arm's whole grid × seeds × cost matrices (arms that share a "
+      "loss, the soft-label temperatures, train in one program and show its time)",
   ]
   for note in s["notes"]:
     lines.append(f"- note: {note}")

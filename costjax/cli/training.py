@@ -323,6 +323,38 @@ def execute(prep: Prepared, *, feed: distributed.Feed, num_costs: int) -> ArmRes
                    np.asarray(val_curve), prep.compile_seconds, seconds)
 
 
+def group_arms(arms: list[Arm]) -> list[list[Arm]]:
+  """Arms that share a loss (the soft-label temperatures) train in one program: one
+  compilation, their hyperparameter values stacked on the grid axis."""
+  groups: dict[str, list[Arm]] = {}
+  for a in arms:
+    groups.setdefault(a.loss, []).append(a)
+  return list(groups.values())
+
+
+def merge(group: list[Arm]) -> Arm:
+  """One arm whose grid holds every hyperparameter value of ``group``."""
+  if len(group) == 1:
+    return group[0]
+  values = tuple(dict.fromkeys(v for a in group for v in a.hp_values))
+  first = group[0]
+  return Arm("+".join(a.key for a in group), first.label, first.loss, first.hp_name, values)
+
+
+def split(result: ArmResult, group: list[Arm]) -> dict[str, ArmResult]:
+  """Per-arm results (grid points of the arm's own values) from a merged run."""
+  if len(group) == 1:
+    return {group[0].key: result}
+  out = {}
+  for a in group:
+    idx = [g for g, (_, hp) in enumerate(result.grid) if hp in a.hp_values]
+    out[a.key] = ArmResult(
+        [result.grid[g] for g in idx], result.val_logits[:, idx], result.test_logits[:, idx],
+        result.train_loss[:, idx], result.val_cost_curve[:, idx], result.compile_seconds,
+        result.train_seconds)
+  return out
+
+
 def run_arm(arm: Arm, **kwargs) -> ArmResult:
   """Compiles and runs one arm (no overlap)."""
   prep = prepare_arm(arm, **kwargs)
