@@ -759,3 +759,40 @@ def test_cross_entropy_terms_are_linear_in_unnormalised_targets():
                                           c.astype(np.float32), lam=0.5)
   want = np_cross_entropy(logits, q) + 0.5 * np_expected_cost(logits, q, c)
   np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_documented_default_hyperparameters():
+  """temperature=1, alpha=1, lam=1, power=1 when not given."""
+  rng = np.random.default_rng(63)
+  logits = rng.normal(size=(4, K)) * 2
+  labels = np.array([0, 2, 4, 1])
+  q = one_hot(labels, K)
+  c = asymmetric(rng)
+  z32, c32 = logits.astype(np.float32), c.astype(np.float32)
+  cases = [
+      (cj.cost_regularized_cross_entropy(z32, labels, c32),
+       np_cross_entropy(logits, q) + np_expected_cost(logits, q, c)),
+      (cj.soft_label_cross_entropy(z32, labels, c32),
+       np_cross_entropy(logits, np_soft_targets(q, c, 1.0))),
+      (cj.cost_soft_labels(jnp.asarray(labels), c32), np_soft_targets(q, c, 1.0)),
+      (cj.class_distance_weighted_cross_entropy(z32, labels, c32), np_cdw(logits, q, c, 1.0)),
+      (cj.ordinal_emd(z32, labels), np_ordinal_emd(logits, q, 1)),
+  ]
+  for got, want in cases:
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-6)
+
+
+def test_float64_hyperparameters_do_not_promote_float32_outputs():
+  rng = np.random.default_rng(64)
+  c32 = asymmetric(rng).astype(np.float32)
+  z32 = rng.normal(size=(2, K)).astype(np.float32)
+  y = jnp.array([1, 3])
+  with jax.enable_x64(True):
+    t = np.float64(2.0)
+    assert cj.cost_soft_labels(y, c32, temperature=t).dtype == jnp.float32
+    assert cj.cost_soft_labels(jnp.full((2, K), 0.2, jnp.float32), c32,
+                               temperature=t).dtype == jnp.float32
+    assert cj.soft_label_cross_entropy(z32, y, c32, temperature=t).dtype == jnp.float32
+    assert cj.class_distance_weighted_cross_entropy(z32, y, c32, alpha=t).dtype == jnp.float32
+    assert cj.cost_regularized_cross_entropy(z32, y, c32, lam=t).dtype == jnp.float32
+    assert cj.ordinal_emd(z32, y, power=t).dtype == jnp.float32
