@@ -299,7 +299,13 @@ def test_verdict_adopts_a_recipe_only_when_it_beats_both_baselines():
   rows[-1] = _row("x", "argmax", 0.10, base + 0.02)
   v = stats.verdict(rows, scoring.DECODING_LABELS)
   assert not v.adopted and (v.recommended.arm, v.recommended.decoding) == ("ce", "bayes_t")
-  assert "does not beat cross-entropy with Bayes (temperature) decoding" in v.sentence
+  assert "costs no less than cross-entropy with Bayes (temperature) decoding" in v.sentence
+
+  # Cheaper on average but not significantly so (three seeds go the other way).
+  rows[-1] = _row("x", "argmax", 0.10, base + np.r_[[-0.002] * 7, [0.003] * 3])
+  v = stats.verdict(rows, scoring.DECODING_LABELS)
+  assert not v.adopted
+  assert "is not significantly cheaper than cross-entropy with Bayes" in v.sentence
 
   # Three seeds can never reach p < 0.05: nothing is adopted, however large the gain.
   rows3 = [_row(r.arm, r.decoding, r.val_cost, r.test_cost[:3]) for r in rows]

@@ -209,8 +209,10 @@ def verdict(rows: list[Row], decoding_labels) -> Verdict:
     unbeaten = [c["baseline"] for c in comps if not c["beaten"]]
     recommended = min(unbeaten, key=lambda r: r.val_cost)
     c_r = next(c for c in comps if c["baseline"].key == recommended.key)
+    how = ("is not significantly cheaper than" if pick.mean < recommended.mean
+           else "costs no less than")
     sentence = (
-        f"The validation pick, {_name(pick, decoding_labels)}, does not beat "
+        f"The validation pick, {_name(pick, decoding_labels)}, {how} "
         f"{ce_name(recommended)} on test ({pick.mean:.4f} against {recommended.mean:.4f}, "
         f"Holm-adjusted p = {fmt_p(c_r['holm_p'])}); use {ce_name(recommended)}.")
   return Verdict(pick=pick, recommended=recommended, comparisons=comps, adopted=adopted,
