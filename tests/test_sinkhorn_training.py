@@ -153,8 +153,8 @@ def test_branch_choice_stays_a_conditional_under_vmap_over_costs():
 
 
 def _hard_and_easy(cost, n_easy=48, n_hard=48):
-  z_e, q_e, _ = _trained_like(2, (2, n_easy), cost, hard_fraction=0.0)
-  z_e = z_e / 4  # unconfident predictions: a few iterations
+  # Mostly quick problems, a few slow ones (over-relaxed); then only slow ones added.
+  z_e, q_e, _ = _trained_like(2, (2, n_easy), cost, hard_fraction=0.1)
   z_h, q_h, _ = _trained_like(3, (2, n_hard), cost, hard_fraction=1.0)
   return z_e, q_e, np.concatenate([z_e, z_h], 1), np.concatenate([q_e, q_h], 1)
 
@@ -168,17 +168,19 @@ def test_example_results_do_not_depend_on_harder_examples_in_the_batch():
   solve = jax.jit(jax.vmap(lambda z, q: cj.sinkhorn_solve(z, q, cost, epsilon=eps)))
   alone, mixed = solve(z_e, q_e), solve(z_all, q_all)
   it_easy, it_hard = np.asarray(mixed.iterations[:, :n]), np.asarray(mixed.iterations[:, n:])
-  assert it_hard.max() > 4 * it_easy.max()  # the added problems really are slower
+  assert it_hard.mean() > 1.5 * it_easy.mean()  # the added problems really are slower
+  assert it_easy.max() > _sinkhorn._RELAX_START  # and some first ones are over-relaxed
   np.testing.assert_array_equal(alone.iterations, it_easy)
+  # The same iterates up to float32 rounding of the (differently sized) products.
   for field in ("value", "f", "g", "marginal_error"):
     np.testing.assert_allclose(getattr(alone, field), getattr(mixed, field)[:, :n],
-                               rtol=1e-6, atol=1e-6)
+                               rtol=1e-5, atol=1e-5)
   # Per-example losses and their gradients (a sum, so no 1/B factor differs).
   vg = jax.jit(jax.vmap(lambda z, q: jax.value_and_grad(
       lambda z: cj.sinkhorn_loss(z, q, cost, epsilon=eps).sum())(z)))
   _, g_alone = vg(z_e, q_e)
   _, g_mixed = vg(z_all, q_all)
-  np.testing.assert_allclose(g_alone, g_mixed[:, :n], rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(g_alone, g_mixed[:, :n], rtol=1e-5, atol=2e-6)
 
 
 def test_compacted_tail_gives_the_same_iterates_as_the_plain_loop(monkeypatch):
