@@ -743,7 +743,9 @@ class EmbeddingCost(_cost_ops.CostStructure):
     ey = _take_rows(e, y)  # (..., D)
     n = self._norms()
     out = jnp.sum(ey * ey, axis=-1, keepdims=True) + n - 2 * (ey @ e.T)
-    return self.scale * jnp.maximum(out, 0)
+    # Exact zeros on the diagonal (the expansion leaves rounding there).
+    own = jnp.arange(self.num_classes) == y[..., None]
+    return self.scale * jnp.where(own, 0, jnp.maximum(out, 0))
 
   def vecmat(self, v: jax.Array) -> jax.Array:
     e = self.embeddings.astype(v.dtype)
