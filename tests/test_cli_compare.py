@@ -361,3 +361,26 @@ def test_user_table_with_string_labels_and_a_named_cost_matrix(tmp_path):
   assert "| true \\ pred | low | mid | high |" in report
   assert "1 rows with missing values dropped" in report
   assert (out / "results.csv").read_text().count("\n") == 1 + 2 * 3
+
+
+def test_patch_convolution_equals_lax_conv_and_trains_under_vmap_over_models():
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+
+  from costjax.cli.training import PatchConv
+
+  conv = PatchConv(3, 5, rngs=nnx.Rngs(0))
+  x = jax.random.normal(jax.random.key(1), (2, 6, 7, 3))
+  k = conv.kernel[...].reshape(3, 3, 3, 5).transpose(1, 2, 0, 3)  # (C, kh, kw, O) -> HWIO
+  want = jax.lax.conv_general_dilated(x, k, (1, 1), "SAME",
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  np.testing.assert_allclose(conv(x), want + conv.bias[...], rtol=1e-5, atol=1e-5)
+
+  # Models and images both batched (seeds), differentiated: nnx.Conv raises here.
+  graphdef, _ = nnx.split(conv)
+  params = jax.vmap(lambda key: nnx.split(PatchConv(3, 5, rngs=nnx.Rngs(key)))[1])(
+      jax.random.split(jax.random.key(2), 4))
+  xs = jax.random.normal(jax.random.key(3), (4, 2, 6, 7, 3))
+  grads = jax.vmap(jax.grad(lambda p, xb: jnp.sum(nnx.merge(graphdef, p)(xb) ** 2)))(params, xs)
+  assert jax.tree.leaves(grads)[0].shape[0] == 4

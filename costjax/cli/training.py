@@ -44,14 +44,35 @@ class MLP(nnx.Module):
     return self.out(jax.nn.relu(self.hidden(x)))
 
 
+class PatchConv(nnx.Module):
+  """A 3x3 "SAME" convolution as image patches times a matrix.
+
+  Same function class as ``nnx.Conv``, but written so that ``jax.vmap`` over models
+  (batched weights AND batched images, as in ``costjax compare``) differentiates: the
+  batching rule of ``conv_general_dilated`` does not cover the kernel gradient when both
+  operands are batched, while patch extraction only ever batches its input.
+  """
+
+  def __init__(self, cin: int, cout: int, *, rngs: nnx.Rngs):
+    init = nnx.initializers.lecun_normal()
+    self.kernel = nnx.Param(init(rngs.params(), (cin * 9, cout)))
+    self.bias = nnx.Param(jnp.zeros((cout,)))
+
+  def __call__(self, x):
+    patches = jax.lax.conv_general_dilated_patches(
+        x, filter_shape=(3, 3), window_strides=(1, 1), padding="SAME",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return patches @ self.kernel[...] + self.bias[...]
+
+
 class CNN(nnx.Module):
   """A small CNN for small images: two 3x3 convolutions, 2x2 average pooling, two dense."""
 
   def __init__(self, image_shape: tuple[int, int, int], num_classes: int, *, rngs: nnx.Rngs):
     h, w, c = image_shape
     self.image_shape = image_shape
-    self.conv1 = nnx.Conv(c, 16, kernel_size=(3, 3), rngs=rngs)
-    self.conv2 = nnx.Conv(16, 32, kernel_size=(3, 3), rngs=rngs)
+    self.conv1 = PatchConv(c, 16, rngs=rngs)
+    self.conv2 = PatchConv(16, 32, rngs=rngs)
     self.dense = nnx.Linear((h // 2) * (w // 2) * 32, 64, rngs=rngs)
     self.out = nnx.Linear(64, num_classes, rngs=rngs)
 
