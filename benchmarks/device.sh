@@ -3,7 +3,7 @@
 # within a total budget of 7 minutes, writing each one's output under $OUT.
 #
 #   bash benchmarks/device.sh            # full sizes where they fit the budget (GPU)
-#   bash benchmarks/device.sh --quick    # smoke run: every script with --quick (CPU, ~2 min)
+#   bash benchmarks/device.sh --quick    # smoke run, every script small (CPU: ~4 min shared 2-core)
 #
 # Environment:
 #   OUT     output folder (default: benchmarks/out/<date>); gets <script>.txt per benchmark,
