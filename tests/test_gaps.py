@@ -576,6 +576,7 @@ def test_sinkhorn_solve_potentials_plan_and_value_are_consistent():
                                atol=1e-4)
 
 
+@pytest.mark.slow  # six solver compilations
 def test_sinkhorn_solve_under_jit_vmap_and_grad():
   logits, q, cost = _solve_problem(81, batch=(4,))
   eps = 0.25
