@@ -797,3 +797,27 @@ def test_float64_hyperparameters_do_not_promote_float32_outputs():
     assert cj.class_distance_weighted_cross_entropy(z32, y, c32, alpha=t).dtype == jnp.float32
     assert cj.cost_regularized_cross_entropy(z32, y, c32, lam=t).dtype == jnp.float32
     assert cj.ordinal_emd(z32, y, power=t).dtype == jnp.float32
+
+
+@pytest.mark.parametrize("k", [129, 257, 1000])  # above the one-triangle limit: blocked sums
+@pytest.mark.parametrize("power", [1, 2, 1.5])
+def test_ordinal_emd_many_classes_against_cumsum(k, power):
+  """Values against NumPy's cumsum and a directional derivative against central
+  differences of that oracle, at class counts that take the blocked prefix sums
+  (a divisor block, padding for the prime 257)."""
+  rng = np.random.default_rng(k)
+  logits = rng.normal(size=(3, k)) * 3
+  q = rng.dirichlet(np.full(k, 0.3), size=3)
+  labels = np.array([0, k // 2, k - 1])
+  direction = rng.normal(size=(3, k))
+  for target, q64 in ((q.astype(np.float32), q.astype(np.float32).astype(np.float64)),
+                      (labels, one_hot(labels, k))):
+    f = lambda z, target=target: cj.ordinal_emd(z, target, power=power)
+    got, jvp = jax.jvp(f, (jnp.asarray(logits, jnp.float32),),
+                       (jnp.asarray(direction, jnp.float32),))
+    want = np_ordinal_emd(logits, q64, power)
+    np.testing.assert_allclose(got, want, rtol=2e-4, atol=1e-4)
+    h = 1e-4
+    fd = (np_ordinal_emd(logits + h * direction, q64, power)
+          - np_ordinal_emd(logits - h * direction, q64, power)) / (2 * h)
+    np.testing.assert_allclose(jvp, fd, rtol=2e-3, atol=2e-3)
