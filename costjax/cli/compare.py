@@ -30,6 +30,17 @@ DEFAULTS = {
 }
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+  """Shows ``(default: ...)`` after every flag, except where the help already says it or
+  the default is None (then the help text describes what happens)."""
+
+  def _get_help_string(self, action):
+    text = action.help or ""
+    if "(default" in text or action.default is None:
+      return text
+    return super()._get_help_string(action)
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
   from costjax.cli import distributed
   from costjax.cli.training import ARM_KEYS
@@ -43,7 +54,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
           "decode each model by argmax and by Bayes decision after temperature or vector "
           "scaling; choose everything on validation; write report.md (with a ## Verdict), "
           "results.json, results.csv and PNG plots to --out."),
-      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+      formatter_class=HelpFormatter)
   g = p.add_argument_group("data")
   g.add_argument("--data", default="digits",
                  help="digits, diamonds, or a .csv / .npz file (.npz: arrays x and y)")

@@ -36,7 +36,8 @@ def add_arguments(parser) -> None:
       "flags, SLURM jobs with several tasks, multi-host TPU slices and COSTJAX_DISTRIBUTED=1 "
       "are detected by jax.distributed.initialize()")
   g.add_argument("--coordinator", default=None, metavar="HOST:PORT",
-                 help="address of process 0's coordinator service")
+                 help="address of process 0's coordinator service (default: none: one "
+                 "process, or what a SLURM / TPU launcher sets)")
   g.add_argument("--num-processes", type=int, default=None, metavar="N",
                  help="total number of processes")
   g.add_argument("--process-id", type=int, default=None, metavar="I",

@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
   from costjax.cli import compare, decide
 
   p = _Parser(prog="costjax", description=__doc__.split("\n\n")[0],
-              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+              formatter_class=compare.HelpFormatter)
   sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
   sub.required = True
   compare.add_parser(sub)
