@@ -110,8 +110,8 @@ def check_cost(cost: Any, k: int, fn_name: str, dtype: Any) -> jax.Array | CostS
   if is_structure(cost):
     if cost.num_classes != k:
       raise ValueError(
-          f"{fn_name}: the cost structure has num_classes={cost.num_classes}, but logits "
-          f"have K = {k} classes."
+          f"{fn_name}: cost_matrix (a {type(cost).__name__}) has num_classes="
+          f"{cost.num_classes}, but logits have K = {k} classes (logits.shape[-1])."
       )
     return cost.astype(dtype)
   return _checks.check_cost_shape(cost, k, fn_name).astype(dtype)

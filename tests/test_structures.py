@@ -323,6 +323,7 @@ def _tree_from_weights(parents, kind):
   return lambda w: cj.TreeCost(parents, K, kind=kind, edge_weights=w)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["path_length", "lca_height"])
 def test_tree_gradients_match_dense_chain_rule(kind):
   tree, (parents, weights) = _tree_case(kind, 7)
@@ -373,6 +374,7 @@ def test_embedding_gradients_match_dense_chain_rule():
       np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_check_grads_float64():
   with jax.enable_x64(True):
     rng = np.random.default_rng(5)
@@ -416,6 +418,7 @@ def test_jit_with_structure_argument_does_not_retrace():
   assert len(traces) == 2
 
 
+@pytest.mark.slow
 def test_vmap_over_stacks_of_structures():
   rng = np.random.default_rng(6)
   parents = random_tree(12, rng)
@@ -582,3 +585,14 @@ def test_sharded_batches_match_single_device():
   assert set(report) == {"tree", "emb", "ord"}
   for name, err in report.items():
     assert err < 1e-5, (name, err)
+
+
+def test_tree_max_cost_below_a_long_trunk():
+  # Classes 0 and 1 under node 2, which hangs from the root 3 by a long edge:
+  # the largest cost is far below the classes' depth for lca_height.
+  parents = np.array([2, 2, 3, -1])
+  w = np.array([1.0, 2.0, 5.0, 0.0], np.float32)
+  for kind, expect in [("path_length", 3.0), ("lca_height", 7.0 - 5.0)]:
+    tree = cj.TreeCost(parents, 2, kind=kind, edge_weights=w)
+    np.testing.assert_allclose(tree.max_cost(), expect)
+    np.testing.assert_allclose(tree.dense(), tree_oracle_dense(parents, w, 2, kind))
