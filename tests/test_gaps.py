@@ -821,3 +821,16 @@ def test_ordinal_emd_many_classes_against_cumsum(k, power):
     fd = (np_ordinal_emd(logits + h * direction, q64, power)
           - np_ordinal_emd(logits - h * direction, q64, power)) / (2 * h)
     np.testing.assert_allclose(jvp, fd, rtol=2e-3, atol=2e-3)
+
+
+@pytest.mark.parametrize("batch", [(), (2, 3)], ids=["unbatched", "2d-batch"])
+def test_ordinal_emd_many_classes_any_batch_shape(batch):
+  k = 257
+  rng = np.random.default_rng(7)
+  logits = rng.normal(size=batch + (k,)) * 3
+  q = rng.dirichlet(np.full(k, 0.3), size=batch if batch else None)
+  for power in (1, 2):
+    got = cj.ordinal_emd(jnp.asarray(logits, jnp.float32), q.astype(np.float32), power=power)
+    assert got.shape == batch
+    want = np_ordinal_emd(logits, q.astype(np.float32).astype(np.float64), power)
+    np.testing.assert_allclose(got, want, rtol=2e-4, atol=1e-4)
