@@ -711,12 +711,16 @@ def test_cost_soft_labels_dtypes_and_checked_probability_labels():
   assert got.dtype == jnp.float32
   np.testing.assert_allclose(got, np_soft_targets(one_hot([0, 3], K), c_int, 2.0), rtol=1e-5)
   with jax.enable_x64(True):
+    assert cj.cost_soft_labels(labels, c_int).dtype == jnp.float32  # integer costs: float32
     got = cj.cost_soft_labels(labels, c_int.astype(np.float64), temperature=2.0)
     assert got.dtype == jnp.float64
     np.testing.assert_allclose(got, np_soft_targets(one_hot([0, 3], K), c_int, 2.0),
                                rtol=1e-12)
     r = np.full((2, K), 1.0 / K)
     assert cj.cost_soft_labels(r, c_int.astype(np.float64)).dtype == jnp.float64
+    # Probability labels set the compute dtype, as logits do for the losses.
+    assert cj.cost_soft_labels(r.astype(np.float32),
+                               c_int.astype(np.float64)).dtype == jnp.float32
   r = np.full((2, K), 0.2, np.float32)
   r[1, :2] = [0.5, -0.1]
   with pytest.raises(checkify.JaxRuntimeError, match="costjax.cost_soft_labels: probability"):
