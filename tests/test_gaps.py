@@ -827,14 +827,24 @@ def test_ordinal_emd_many_classes_against_cumsum(k, power):
     np.testing.assert_allclose(jvp, fd, rtol=2e-3, atol=2e-3)
 
 
+@pytest.mark.parametrize("k", [6, 257])
 @pytest.mark.parametrize("batch", [(), (2, 3)], ids=["unbatched", "2d-batch"])
-def test_ordinal_emd_many_classes_any_batch_shape(batch):
-  k = 257
+def test_ordinal_emd_any_batch_shape_values_and_derivatives(batch, k):
   rng = np.random.default_rng(7)
   logits = rng.normal(size=batch + (k,)) * 3
   q = rng.dirichlet(np.full(k, 0.3), size=batch if batch else None)
-  for power in (1, 2):
-    got = cj.ordinal_emd(jnp.asarray(logits, jnp.float32), q.astype(np.float32), power=power)
+  q64 = q.astype(np.float32).astype(np.float64)
+  direction = rng.normal(size=logits.shape)
+  for power in (1, 2, 1.5):
+    f = lambda z, power=power: cj.ordinal_emd(z, q.astype(np.float32), power=power)
+    got, jvp = jax.jvp(f, (jnp.asarray(logits, jnp.float32),),
+                       (jnp.asarray(direction, jnp.float32),))
     assert got.shape == batch
-    want = np_ordinal_emd(logits, q.astype(np.float32).astype(np.float64), power)
-    np.testing.assert_allclose(got, want, rtol=2e-4, atol=1e-4)
+    np.testing.assert_allclose(got, np_ordinal_emd(logits, q64, power), rtol=2e-4, atol=1e-4)
+    h = 1e-4
+    fd = (np_ordinal_emd(logits + h * direction, q64, power)
+          - np_ordinal_emd(logits - h * direction, q64, power)) / (2 * h)
+    np.testing.assert_allclose(jvp, fd, rtol=2e-3, atol=2e-3)
+    grad = jax.grad(lambda z, f=f: f(z).sum())(jnp.asarray(logits, jnp.float32))
+    np.testing.assert_allclose(np.sum(np.asarray(grad, np.float64) * direction), fd.sum(),
+                               rtol=2e-3, atol=2e-3)
