@@ -26,7 +26,9 @@ _THRESHOLD_SLACK_ULPS = 16
 def _gaps(logits, cost_matrix, fn_name):
   """``decision_costs - min decision_costs`` (>= 0, exactly 0 at the Bayes decision)."""
   risk, _ = _decision_costs(logits, cost_matrix, fn_name)
-  return risk - jnp.min(risk, axis=-1, keepdims=True)
+  # Non-negative by definition; clamped because XLA may recompute `risk` inside
+  # a fusion with different rounding, which can leave -0.0 or -1e-7 here.
+  return jnp.maximum(risk - jnp.min(risk, axis=-1, keepdims=True), 0.0)
 
 
 def cost_sets(
@@ -205,8 +207,9 @@ def calibrate_cost_sets(
 
   The minimum is computed exactly, without bisection or a sort of the data.
   Each ``L_i`` is a step function of ``t``: with the costs of row ``C[y_i]``
-  in increasing order ``c_(0) <= ... <= c_(K-1)`` (the ``K`` rows of ``C`` are
-  sorted once), the set reaches cost level ``c_(m)`` once ``t`` passes
+  in increasing order ``c_(0) <= ... <= c_(K-1)`` (the ``K`` rows of a dense
+  ``C`` are sorted once; a structure sorts each example's row instead, never
+  building ``K x K``), the set reaches cost level ``c_(m)`` once ``t`` passes
   ``tau_im``, the smallest gap ``r_ij - min_k r_ik`` (``r`` the decision costs)
   among the classes that cost at most ``c_(m)`` (a running minimum). The total
   loss is then ``sum_i c_(K-1) - sum_{i,m} [tau_im <= t] (c_(m+1) - c_(m))``,
@@ -296,8 +299,9 @@ def _calibrate_jit(logits, labels, cost_matrix, alpha, checks):
   #   L_i(t) = c_(K-1) - sum_{m < K-1} [tau_im <= t] (c_(m+1) - c_(m)),
   # and the total loss is a weighted count of the pairs (i, m) with
   # tau_im <= t: the threshold is a weighted quantile of the tau.
-  if is_index:
-    # Only K distinct cost rows: sort those once, not one row per example.
+  if is_index and not _cost_ops.is_structure(cost):
+    # Only K distinct cost rows: sort those once, not one row per example. A
+    # structure never builds that K x K table: it sorts each example's row.
     table = _cost_ops.rows(cost, jnp.arange(k))
     order = jnp.argsort(table, axis=1)
     table_sorted = jnp.take_along_axis(table, order, axis=1)
@@ -333,6 +337,11 @@ def _weighted_quantile(values: jax.Array, weights: jax.Array, need: jax.Array) -
   bits = jnp.finfo(values.dtype).bits
   utype = jnp.uint32 if bits == 32 else jnp.uint64
   codes = jax.lax.bitcast_convert_type(values, utype)
+  # Order-preserving keys for every float (a stray -0.0 or tiny negative value
+  # would otherwise sort last): flip all bits of negatives, set the sign bit of
+  # the rest.
+  sign_bit = jnp.asarray(1 << (bits - 1), utype)
+  codes = jnp.where((codes & sign_bit) != 0, ~codes, codes | sign_bit)
   weights = weights.astype(values.dtype)
   below = jnp.zeros((), values.dtype)  # weight of values under the current prefix
   prefix = jnp.zeros((), utype)
@@ -349,5 +358,6 @@ def _weighted_quantile(values: jax.Array, weights: jax.Array, need: jax.Array) -
     below = cum[chosen] - hist[chosen]
     prefix = (prefix << 8) | chosen.astype(utype)
   found = jnp.sum(weights) >= need
+  prefix = jnp.where((prefix & sign_bit) != 0, prefix & ~sign_bit, ~prefix)
   value = jax.lax.bitcast_convert_type(prefix, values.dtype)
   return jnp.where(found, value, jnp.inf)

@@ -272,18 +272,7 @@ def test_decisions_match_dense(name):
   np.testing.assert_allclose(cj.cost_class_weights(s), cj.cost_class_weights(c), rtol=1e-5)
 
 
-_CALIBRATE_XFAIL = pytest.mark.xfail(
-    strict=True,
-    reason="calibrate_cost_sets returns 4.32 instead of 0 with the EmbeddingCost's decision "
-    "costs (which differ from the dense ones by 4e-6); a NumPy oracle on the same gaps gives "
-    "0. Reported to the coordinator (costjax/_conformal.py is not ours).",
-)
-
-
-@pytest.mark.parametrize("name", [
-    *[n for n in STRUCTURES if n != "embedding"],
-    pytest.param("embedding", marks=_CALIBRATE_XFAIL),
-])
+@pytest.mark.parametrize("name", STRUCTURES)
 def test_calibrate_cost_sets_matches_dense(name):
   s = make_structure(name)
   c = s.dense()
