@@ -72,7 +72,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
           "minimum-expected-cost (Bayes) rule, optionally with abstention (--abstain-cost) and "
           "cost-controlled prediction sets (--alpha), and write predictions.csv, report.md and "
           "expected_cost.png to --out."),
-      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+      formatter_class=_help_formatter())
   add_arguments(p)
   p.set_defaults(run=run)
   return p
@@ -705,9 +705,17 @@ def run(args) -> dict:
   return summary
 
 
+
+def _help_formatter():
+  """Defaults shown after every flag except required ones and ``None`` (as in compare)."""
+  from costjax.cli.compare import HelpFormatter
+
+  return HelpFormatter
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog="costjax decide", description=__doc__.split("\n\n")[0],
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                              formatter_class=_help_formatter())
   add_arguments(p)
   exit_on_user_error(run, p.parse_args(argv))
   return 0
