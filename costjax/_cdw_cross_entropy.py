@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
 
-from costjax import _checks, _common
+from costjax import _cdw_streaming, _checks, _common
 
 
 @jax.custom_jvp
@@ -149,7 +149,11 @@ def class_distance_weighted_cross_entropy(
     alpha = jnp.asarray(alpha, p.logits.dtype)
     transform = lambda c: _checks.safe_pow(c, alpha)
   weights = _common.target_cost_rows(p, transform)
-  return _common.finish(_cdw(p.logits, weights), p)
+  if p.logits.size > _cdw_streaming.STREAMING_MIN_ELEMENTS:
+    out = _cdw_streaming.cdw_streaming(p.logits, weights)
+  else:
+    out = _cdw(p.logits, weights)
+  return _common.finish(out, p)
 
 
 class _Parts(NamedTuple):
@@ -270,7 +274,10 @@ def _cdw_jvp(primals, tangents):
     dlogits = jnp.where(jnp.isfinite(logits), dlogits, jnp.zeros_like(dlogits))
     tangent = tangent + jnp.sum(grad * dlogits, axis=-1)
   if not isinstance(dweights, SymbolicZero):
-    penalty = -(parts.log1m_rest + is_top * parts.log1m_top)
+    # (A select, not is_top * log1m_top: that is 0 * -inf = NaN off the arg-max
+    # of a row whose only finite logit has probability 1.)
+    top_penalty = jnp.where(is_top > 0, parts.log1m_top, jnp.zeros_like(parts.log1m_top))
+    penalty = -(parts.log1m_rest + top_penalty)
     penalty = jnp.where(weights != 0, penalty, jnp.zeros_like(penalty))
     tangent = tangent + jnp.sum(penalty * dweights, axis=-1)
   return value, tangent
