@@ -180,8 +180,8 @@ def test_decision_costs_check_grads():
   with jax.enable_x64(True):
     logits, c = _asym_problem(11, n=6, k=4)
     logits, c = jnp.asarray(logits, jnp.float64), jnp.asarray(c, jnp.float64)
-    check_grads(lambda z: cj.decision_costs(z, c), (logits,), order=2, modes=["fwd", "rev"],
-                atol=1e-6, rtol=1e-6)
+    check_grads(jax.jit(lambda z: cj.decision_costs(z, c)), (logits,), order=2,
+                modes=["fwd", "rev"], atol=1e-6, rtol=1e-6)
     check_grads(lambda m: cj.decision_costs(logits, m), (c,), order=1, modes=["rev"],
                 atol=1e-6, rtol=1e-6)
 
