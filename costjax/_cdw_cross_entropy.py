@@ -149,7 +149,7 @@ def class_distance_weighted_cross_entropy(
     alpha = jnp.asarray(alpha, p.logits.dtype)
     transform = lambda c: _checks.safe_pow(c, alpha)
   weights = _common.target_cost_rows(p, transform)
-  if p.logits.size > _cdw_streaming.STREAMING_MIN_ELEMENTS:
+  if _cdw_streaming.use_streaming(p.logits):
     out = _cdw_streaming.cdw_streaming(p.logits, weights)
   else:
     out = _cdw(p.logits, weights)

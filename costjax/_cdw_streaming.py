@@ -5,7 +5,8 @@ logits hold more than ``STREAMING_MIN_ELEMENTS`` entries; smaller batches use
 the kernel in ``_cdw_cross_entropy.py``, which keeps a few ``(..., K)`` arrays
 and runs fewer passes. Measured on a 2-core XLA:CPU (value and gradient,
 B = 4096): K = 100, 2.1 ms against 3.0 ms for this kernel; K = 400, 16 ms against
-11 ms; K = 1000, 54 ms against 29 ms (``benchmarks/closed_forms.py``).
+11 ms; K = 1000, 54 ms against 29 ms (``benchmarks/closed_forms.py``). Rows longer
+than ``STREAMING_MAX_CLASSES`` also use the small kernel (see there).
 
 Why: on XLA:CPU, row reductions run as fused library kernels that recompute an
 elementwise expression cheaply, but an intermediate that two reductions share,
@@ -25,8 +26,24 @@ import jax
 import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
 
-# Logits with more entries than this use the streaming kernel.
+# Logits with more entries than this use the streaming kernel ...
 STREAMING_MIN_ELEMENTS = 2**20
+# ... unless their rows are longer than this: XLA:CPU's fused row reductions
+# slow down several-fold per element on rows of ~50,000 classes (B = 256:
+# 0.70 s against 0.18 s for the small kernel at K = 50,000; 0.22 s against
+# 0.29 s at K = 25,000).
+STREAMING_MAX_CLASSES = 2**15
+
+
+def use_streaming(logits: jax.Array) -> bool:
+  """Whether :func:`cdw_streaming` is the faster kernel for these (static) shapes.
+
+  Only on the CPU backend, where it was measured; GPU and TPU fusion handles
+  the small kernel's shared intermediates differently.
+  """
+  return (jax.default_backend() == "cpu"
+          and logits.size > STREAMING_MIN_ELEMENTS
+          and logits.shape[-1] <= STREAMING_MAX_CLASSES)
 
 
 def _after(x: jax.Array, *deps: jax.Array) -> jax.Array:
