@@ -1,5 +1,21 @@
+import atexit
+import os
+import shutil
+import tempfile
+
 import numpy as np
 import pytest
+
+# One XLA compilation cache for this test session, shared by the xdist workers and by
+# the subprocesses the CLI, example and multi-process tests start (they inherit the
+# environment): the same programs compile once instead of once per process. It is
+# created empty per session, so timings stay those of a cold machine, and removed at
+# the end. A cache hit returns the same executable, so no result depends on it.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _cache = tempfile.mkdtemp(prefix="costjax-tests-xla-cache-")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+  atexit.register(shutil.rmtree, _cache, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
