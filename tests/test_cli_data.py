@@ -65,6 +65,43 @@ def test_csv_with_text_labels_text_features_and_missing_values(tmp_path):
     ds.encoding.encode(bad, source="new")
 
 
+def test_class_names_that_pandas_reads_as_missing_are_kept(tmp_path):
+  """Labels "NA", "None" and "null" are class names; only an empty label cell is missing.
+  (pandas' defaults read them as NaN, and those rows were dropped as missing.) Feature
+  columns keep pandas' missing-value spellings."""
+  rng = np.random.default_rng(0)
+  labels = np.array(["NA", "None", "null", "b"] * 10)
+  df = pd.DataFrame({"f1": rng.normal(size=40).round(3), "f2": rng.normal(size=40).round(3),
+                     "label": labels})
+  df.loc[5, "f2"] = np.nan  # written as an empty cell: a missing feature
+  path = tmp_path / "t.csv"
+  df.to_csv(path, index=False)
+  with open(path, "a") as f:
+    f.write("1.0,nan,b\n")  # "nan" in a feature column is still missing
+    f.write("1.0,2.0,\n")  # an empty label is missing
+  ds = data.load_user_table(str(path))
+  assert ds.class_names == ("NA", "None", "b", "null")
+  assert len(ds.y) == 39 and ds.dropped_rows == 3
+  assert np.bincount(ds.y).tolist() == [10, 9, 10, 10]  # row 5 ("None") was dropped
+
+
+def test_cost_csv_class_names_that_parse_as_numbers(tmp_path):
+  """float() reads "nan", "inf" and "Infinity"; as header cells or row names they are
+  class names, while in the matrix they are still rejected as non-finite costs. (Found
+  by the round-trip property test below with the name "nAn".)"""
+  names = ["nAn", "inf", "Infinity"]
+  m = np.arange(9.0).reshape(3, 3)
+  for index in (False, True):
+    path = tmp_path / f"c{index}.csv"
+    pd.DataFrame(m, columns=names, index=names).to_csv(path, index=index)
+    t = costs.read_cost_csv(str(path))
+    assert t.class_names == tuple(names)
+    np.testing.assert_array_equal(t.matrix, m)
+  (tmp_path / "bad.csv").write_text("0,nan\n1,0\n")
+  with pytest.raises(UserInputError, match=r"C\[0, 1\] = nan; costs must be finite"):
+    costs.read_cost_csv(str(tmp_path / "bad.csv"))
+
+
 def test_features_pick_columns(tmp_path):
   penguins_like(tmp_path / "p.csv")
   ds = data.load_data(str(tmp_path / "p.csv"), label_column="species",

@@ -146,16 +146,23 @@ def _number(cell: str) -> float | None:
     return None
 
 
+def _finite_number(cell: str) -> float | None:
+  """A finite number, else ``None``: when telling names from values, "nan", "inf" and
+  "Infinity" are class names (a cost must be finite anyway)."""
+  v = _number(cell)
+  return v if v is not None and math.isfinite(v) else None
+
+
 def _is_numeric_row(row: Sequence[str]) -> bool:
-  return all(_number(c) is not None for c in row)
+  return all(_finite_number(c) is not None for c in row)
 
 
 def _looks_like_header(first: list[str], rest: list[list[str]]) -> bool:
   """A row of class names: all text (after an optional corner cell), or distinct integers
   above exactly as many all-numeric rows (``0,1,2`` over a 3 x 3 matrix)."""
-  corner = bool(first) and (first[0] == "" or _number(first[0]) is None)
+  corner = bool(first) and (first[0] == "" or _finite_number(first[0]) is None)
   cells = first[1:] if corner and len(first) > 1 else first
-  if all(_number(c) is None for c in cells):
+  if all(_finite_number(c) is None for c in cells):
     return True
   return (all(c.isdigit() for c in cells) and len(set(cells)) == len(cells)
           and len(rest) == len(cells) and all(_is_numeric_row(r[-len(cells):]) for r in rest))

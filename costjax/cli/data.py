@@ -461,7 +461,8 @@ def load_user_table(
                          f"{', '.join(BUILTIN_DATA)}).")
   ext = os.path.splitext(path)[1].lower()
   if ext == ".csv":
-    return table_from_frame(read_csv(path, where), source=where, label_column=label_column,
+    return table_from_frame(read_csv(path, where, label_column), source=where,
+                            label_column=label_column,
                             features=features, num_classes=num_classes,
                             class_names=class_names, ordinal=ordinal,
                             name=os.path.splitext(os.path.basename(path))[0])
@@ -497,13 +498,32 @@ def load_user_table(
                         name=os.path.splitext(os.path.basename(path))[0])
 
 
-def read_csv(path: str, where: str | None = None):
-  """``pandas.read_csv`` with parser errors turned into one-line user errors."""
+# pandas' default missing-value spellings (``pandas.read_csv``'s ``na_values`` docs).
+_DEFAULT_NA = ("", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND",
+               "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null")
+
+
+def read_csv(path: str, where: str | None = None, label_column: str | None = None):
+  """``pandas.read_csv`` with parser errors turned into one-line user errors.
+
+  In ``label_column`` only an empty cell is missing: class names such as "NA",
+  "None" or "null" are names there, not missing values (pandas would read them as
+  NaN and their rows would be dropped). Other columns keep pandas' defaults.
+  """
   import pandas as pd
 
   where = where or repr(path)
   try:
-    df = pd.read_csv(path)
+    na_values = None
+    if label_column is not None:
+      columns = pd.read_csv(path, nrows=0).columns
+      if label_column in columns:
+        na_values = {c: list(_DEFAULT_NA) for c in columns}
+        na_values[label_column] = [""]
+    if na_values is None:
+      df = pd.read_csv(path)
+    else:
+      df = pd.read_csv(path, keep_default_na=False, na_values=na_values)
   except Exception as e:  # pandas raises several parser error types
     raise UserInputError(f"{where}: could not parse the CSV file: {e}") from None
   if len(df.columns) == 0 or len(df) == 0:

@@ -142,7 +142,7 @@ def _raw_csv(path: str, flag: str, label_column: str, csv_values: str):
   import pandas as pd
 
   where = f"{flag} {path!r}"
-  df = _data.read_csv(path, where)
+  df = _data.read_csv(path, where, label_column)
   labels = None
   if label_column in df.columns:
     col = df[label_column]
