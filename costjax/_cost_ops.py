@@ -90,6 +90,12 @@ class CostStructure(abc.ABC):
     """Checked-mode (checkify) checks of the leaves; default none."""
     del fn_name
 
+  def bayes(self, probs: jax.Array) -> tuple[jax.Array, jax.Array] | None:
+    """``(argmin_j (probs @ C)_j, min_j (probs @ C)_j)`` when the structure has a
+    shortcut; ``None`` (the default) makes callers use :meth:`vecmat`."""
+    del probs
+    return None
+
 
 def is_structure(cost: Any) -> bool:
   return isinstance(cost, CostStructure)

@@ -134,12 +134,27 @@ def bayes_decision(
   name = "costjax.bayes_decision"
   if abstain_cost is not None:
     abstain_cost = check_abstain_cost(abstain_cost, name)
-  risk, _ = _decision_costs(logits, cost_matrix, name)
-  decision = jnp.argmin(risk, axis=-1).astype(jnp.int32)
+  shortcut = _bayes_shortcut(logits, cost_matrix, name)
+  if shortcut is not None:
+    decision, best = shortcut
+  else:
+    risk, _ = _decision_costs(logits, cost_matrix, name)
+    decision = jnp.argmin(risk, axis=-1).astype(jnp.int32)
+    best = jnp.min(risk, axis=-1) if abstain_cost is not None else None
   if abstain_cost is None:
     return decision
-  best = jnp.min(risk, axis=-1)
   return jnp.where(best > abstain_cost, jnp.int32(-1), decision)
+
+
+def _bayes_shortcut(logits, cost_matrix, fn_name):
+  """A cost structure's own ``(decision, min cost)`` (``CostStructure.bayes``), or ``None``."""
+  if not _cost_ops.is_structure(cost_matrix):
+    return None
+  logits = _checks.check_logits(logits, fn_name)
+  dtype = _checks.compute_dtype(logits.dtype)
+  cost = _cost_ops.check_cost(cost_matrix, logits.shape[-1], fn_name, dtype)
+  _cost_ops.check_values(cost, None, fn_name)
+  return cost.bayes(jax.nn.softmax(logits.astype(dtype), axis=-1))
 
 
 def _check_index_pair(

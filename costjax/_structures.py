@@ -647,6 +647,26 @@ class OrdinalCost(_cost_ops.CostStructure):
     above_r = total_r - r - v * j
     return jnp.maximum(j * q - r + above_r - j * above_q, 0)
 
+  def bayes(self, probs: jax.Array) -> tuple[jax.Array, jax.Array] | None:
+    """For ``power=1`` the Bayes decision is the median of ``probs``: one prefix sum.
+
+    ``g(j) = sum_i p_i |i - j|`` is convex with ``g(j + 1) - g(j) = 2 F(j) - S``
+    (``F`` the CDF, ``S`` the total), so its smallest minimiser is the number of
+    classes with ``F(j) < S / 2``. That skips :meth:`vecmat`'s second prefix sum
+    and the arg-min over ``K``.
+    """
+    if self.power != 1:
+      return None
+    cdf = _cumsum_last(probs)
+    flat = cdf.reshape(-1, self._k)
+    # The first j with F(j) >= S / 2, by binary search: O(log K) per example (a
+    # row count of F < S / 2 took 60% of the time at K = 100,000 on XLA:CPU).
+    first = jax.vmap(lambda c: jnp.searchsorted(c, 0.5 * c[-1], side="left"))(flat)
+    decision = jnp.minimum(first.reshape(cdf.shape[:-1]), self._k - 1).astype(jnp.int32)
+    best = jnp.sum(probs * jnp.abs(self._grid().astype(probs.dtype) - decision[..., None]),
+                   axis=-1)
+    return decision, best
+
   def entries(self, i: jax.Array, j: jax.Array) -> jax.Array:
     return self._pow(jnp.asarray(i).astype(self._dtype) - jnp.asarray(j).astype(self._dtype))
 

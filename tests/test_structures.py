@@ -272,6 +272,36 @@ def test_decisions_match_dense(name):
   np.testing.assert_allclose(cj.cost_class_weights(s), cj.cost_class_weights(c), rtol=1e-5)
 
 
+def test_ordinal_power1_bayes_is_the_float64_median_decision():
+  """OrdinalCost(power=1) decides by the median (one prefix sum, no K-wide arg-min):
+  its decision's exact (float64) expected cost is the minimum, the smallest minimiser on
+  exact ties (as argmin), abstention compares that minimum, under jit and vmap."""
+  rng = np.random.default_rng(11)
+  for k in (2, 9, 130, 1000):
+    z = np.asarray(3.0 * rng.normal(size=(300, k)), np.float32)
+    got = np.asarray(jax.jit(cj.bayes_decision)(z, cj.OrdinalCost(k)))
+    p = np.exp(z.astype(np.float64) - z.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    g = p @ np.abs(np.arange(k)[:, None] - np.arange(k)[None, :])  # exact costs, float64
+    chosen = g[np.arange(len(g)), got]
+    np.testing.assert_allclose(chosen, g.min(-1), rtol=1e-6, atol=0)
+    thr = float(np.median(g.min(-1)))
+    abst = np.asarray(cj.bayes_decision(z, cj.OrdinalCost(k), abstain_cost=thr))
+    clear = np.abs(g.min(-1) - thr) > 1e-6 * thr  # away from the threshold
+    np.testing.assert_array_equal((abst == -1)[clear], (g.min(-1) > thr)[clear])
+    np.testing.assert_array_equal(abst[abst >= 0], got[abst >= 0])
+  # Exact ties: uniform over 4 classes has F = (.25, .5, .75, 1); classes 1 and 2 tie.
+  assert cj.bayes_decision(jnp.zeros(4), cj.OrdinalCost(4)) == 1
+  assert cj.bayes_decision(jnp.zeros(4), cj.OrdinalCost(4).dense()) == 1
+  # A class mask (-inf logits) and a vmapped batch of batches.
+  assert cj.bayes_decision(jnp.array([0.0, -jnp.inf, -jnp.inf, 0.0, -jnp.inf]),
+                           cj.OrdinalCost(5)) == 0
+  zz = jnp.asarray(rng.normal(size=(3, 4, 6)), jnp.float32)
+  np.testing.assert_array_equal(
+      jax.vmap(lambda x: cj.bayes_decision(x, cj.OrdinalCost(6)))(zz),
+      cj.bayes_decision(zz, cj.OrdinalCost(6).dense()))
+
+
 @pytest.mark.parametrize("name", STRUCTURES)
 def test_calibrate_cost_sets_matches_dense(name):
   s = make_structure(name)
