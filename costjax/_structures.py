@@ -648,15 +648,26 @@ class OrdinalCost(_cost_ops.CostStructure):
     return jnp.maximum(j * q - r + above_r - j * above_q, 0)
 
   def bayes(self, probs: jax.Array) -> tuple[jax.Array, jax.Array] | None:
-    """For ``power=1`` the Bayes decision is the median of ``probs``: one prefix sum.
+    """Bayes decisions without :meth:`vecmat`: the mean (``power=2``) or the median (``power=1``).
+
+    For ``power=1`` the decision is the median of ``probs``: one prefix sum.
 
     ``g(j) = sum_i p_i |i - j|`` is convex with ``g(j + 1) - g(j) = 2 F(j) - S``
     (``F`` the CDF, ``S`` the total), so its smallest minimiser is the number of
     classes with ``F(j) < S / 2``. That skips :meth:`vecmat`'s second prefix sum
     and the arg-min over ``K``.
     """
-    if self.power != 1:
-      return None
+    if self.power == 2:
+      # g(j) = S j^2 - 2 M j + Q is a parabola with its vertex at the mean M / S:
+      # the nearest class, the lower one on a tie at a half.
+      j = self._grid().astype(probs.dtype)
+      s0 = jnp.sum(probs, axis=-1)
+      s1 = jnp.sum(probs * j, axis=-1)
+      s2 = jnp.sum(probs * j * j, axis=-1)
+      nearest = jnp.ceil(s1 / s0 - 0.5)
+      decision = jnp.clip(nearest, 0, self._k - 1).astype(jnp.int32)
+      d = decision.astype(probs.dtype)
+      return decision, jnp.maximum(s0 * d * d - 2 * s1 * d + s2, 0)
     cdf = _cumsum_last(probs)
     flat = cdf.reshape(-1, self._k)
     # The first j with F(j) >= S / 2, by binary search: O(log K) per example (a

@@ -302,6 +302,26 @@ def test_ordinal_power1_bayes_is_the_float64_median_decision():
       cj.bayes_decision(zz, cj.OrdinalCost(6).dense()))
 
 
+def test_ordinal_power2_bayes_is_the_nearest_class_to_the_mean():
+  """OrdinalCost(power=2) decides by the mean (no K-wide arg-min): the exact (float64)
+  optimum, the lower class on a tie at a half, abstention on that minimum."""
+  rng = np.random.default_rng(12)
+  for k in (2, 9, 130, 1000):
+    z = np.asarray(3.0 * rng.normal(size=(300, k)), np.float32)
+    got = np.asarray(jax.jit(cj.bayes_decision)(z, cj.OrdinalCost(k, power=2)))
+    p = np.exp(z.astype(np.float64) - z.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    g = p @ (np.arange(k)[:, None] - np.arange(k)[None, :]) ** 2.0
+    np.testing.assert_allclose(g[np.arange(len(g)), got], g.min(-1), rtol=1e-6, atol=0)
+    thr = float(np.median(g.min(-1)))
+    abst = np.asarray(cj.bayes_decision(z, cj.OrdinalCost(k, power=2), abstain_cost=thr))
+    clear = np.abs(g.min(-1) - thr) > 1e-5 * thr
+    np.testing.assert_array_equal((abst == -1)[clear], (g.min(-1) > thr)[clear])
+  for k in (2, 4):  # uniform: mean (k - 1) / 2, a tie between two classes
+    assert cj.bayes_decision(jnp.zeros(k), cj.OrdinalCost(k, power=2)) == k // 2 - 1
+    assert cj.bayes_decision(jnp.zeros(k), cj.OrdinalCost(k, power=2).dense()) == k // 2 - 1
+
+
 @pytest.mark.parametrize("name", STRUCTURES)
 def test_calibrate_cost_sets_matches_dense(name):
   s = make_structure(name)
