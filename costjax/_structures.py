@@ -569,6 +569,9 @@ class OrdinalCost(_cost_ops.CostStructure):
   ``q @ C`` costs ``O(K)`` per example: prefix sums for ``power=1``, and for
   ``power=2`` the rank-3 identity ``(i - j)^2 = i^2 - 2 i j + j^2``. Other
   powers raise; build them with :func:`ordinal_cost_matrix`.
+  :func:`bayes_decision` skips ``q @ C`` altogether: the decision is the median
+  of the predicted distribution for ``power=1`` and the class nearest to its
+  mean for ``power=2`` (the lower class on a tie, as ``argmin``).
 
   Args:
     num_classes: ``K`` (static).
