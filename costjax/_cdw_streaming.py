@@ -227,6 +227,7 @@ def _cdw_jvp(primals, tangents):
     grad = weights * p / (1.0 - nt * p) - p * total_v - nt * top_wp * r
     tangent = tangent + jnp.sum(grad * dlogits, axis=-1)
   if not isinstance(dweights, SymbolicZero):
+    # (+ 1: a dependency unlike the logit pass's, so the two copies stay apart.)
     sw = _stats_after(s, value[..., None] + 1.0)
     log1m = _log1m_probs(logits, sw)
     penalty = jnp.where(sw.top_is_neg_inf & (_not_top(logits, sw) == 0), -jnp.inf, -log1m)

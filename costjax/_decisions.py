@@ -32,14 +32,19 @@ def check_abstain_cost(abstain_cost: jax.typing.ArrayLike, fn_name: str) -> jax.
   return jnp.asarray(abstain_cost)
 
 
-def _decision_costs(logits, cost_matrix, fn_name):
-  """Validated ``softmax(logits) @ C`` in the compute dtype, and the logits' dtype."""
+def _probs_and_cost(logits, cost_matrix, fn_name):
+  """Validated ``softmax(logits)`` and cost in the compute dtype, and the logits' dtype."""
   logits = _checks.check_logits(logits, fn_name)
   dtype = _checks.compute_dtype(logits.dtype)
   cost = _cost_ops.check_cost(cost_matrix, logits.shape[-1], fn_name, dtype)
   _cost_ops.check_values(cost, None, fn_name)
-  probs = jax.nn.softmax(logits.astype(dtype), axis=-1)
-  return _cost_ops.vecmat(probs, cost), logits.dtype
+  return jax.nn.softmax(logits.astype(dtype), axis=-1), cost, logits.dtype
+
+
+def _decision_costs(logits, cost_matrix, fn_name):
+  """Validated ``softmax(logits) @ C`` in the compute dtype, and the logits' dtype."""
+  probs, cost, dtype = _probs_and_cost(logits, cost_matrix, fn_name)
+  return _cost_ops.vecmat(probs, cost), dtype
 
 
 def decision_costs(
@@ -134,27 +139,18 @@ def bayes_decision(
   name = "costjax.bayes_decision"
   if abstain_cost is not None:
     abstain_cost = check_abstain_cost(abstain_cost, name)
-  shortcut = _bayes_shortcut(logits, cost_matrix, name)
+  probs, cost, _ = _probs_and_cost(logits, cost_matrix, name)
+  # A structure may know its minimiser without the (..., K) decision costs.
+  shortcut = cost.bayes(probs) if _cost_ops.is_structure(cost) else None
   if shortcut is not None:
     decision, best = shortcut
   else:
-    risk, _ = _decision_costs(logits, cost_matrix, name)
+    risk = _cost_ops.vecmat(probs, cost)
     decision = jnp.argmin(risk, axis=-1).astype(jnp.int32)
     best = jnp.min(risk, axis=-1) if abstain_cost is not None else None
   if abstain_cost is None:
     return decision
   return jnp.where(best > abstain_cost, jnp.int32(-1), decision)
-
-
-def _bayes_shortcut(logits, cost_matrix, fn_name):
-  """A cost structure's own ``(decision, min cost)`` (``CostStructure.bayes``), or ``None``."""
-  if not _cost_ops.is_structure(cost_matrix):
-    return None
-  logits = _checks.check_logits(logits, fn_name)
-  dtype = _checks.compute_dtype(logits.dtype)
-  cost = _cost_ops.check_cost(cost_matrix, logits.shape[-1], fn_name, dtype)
-  _cost_ops.check_values(cost, None, fn_name)
-  return cost.bayes(jax.nn.softmax(logits.astype(dtype), axis=-1))
 
 
 def _check_index_pair(
