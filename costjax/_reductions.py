@@ -1,0 +1,63 @@
+"""Reductions over the class axis that XLA:CPU runs slowly as written."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+# Below this many classes a plain argmin is as fast as anything.
+_MIN_BLOCKED = 256
+
+
+def argmin_block(num_classes: int) -> int | None:
+  """Block width for :func:`argmin_last`: a divisor of ``num_classes`` near ``2 sqrt(K)``.
+
+  ``None`` when ``num_classes`` is small or has no divisor in ``[16, K / 4]``
+  (a prime, say): then a plain ``argmin`` runs.
+  """
+  k = int(num_classes)
+  if k < _MIN_BLOCKED:
+    return None
+  target = min(max(2 * math.sqrt(k), 32), 512)
+  best = None
+  for d in range(16, k // 4 + 1):
+    if k % d == 0 and (best is None or abs(math.log(d / target)) < abs(math.log(best / target))):
+      best = d
+  return best
+
+
+def argmin_last(x: jax.Array) -> jax.Array:
+  """``jnp.argmin(x, axis=-1)`` as ``int32``, with its exact tie and NaN rules.
+
+  XLA:CPU runs an arg-min as a scalar loop (40 ms for ``256 x 100,000``
+  floats), but a plain ``min`` as a vectorised reduction. So: the minimum of
+  each block of ``c`` classes (one vectorised pass), the arg-min over the
+  ``K / c`` block minima, then the arg-min inside the winning block (``c``
+  gathered values per row): 2 to 4 ms for the same array. The first occurrence
+  of the row minimum lies in the first block whose minimum equals it, so ties
+  go to the lowest index.
+
+  XLA:CPU's vectorised ``min`` skips NaN, while ``argmin`` returns the first
+  NaN. So the blocks are also summed (NaN if a block holds a NaN, or both
+  infinities); rows whose sum is NaN take a plain ``argmin``, behind a
+  ``lax.cond`` that costs nothing while no such row exists.
+  """
+  k = x.shape[-1]
+  c = argmin_block(k)
+  if c is None:
+    return jnp.argmin(x, axis=-1).astype(jnp.int32)
+  blocks = x.reshape(x.shape[:-1] + (k // c, c))
+  block_min = jnp.min(blocks, axis=-1)
+  block_sum = jnp.sum(blocks, axis=-1)  # NaN if the block has a NaN (or both infinities)
+  special = jnp.isnan(jnp.sum(block_sum, axis=-1))
+  block = jnp.argmin(block_min, axis=-1).astype(jnp.int32)
+  cols = block[..., None] * c + jnp.arange(c, dtype=jnp.int32)
+  inside = jnp.argmin(jnp.take_along_axis(x, cols, axis=-1), axis=-1).astype(jnp.int32)
+  fast = block * c + inside
+  return jax.lax.cond(
+      jnp.any(special),
+      lambda: jnp.where(special, jnp.argmin(x, axis=-1).astype(jnp.int32), fast),
+      lambda: fast,
+  )
