@@ -90,10 +90,14 @@ class CostStructure(abc.ABC):
     """Checked-mode (checkify) checks of the leaves; default none."""
     del fn_name
 
-  def bayes(self, probs: jax.Array) -> tuple[jax.Array, jax.Array] | None:
-    """``(argmin_j (probs @ C)_j, min_j (probs @ C)_j)`` when the structure has a
-    shortcut; ``None`` (the default) makes callers use :meth:`vecmat`."""
-    del probs
+  def bayes(self, weights: jax.Array) -> tuple[jax.Array, jax.Array] | None:
+    """``(argmin_j (weights @ C)_j, min_j (weights @ C)_j)`` when the structure
+    has a shortcut; ``None`` (the default) makes callers use :meth:`vecmat`.
+
+    ``weights`` are non-negative and proportional to the posterior along the
+    last axis (rows need not sum to one); ties go to the lowest class.
+    """
+    del weights
     return None
 
 

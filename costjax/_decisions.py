@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from costjax import _checks, _cost_ops
+from costjax import _checks, _cost_ops, _reductions
 
 
 def check_abstain_cost(abstain_cost: jax.typing.ArrayLike, fn_name: str) -> jax.Array:
@@ -32,13 +32,23 @@ def check_abstain_cost(abstain_cost: jax.typing.ArrayLike, fn_name: str) -> jax.
   return jnp.asarray(abstain_cost)
 
 
-def _probs_and_cost(logits, cost_matrix, fn_name):
-  """Validated ``softmax(logits)`` and cost in the compute dtype, and the logits' dtype."""
+def _weights_and_cost(logits, cost_matrix, fn_name):
+  """Validated ``exp(z - max z)`` and its row sums (the posterior is their ratio),
+  the cost in the compute dtype, and the logits' dtype."""
   logits = _checks.check_logits(logits, fn_name)
   dtype = _checks.compute_dtype(logits.dtype)
   cost = _cost_ops.check_cost(cost_matrix, logits.shape[-1], fn_name, dtype)
   _cost_ops.check_values(cost, None, fn_name)
-  return jax.nn.softmax(logits.astype(dtype), axis=-1), cost, logits.dtype
+  z = logits.astype(dtype)
+  # As jax.nn.softmax: NaN rows for all -inf or any +inf logits.
+  weights = jnp.exp(z - jnp.max(z, axis=-1, keepdims=True))
+  return weights, jnp.sum(weights, axis=-1, keepdims=True), cost, logits.dtype
+
+
+def _probs_and_cost(logits, cost_matrix, fn_name):
+  """Validated ``softmax(logits)`` and cost in the compute dtype, and the logits' dtype."""
+  weights, total, cost, dtype = _weights_and_cost(logits, cost_matrix, fn_name)
+  return weights / total, cost, dtype
 
 
 def _decision_costs(logits, cost_matrix, fn_name):
@@ -139,14 +149,16 @@ def bayes_decision(
   name = "costjax.bayes_decision"
   if abstain_cost is not None:
     abstain_cost = check_abstain_cost(abstain_cost, name)
-  probs, cost, _ = _probs_and_cost(logits, cost_matrix, name)
-  # A structure may know its minimiser without the (..., K) decision costs.
-  shortcut = cost.bayes(probs) if _cost_ops.is_structure(cost) else None
+  weights, total, cost, _ = _weights_and_cost(logits, cost_matrix, name)
+  # A structure may know its minimiser without the (..., K) decision costs; it
+  # reads the unnormalised weights (skipping a pass that divides by the total).
+  shortcut = cost.bayes(weights) if _cost_ops.is_structure(cost) else None
   if shortcut is not None:
     decision, best = shortcut
+    best = best / total[..., 0]
   else:
-    risk = _cost_ops.vecmat(probs, cost)
-    decision = jnp.argmin(risk, axis=-1).astype(jnp.int32)
+    risk = _cost_ops.vecmat(weights / total, cost)
+    decision = _reductions.argmin_last(risk)
     best = jnp.min(risk, axis=-1) if abstain_cost is not None else None
   if abstain_cost is None:
     return decision

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import checkify
 
-from costjax import _checks, _cost_ops, _trees
+from costjax import _checks, _cost_ops, _reductions, _trees
 
 # Largest depth * K for which TreeCost.rows keeps a (depth, K) ancestor table;
 # deeper trees use a top-down pass over the levels instead.
@@ -39,6 +39,102 @@ def _cost_name(obj: Any) -> str:
 # --------------------------------------------------------------------------- #
 # Trees.
 # --------------------------------------------------------------------------- #
+
+
+# Segment sums along the last axis are gathers. Segments are bucketed by
+# size: a bucket of segments with at most ``F`` elements sums ``F`` fused
+# gathers ("slots", masked past each segment's end) in one pass over the batch;
+# segments larger than the widest bucket are first reduced in chunks (and their
+# chunk sums planned again). The bucket outputs are put back in segment order
+# by one gather over the (small) output. Reads stay below two per element
+# whatever the fan-out, with no transposes, scatters or sorts.
+_SLOT_WIDTHS = (1, 2, 4, 8, 16, 32)
+
+
+class _SlotPlan:
+  """Plan for ``out[..., s] = sum of x[..., i] over elements i with seg[i] == s``."""
+
+  def __init__(self, seg: np.ndarray, num_segments: int):
+    seg = np.asarray(seg, np.int64)
+    order = np.argsort(seg, kind="stable")
+    counts = np.bincount(seg, minlength=num_segments)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    self.num_segments = int(num_segments)
+    self.buckets: list[tuple[np.ndarray, np.ndarray]] = []  # (idx (F, G), mask (F, G))
+    placed: list[np.ndarray] = []  # segment ids in output order
+    lo = 0
+    for width in _SLOT_WIDTHS:
+      segs = np.flatnonzero((counts > lo) & (counts <= width))
+      lo = width
+      if segs.size == 0:
+        continue
+      f = np.arange(width)[:, None]
+      mask = f < counts[segs][None, :]
+      idx = np.where(mask, order[np.minimum(starts[segs][None, :] + f, seg.size - 1)], 0)
+      self.buckets.append((idx.astype(np.int32), mask))
+      placed.append(segs)
+    # Segments larger than the widest bucket: chunk sums, planned again.
+    self.chunks: tuple[np.ndarray, np.ndarray] | None = None
+    self.chunk_plan: _SlotPlan | None = None
+    big = np.flatnonzero(counts > _SLOT_WIDTHS[-1])
+    if big.size:
+      c = _SLOT_WIDTHS[-1]
+      groups = -(-counts[big] // c)
+      owner = np.repeat(np.arange(big.size), groups)  # chunk -> position among big
+      first = np.concatenate([[0], np.cumsum(groups)[:-1]])
+      rank = np.arange(owner.size) - first[owner]
+      g_start = starts[big][owner] + rank * c
+      g_len = np.minimum(c, counts[big][owner] - rank * c)
+      f = np.arange(c)[:, None]
+      mask = f < g_len[None, :]
+      idx = np.where(mask, order[np.minimum(g_start[None, :] + f, seg.size - 1)], 0)
+      self.chunks = (idx.astype(np.int32), mask)
+      self.chunk_plan = _SlotPlan(owner, big.size)
+      placed.append(big)
+    empty = np.flatnonzero(counts == 0)
+    self.num_empty = int(empty.size)
+    placed.append(empty)
+    pos = np.concatenate(placed)
+    self.inverse = None  # output order -> segment order, None when already in order
+    if not np.array_equal(pos, np.arange(num_segments)):
+      inv = np.empty(num_segments, np.int64)
+      inv[pos] = np.arange(num_segments)
+      self.inverse = inv.astype(np.int32)
+
+  @property
+  def reads(self) -> int:
+    """Gathers per batch row (for tests: stays below two per element)."""
+    n = sum(int(idx.size) for idx, _ in self.buckets)
+    if self.chunks is not None:
+      n += int(self.chunks[0].size) + self.chunk_plan.reads
+    return n + (0 if self.inverse is None else self.num_segments)
+
+
+def _slots(x: jax.Array, idx: np.ndarray, mask: np.ndarray) -> jax.Array:
+  out = None
+  for f in range(idx.shape[0]):
+    g = _take_last(x, idx[f])
+    if not mask[f].all():
+      g = jnp.where(jnp.asarray(mask[f]), g, 0)
+    out = g if out is None else out + g
+  return out
+
+
+def _slot_sum(x: jax.Array, plan: _SlotPlan, compose: np.ndarray | None = None) -> jax.Array:
+  """Segment sums of ``x`` along its last axis by a :class:`_SlotPlan`.
+
+  ``compose`` (optional) maps the plan's element positions to positions of
+  ``x``: the plan then reads ``x[..., compose[i]]`` (a fused permutation).
+  """
+  fix = (lambda idx: idx) if compose is None else (lambda idx: compose[idx].astype(np.int32))
+  parts = [_slots(x, fix(idx), mask) for idx, mask in plan.buckets]
+  if plan.chunks is not None:
+    idx, mask = plan.chunks
+    parts.append(_slot_sum(_slots(x, fix(idx), mask), plan.chunk_plan))
+  if plan.num_empty:
+    parts.append(jnp.zeros(x.shape[:-1] + (plan.num_empty,), x.dtype, out_sharding=_like(x)))
+  out = parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
+  return out if plan.inverse is None else _take_last(out, plan.inverse)
 
 
 class _Topology:
@@ -129,6 +225,32 @@ class _Topology:
     )
 
   @functools.cached_property
+  def slot_plans(self) -> list[_SlotPlan | None]:
+    """Per level ``t >= 1``: the plan summing level ``t`` into its parents."""
+    return [None] + [
+        _SlotPlan(self.parent_local[t], int(self.sizes[t - 1]))
+        for t in range(1, self.max_depth + 1)
+    ]
+
+  @functools.cached_property
+  def class_parent_flat(self) -> np.ndarray:
+    """``(K,)`` flat index of each class's parent (0, the root, for a root class)."""
+    return self.parent_flat[self.class_flat]
+
+  @functools.cached_property
+  def upper_class_pos(self) -> np.ndarray | None:
+    """For classes above the deepest level, their position among levels ``1..L-1``.
+
+    ``None`` when every class is on the deepest level (then a class's subtree
+    mass is its own probability). Other classes get -1.
+    """
+    bottom = int(self.offsets[-1])
+    f = self.class_flat.astype(np.int64)
+    if np.all(f >= bottom):
+      return None
+    return np.where((f >= 1) & (f < bottom), f - 1, -1).astype(np.int32)
+
+  @functools.cached_property
   def ancestor_table(self) -> np.ndarray:
     """``(max_depth + 1, K)`` flat index of each class's ancestor per level, -1 below."""
     k = self.num_classes
@@ -149,14 +271,6 @@ def _level_split(x: jax.Array, topo: _Topology) -> list[jax.Array]:
   return [x[..., int(o):int(o + s)] for o, s in zip(topo.offsets, topo.sizes, strict=True)]
 
 
-def _segment_sum_last(x: jax.Array, seg: np.ndarray, num: int) -> jax.Array:
-  """Sums ``x[..., i]`` into ``num`` sorted segments ``seg`` along the last axis."""
-  out = jax.ops.segment_sum(
-      jnp.moveaxis(x, -1, 0), jnp.asarray(seg), num_segments=num, indices_are_sorted=True
-  )
-  return jnp.moveaxis(out, 0, -1)
-
-
 def _segment_max_last(x: jax.Array, seg: np.ndarray, num: int) -> jax.Array:
   out = jax.ops.segment_max(
       jnp.moveaxis(x, -1, 0), jnp.asarray(seg), num_segments=num, indices_are_sorted=True
@@ -165,7 +279,14 @@ def _segment_max_last(x: jax.Array, seg: np.ndarray, num: int) -> jax.Array:
 
 
 def _take_last(x: jax.Array, idx: Any) -> jax.Array:
-  return x.at[..., jnp.asarray(idx)].get(mode="promise_in_bounds", out_sharding=_like(x))
+  """``x[..., idx]`` for in-bounds ``idx`` (static or a 1-D array)."""
+  idx = jnp.asarray(idx)
+  if x.ndim > 1 and idx.ndim == 1 and _like(x) is None:
+    # A batched gather: XLA:CPU transposes the operand of ``x[..., idx]``
+    # (indexed axis first) inside the consumers' loops.
+    idx = jnp.broadcast_to(idx, x.shape[:-1] + idx.shape)
+    return jnp.take_along_axis(x, idx, axis=-1, mode="promise_in_bounds")
+  return x.at[..., idx].get(mode="promise_in_bounds", out_sharding=_like(x))
 
 
 def _like(x: jax.Array) -> Any:
@@ -375,49 +496,88 @@ class TreeCost(_cost_ops.CostStructure):
       lca.append(_take_last(lca[-1], topo.parent_local[t]) + jnp.where(shared, ws[t], 0))
     return self._gather_classes(lca)
 
+  def _subtree_masses(self, v: jax.Array) -> tuple[list[Any], jax.Array]:
+    """Subtree sums of ``v`` (``(..., K)``, per class): per level ``1 .. L-1``
+    (``(..., n_t)``) and per class in class order (``(..., K)``).
+
+    Batch-major, with no transposes or scatters: fused slot gathers per level
+    (:class:`_SlotPlan`), bottom-up. The deepest level's masses are the
+    classes' own entries of ``v``, read in place.
+    """
+    topo = self._topo
+    depth = topo.max_depth
+    mass: list[Any] = [None] * max(depth, 1)
+    if depth > 1:
+      below = _slot_sum(v, topo.slot_plans[depth], topo.class_at_level[depth])
+    for t in range(depth - 1, 0, -1):
+      cls = topo.class_at_level[t]
+      has = cls >= 0
+      m = below
+      if has.any():
+        own = _take_last(v, np.where(has, cls, 0))
+        if not has.all():
+          own = jnp.where(jnp.asarray(has), own, 0)
+        m = m + own
+      mass[t] = m
+      below = _slot_sum(m, topo.slot_plans[t])
+    m_class = v
+    pos = topo.upper_class_pos
+    if pos is not None and depth > 1:
+      upper = jnp.concatenate(mass[1:], axis=-1)
+      m_class = jnp.where(jnp.asarray(pos >= 0), _take_last(upper, np.maximum(pos, 0)), v)
+    return mass, m_class
+
+  def _top_down(self, mass: list[Any], m_class: jax.Array, ws: list[jax.Array],
+                edge_value: Any) -> jax.Array:
+    """``T(j) = sum over j's ancestors a (j included) of w_a * edge_value(M(a))``
+    for every class ``j`` (``(..., K)``), from :meth:`_subtree_masses`."""
+    topo = self._topo
+    depth = topo.max_depth
+    acc = [jnp.zeros(m_class.shape[:-1] + (1,), m_class.dtype)]
+    for t in range(1, depth):
+      acc.append(_take_last(acc[-1], topo.parent_local[t]) + ws[t] * edge_value(mass[t]))
+    acc_all = acc[0] if len(acc) == 1 else jnp.concatenate(acc, axis=-1)
+    w_class = _take_last(jnp.concatenate(ws), topo.class_flat)
+    return _take_last(acc_all, topo.class_parent_flat) + w_class * edge_value(m_class)
+
   def _lca_weighted_mass(self, v: jax.Array, ws: list[jax.Array]) -> jax.Array:
     """``sum_i v[..., i] d(lca(i, j))`` for every class ``j``: ``(..., K)``.
 
-    Works with classes on the leading axis (``(K, B)``), where segment sums
-    and gathers move contiguous rows of ``B`` values.
+    ``d(lca(i, j))`` is the sum of the edge weights above both, so this is
+    ``T(j) = sum over j's ancestors a of w_a M(a)``, with ``M(a)`` the mass of
+    ``v`` below ``a``: a bottom-up then a top-down pass.
     """
+    if self._topo.max_depth == 0:  # a single class that is the root
+      return jnp.zeros_like(v)
+    mass, m_class = self._subtree_masses(v)
+    return self._top_down(mass, m_class, ws, lambda m: m)
+
+  def bayes(self, weights: jax.Array) -> tuple[jax.Array, jax.Array] | None:
+    """Bayes decisions for ``kind="path_length"`` without :meth:`vecmat`.
+
+    Moving from a node into a child subtree of mass ``M`` (of total ``S``)
+    along an edge of length ``w`` changes the expected path length by
+    ``w (S - 2 M)``. So ``(weights @ C)_j = sum_i weights_i d_i + A(j)`` with
+    ``A(j) = sum over j's ancestors a of w_a (S - 2 M(a))``: one bottom-up and
+    one top-down pass, then a blocked arg-min; the constant term is only
+    computed if the caller reads the minimum (abstention).
+    """
+    if self.kind != "path_length":
+      return None
     topo = self._topo
-    batch = v.shape[:-1]
-    x = v.reshape((-1, v.shape[-1])).T  # (K, B)
-    nb = x.shape[1]
-
-    def rows_of(a, idx):
-      return a.at[jnp.asarray(idx)].get(mode="promise_in_bounds", out_sharding=_like(a))
-
-    # Bottom-up subtree masses.
-    mass: list[Any] = [None] * (topo.max_depth + 1)
-    below = None
-    for t in range(topo.max_depth, 0, -1):
-      cls = topo.class_at_level[t]
-      has = cls >= 0
-      if topo.single_level == t:
-        own = x
-      elif has.all():
-        own = rows_of(x, cls)
-      elif has.any():
-        own = jnp.where(jnp.asarray(has)[:, None], rows_of(x, np.where(has, cls, 0)), 0)
-      else:
-        own = None
-      parts = [a for a in (own, below) if a is not None]
-      m = parts[0] if len(parts) == 1 else parts[0] + parts[1]
-      mass[t] = m
-      below = jnp.zeros((int(topo.sizes[t - 1]), nb), m.dtype).at[
-          jnp.asarray(topo.parent_local[t])
-      ].add(m, mode="promise_in_bounds", indices_are_sorted=True, out_sharding=_like(m))
-    # Top-down: T(n) = sum over n's ancestors a (n included) of w_a M(a).
-    acc = [jnp.zeros((1, nb), v.dtype)]
-    for t in range(1, topo.max_depth + 1):
-      acc.append(rows_of(acc[-1], topo.parent_local[t]) + ws[t][:, None] * mass[t])
-    if topo.single_level is not None:
-      out = acc[topo.single_level]
-    else:
-      out = rows_of(jnp.concatenate(acc, axis=0), topo.class_flat)
-    return out.T.reshape(batch + (v.shape[-1],))
+    if topo.max_depth == 0:
+      zeros = jnp.zeros(weights.shape[:-1], jnp.int32)
+      return zeros, zeros.astype(weights.dtype)
+    w_flat = self._flat_weights().astype(weights.dtype)
+    ws = _level_split(w_flat, topo)
+    total = jnp.sum(weights, axis=-1, keepdims=True)
+    mass, m_class = self._subtree_masses(weights)
+    score = self._top_down(mass, m_class, ws, lambda m: total - 2 * m)
+    decision = _reductions.argmin_last(score)
+    d = self._gather_classes(self._level_depths(w_flat))
+    best = (jnp.take_along_axis(score, decision[..., None], axis=-1)[..., 0]
+            + jnp.sum(weights * d, axis=-1))
+    return decision, jnp.maximum(best, 0)
 
   def vecmat(self, v: jax.Array) -> jax.Array:
     w_flat = self._flat_weights().astype(v.dtype)
@@ -650,12 +810,12 @@ class OrdinalCost(_cost_ops.CostStructure):
     above_r = total_r - r - v * j
     return jnp.maximum(j * q - r + above_r - j * above_q, 0)
 
-  def bayes(self, probs: jax.Array) -> tuple[jax.Array, jax.Array] | None:
+  def bayes(self, weights: jax.Array) -> tuple[jax.Array, jax.Array] | None:
     """Bayes decisions without :meth:`vecmat`: the mean (``power=2``) or the median (``power=1``).
 
-    For ``power=1`` the decision is the median of ``probs``: one prefix sum.
+    For ``power=1`` the decision is the median of ``weights``: one prefix sum.
 
-    ``g(j) = sum_i p_i |i - j|`` is convex with ``g(j + 1) - g(j) = 2 F(j) - S``
+    ``g(j) = sum_i w_i |i - j|`` is convex with ``g(j + 1) - g(j) = 2 F(j) - S``
     (``F`` the CDF, ``S`` the total), so its smallest minimiser is the number of
     classes with ``F(j) < S / 2``. That skips :meth:`vecmat`'s second prefix sum
     and the arg-min over ``K``.
@@ -663,21 +823,21 @@ class OrdinalCost(_cost_ops.CostStructure):
     if self.power == 2:
       # g(j) = S j^2 - 2 M j + Q is a parabola with its vertex at the mean M / S:
       # the nearest class, the lower one on a tie at a half.
-      j = self._grid().astype(probs.dtype)
-      s0 = jnp.sum(probs, axis=-1)
-      s1 = jnp.sum(probs * j, axis=-1)
-      s2 = jnp.sum(probs * j * j, axis=-1)
+      j = self._grid().astype(weights.dtype)
+      s0 = jnp.sum(weights, axis=-1)
+      s1 = jnp.sum(weights * j, axis=-1)
+      s2 = jnp.sum(weights * j * j, axis=-1)
       nearest = jnp.ceil(s1 / s0 - 0.5)
       decision = jnp.clip(nearest, 0, self._k - 1).astype(jnp.int32)
-      d = decision.astype(probs.dtype)
+      d = decision.astype(weights.dtype)
       return decision, jnp.maximum(s0 * d * d - 2 * s1 * d + s2, 0)
-    cdf = _cumsum_last(probs)
+    cdf = _cumsum_last(weights)
     flat = cdf.reshape(-1, self._k)
     # The first j with F(j) >= S / 2, by binary search: O(log K) per example (a
     # row count of F < S / 2 took 60% of the time at K = 100,000 on XLA:CPU).
     first = jax.vmap(lambda c: jnp.searchsorted(c, 0.5 * c[-1], side="left"))(flat)
     decision = jnp.minimum(first.reshape(cdf.shape[:-1]), self._k - 1).astype(jnp.int32)
-    best = jnp.sum(probs * jnp.abs(self._grid().astype(probs.dtype) - decision[..., None]),
+    best = jnp.sum(weights * jnp.abs(self._grid().astype(weights.dtype) - decision[..., None]),
                    axis=-1)
     return decision, best
 

@@ -191,6 +191,54 @@ def test_tree_classes_internal_extra_nodes_and_class_root():
     np.testing.assert_allclose(tree.max_cost(), oracle.max(), atol=1e-6)
 
 
+@pytest.mark.parametrize("counts", [
+    [3, 0, 1, 5, 2],  # small fan-outs and an empty segment
+    [1] * 40 + [700] + [0, 2, 0],  # one huge fan-out among small ones: chunked
+    [100_000],  # a star: chunks of chunks
+    [0, 0, 33, 64, 65, 1, 0, 32, 31, 17],
+])
+def test_slot_segment_sums_equal_numpy(counts):
+  counts = np.asarray(counts)
+  rng = np.random.default_rng(0)
+  seg = rng.permutation(np.repeat(np.arange(counts.shape[0]), counts))  # any order
+  plan = _structures._SlotPlan(seg, counts.shape[0])
+  # Reads stay below two per element whatever the fan-out (no max-fan-out padding).
+  assert plan.reads <= 2 * seg.shape[0] + 2 * counts.shape[0]
+  x = rng.normal(size=(3, seg.shape[0]))
+  want = np.zeros((3, counts.shape[0]))
+  np.add.at(want.T, seg, x.T)
+  got = jax.jit(lambda x: _structures._slot_sum(x, plan))(jnp.asarray(x, jnp.float32))
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-3)
+  # With a composed permutation, the plan reads x through it.
+  perm = rng.permutation(seg.shape[0])
+  got = _structures._slot_sum(jnp.asarray(x[:, perm], jnp.float32), plan, np.argsort(perm))
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize("kind", ["path_length", "lca_height"])
+def test_wide_and_deep_tree_vecmat_matches_oracle(kind):
+  """A root with 300 leaf classes, a class-less chain, internal classes out of tree order."""
+  rng = np.random.default_rng(4)
+  k, wide = 320, 300
+  # nodes: classes 0..319; 320 root; 321..330 a chain under the root; the first
+  # 300 classes (shuffled) hang from the root, the other 20 along the chain.
+  parents = np.full(331, -1, np.int64)
+  order = rng.permutation(k)
+  parents[order[:wide]] = 320
+  parents[321] = 320
+  parents[322:331] = np.arange(321, 330)
+  parents[order[wide:]] = rng.integers(321, 331, k - wide)
+  parents[order[wide]] = order[wide + 1]  # one class under another class
+  w = rng.uniform(0.2, 2.0, 331).astype(np.float32)
+  tree = cj.TreeCost(parents, k, kind=kind, edge_weights=w)
+  oracle = tree_oracle_dense(parents, w, k, kind)
+  q = rng.dirichlet(np.ones(k), 4) * rng.uniform(0.5, 2, (4, 1))
+  got = jax.jit(lambda t, q: t.vecmat(q))(tree, jnp.asarray(q, jnp.float32))
+  np.testing.assert_allclose(got, q @ oracle, rtol=1e-5, atol=1e-3)
+  assert int(cj.bayes_decision(jnp.log(jnp.asarray(q[:1], jnp.float32)), tree)[0]) == int(
+      np.argmin(q[:1] / q[:1].sum() @ oracle))
+
+
 # --------------------------------------------------------------------------- #
 # Every public function: structure vs its dense matrix.
 # --------------------------------------------------------------------------- #
@@ -300,6 +348,43 @@ def test_ordinal_power1_bayes_is_the_float64_median_decision():
   np.testing.assert_array_equal(
       jax.vmap(lambda x: cj.bayes_decision(x, cj.OrdinalCost(6)))(zz),
       cj.bayes_decision(zz, cj.OrdinalCost(6).dense()))
+
+
+@pytest.mark.parametrize("shape", ["taxonomy", "random"])
+def test_tree_path_bayes_is_the_float64_optimum(shape):
+  """TreeCost(path_length) decides by one bottom-up and one top-down pass (no vecmat):
+  its decision's exact (float64) expected cost is the minimum, abstention compares that
+  minimum, exact ties go to the lowest class (as argmin), under jit and vmap."""
+  rng = np.random.default_rng(12)
+  decide = jax.jit(cj.bayes_decision)
+  for k in (7, 300, 2000):
+    if shape == "taxonomy":
+      sizes = [1, 3, max(4, k // 20), max(5, k // 4), k]
+      parents = taxonomy(sizes, rng)
+    else:  # classes anywhere (internal, root), extra class-less nodes, random order
+      parents = random_tree(k + k // 3 + 1, rng)
+    w = rng.uniform(0.2, 2.0, parents.shape[0]).astype(np.float32)
+    tree = cj.TreeCost(parents, k, edge_weights=w)
+    c = tree_oracle_dense(parents, w, k, "path_length")
+    z = np.asarray(3.0 * rng.normal(size=(200, k)), np.float32)
+    got = np.asarray(decide(z, tree))
+    p = np.exp(z.astype(np.float64) - z.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    g = p @ c
+    chosen = g[np.arange(len(g)), got]
+    np.testing.assert_allclose(chosen, g.min(-1), rtol=2e-6, atol=1e-6)
+    thr = float(np.median(g.min(-1)))
+    abst = np.asarray(decide(z, tree, abstain_cost=thr))
+    clear = np.abs(g.min(-1) - thr) > 1e-5 * thr
+    np.testing.assert_array_equal((abst == -1)[clear], (g.min(-1) > thr)[clear])
+    np.testing.assert_array_equal(abst[abst >= 0], got[abst >= 0])
+  # Exact ties: a symmetric tree and uniform posteriors: every leaf costs the same.
+  sym = cj.TreeCost([4, 4, 5, 5, 6, 6, -1], 4)
+  assert cj.bayes_decision(jnp.zeros(4), sym) == 0
+  assert cj.bayes_decision(jnp.array([-jnp.inf, 0.0, -jnp.inf, 0.0]), sym) == 1
+  zz = jnp.asarray(rng.normal(size=(3, 4, 4)), jnp.float32)
+  np.testing.assert_array_equal(
+      jax.vmap(lambda x: cj.bayes_decision(x, sym))(zz), cj.bayes_decision(zz, sym.dense()))
 
 
 def test_ordinal_power2_bayes_is_the_nearest_class_to_the_mean():
