@@ -464,17 +464,22 @@ class TreeCost(_cost_ops.CostStructure):
   def _lca_depth_by_table(self, y: jax.Array, w_flat: jax.Array) -> jax.Array:
     """``d(lca(y, j))`` for all classes ``j``: compare ancestor chains level by level.
 
-    One fused elementwise pass over ``(..., K)`` with ``depth`` compares per
-    entry; ``O(K * depth)`` static memory for the ancestor table.
+    Shared ancestors form a prefix of both root paths, so the deepest level
+    where ``j``'s ancestor is ``y``'s gives ``d(lca)``: one chain of selects
+    over ``(..., K)`` with ``depth`` compares per entry, which XLA keeps in
+    one fusion (a sum of per-level terms became one ``B x K`` pass per level
+    in front of the fused row sums of the soft-label loss). ``O(K * depth)``
+    static memory for the ancestor table.
     """
     table = self._topo.ancestor_table  # (L + 1, K), -1 below each class
-    out = jnp.zeros(y.shape + (self.num_classes,), w_flat.dtype)
+    out = jnp.zeros((), w_flat.dtype)
+    d_y = jnp.zeros(y.shape, w_flat.dtype)  # weighted depth of y's ancestor at level t
     for t in range(1, table.shape[0]):
       a_y = _gather(jnp.asarray(table[t]), y)  # y's ancestor at level t, or -1
-      w_y = jnp.where(a_y >= 0, _gather(w_flat, jnp.maximum(a_y, 0)), 0)
-      same = jnp.asarray(table[t]) == a_y[..., None]
-      out = out + jnp.where(same, w_y[..., None], 0)
-    return out
+      d_y = d_y + jnp.where(a_y >= 0, _gather(w_flat, jnp.maximum(a_y, 0)), 0)
+      a_y = jnp.where(a_y >= 0, a_y, -2)  # below y: matches no class (the table has -1)
+      out = jnp.where(jnp.asarray(table[t]) == a_y[..., None], d_y[..., None], out)
+    return jnp.broadcast_to(out, y.shape + (self.num_classes,))
 
   def _lca_depth_by_levels(self, y: jax.Array, w_flat: jax.Array) -> jax.Array:
     """As :meth:`_lca_depth_by_table` by a top-down pass: ``O(N)`` static memory."""
