@@ -690,15 +690,24 @@ class TreeCost(_cost_ops.CostStructure):
 _CUMSUM_BLOCK = 128
 
 
+def _cumsum_block(k: int) -> int:
+  """The largest divisor of ``k`` in ``[32, 128]`` (no padding copy), else 128."""
+  for c in range(min(_CUMSUM_BLOCK, k), 31, -1):
+    if k % c == 0:
+      return c
+  return min(_CUMSUM_BLOCK, k)
+
+
 def _cumsum_last(x: jax.Array) -> jax.Array:
   """Inclusive cumulative sum along the last axis, blocked.
 
-  Within blocks of 128 a matmul with a triangular matrix of ones (at full
+  Within blocks of up to 128 (a divisor of ``K`` when there is one, which
+  saves a padded copy) a matmul with a triangular matrix of ones (at full
   float32 precision), across blocks a short cumulative sum of block totals.
   XLA's CPU cumsum over 100,000 entries takes several times longer.
   """
   k = x.shape[-1]
-  c = min(_CUMSUM_BLOCK, k)
+  c = _cumsum_block(k)
   pad = (-k) % c
   xp = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, pad)]) if pad else x
   blocks = xp.reshape(x.shape[:-1] + ((k + pad) // c, c))
