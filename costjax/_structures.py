@@ -306,12 +306,15 @@ class TreeCost(_cost_ops.CostStructure):
   * ``kind="lca_height"``: ``C[i, j] = max(d(i), d(j)) - d(l)``.
 
   Every costjax function that takes a ``cost_matrix`` accepts it. Rows
-  ``C[y, :]`` come from one top-down pass over the tree's levels, and
+  ``C[y, :]`` come from comparing ancestor chains (one fused pass), and
   ``q @ C`` from a bottom-up pass (subtree masses) and a top-down pass, so a
   batch of ``B`` examples costs ``O(B * N)`` time and memory for a tree of
   ``N`` nodes — at ``K = 100,000`` classes a few times a cross-entropy,
-  never ``K x K``. ``kind="lca_height"`` with probability labels adds one
-  sort of the ``K`` class depths per call.
+  never ``K x K``. Bayes decisions for ``kind="path_length"`` skip ``q @ C``:
+  one bottom-up and one top-down pass give the expected cost up to a
+  per-example constant. ``kind="lca_height"`` with probability labels (and
+  its Bayes decisions) adds one sort of the ``K`` class depths per call and
+  two prefix sums over the batch.
 
   The topology (``parents``) is static and parsed once, eagerly, in NumPy;
   ``edge_weights`` is a traced pytree leaf, so you can differentiate with
