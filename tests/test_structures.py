@@ -695,6 +695,18 @@ _SHARDED = textwrap.dedent("""
       out[name] = max(float(abs(v1 - v8)), float(jnp.max(jnp.abs(g1 - g8))),
                       float(jnp.max(jnp.abs(d1 - d8))),
                       float(abs(v1 - cj.expected_cost(z, y, c.dense()).mean())))
+    # Bayes decisions at K = 300: the tree's top-down shortcut and the blocked
+    # arg-min (dense) on a sharded batch; out["bayes"] counts disagreements.
+    big = cj.TreeCost(np.r_[np.repeat(np.arange(300, 320), 15), np.full(20, 320), -1], 300,
+                      edge_weights=rng.uniform(0.5, 2, 321).astype(np.float32))
+    zb = rng.normal(size=(32, 300)).astype(np.float32)
+    zbs = jax.device_put(zb, NamedSharding(mesh, P("data", None)))
+    decide = jax.jit(cj.bayes_decision)
+    out["bayes"] = sum(int(np.sum(np.asarray(decide(zbs, c)) != np.asarray(decide(zb, c))))
+                       for c in (big, big.dense()))
+    pb = np.exp(zb - zb.max(-1, keepdims=True)).astype(np.float64)
+    oracle = np.argmin(pb @ np.asarray(big.dense(), np.float64), axis=-1)  # NumPy, float64
+    out["bayes"] += int(np.sum(np.asarray(decide(zb, big)) != oracle))
     print(json.dumps(out))
 """)
 
@@ -707,7 +719,7 @@ def test_sharded_batches_match_single_device():
                        env=env, timeout=300, check=False)
   assert res.returncode == 0, res.stderr[-3000:]
   report = json.loads(res.stdout.strip().splitlines()[-1])
-  assert set(report) == {"tree", "emb", "ord"}
+  assert set(report) == {"tree", "emb", "ord", "bayes"}
   for name, err in report.items():
     assert err < 1e-5, (name, err)
 
