@@ -561,6 +561,13 @@ def test_vmap_over_stacks_of_structures():
   for i, e in enumerate(embs):
     np.testing.assert_allclose(out[i], cj.decision_costs(logits, e.dense()), rtol=1e-5,
                                atol=1e-5)
+  # Bayes decisions (the path-length shortcut) for a stack of edge weights.
+  paths = [cj.TreeCost(parents, K, edge_weights=w) for w in ws]
+  pstack = jax.tree.map(lambda *x: jnp.stack(x), *paths)
+  got = jax.jit(jax.vmap(cj.bayes_decision, in_axes=(None, 0)))(logits, pstack)
+  p64 = np.exp(np.asarray(logits, np.float64))
+  for i, t in enumerate(paths):
+    np.testing.assert_array_equal(got[i], np.argmin(p64 @ np.asarray(t.dense(), np.float64), -1))
   # vmap over examples with one shared structure.
   per_ex = jax.vmap(cj.soft_label_cross_entropy, in_axes=(0, 0, None))(
       logits[0], labels[0], trees[0])
