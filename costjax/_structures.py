@@ -458,11 +458,13 @@ class TreeCost(_cost_ops.CostStructure):
     else:
       lca_c = self._lca_depth_by_levels(y, w_flat)
     d_y = _gather(d, y)[..., None]
+    # Non-negative without a clamp: d(lca) is bitwise a partial sum of both root
+    # distances (the same additions in the same order), so d_y - d(lca) >= 0
+    # and d_j - d(lca) >= 0 exactly. (A clamp's broadcast zero was written out
+    # as a B x K array in front of XLA:CPU's fused row sums.)
     if self.kind == "path_length":
-      out = d_y + d - 2 * lca_c
-    else:
-      out = jnp.maximum(d_y, d) - lca_c
-    return jnp.maximum(out, 0)
+      return (d_y - lca_c) + (d - lca_c)
+    return jnp.maximum(d_y, d) - lca_c
 
   def _lca_depth_by_table(self, y: jax.Array, w_flat: jax.Array) -> jax.Array:
     """``d(lca(y, j))`` for all classes ``j``: compare ancestor chains level by level.

@@ -177,6 +177,22 @@ def test_tree_level_pass_fallback_matches(kind, monkeypatch):
   np.testing.assert_allclose(levels, table, atol=1e-5)
 
 
+@pytest.mark.parametrize("table", [True, False], ids=["ancestor_table", "level_pass"])
+def test_tree_rows_are_exactly_non_negative_with_a_zero_diagonal(table, monkeypatch):
+  """Rows are built without a clamp: d(lca) must be bitwise a partial sum of both root
+  distances, so no entry rounds below zero and the diagonal is exactly 0."""
+  if not table:
+    monkeypatch.setattr(_structures, "_MAX_ANCESTOR_TABLE", 0)
+  rng = np.random.default_rng(21)
+  rows = jax.jit(lambda t, y: t.rows(y))
+  for _ in range(5):
+    parents = random_tree(40, rng)
+    w = rng.uniform(0.0, 3.0, 40).astype(np.float32) * (rng.random(40) > 0.2)
+    for kind in ("path_length", "lca_height"):
+      r = np.asarray(rows(cj.TreeCost(parents, 25, kind=kind, edge_weights=w), jnp.arange(25)))
+      assert np.all(r >= 0) and np.all(np.diag(r) == 0), kind
+
+
 def test_tree_classes_internal_extra_nodes_and_class_root():
   # 0 is the root and a class; 1 internal class; 2, 3 leaves; 4, 5 non-class nodes
   # (5 is a non-class leaf that must be ignored).
