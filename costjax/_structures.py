@@ -562,6 +562,8 @@ class TreeCost(_cost_ops.CostStructure):
     mass, m_class = self._subtree_masses(v)
     return self._top_down(mass, m_class, ws, lambda m: m)
 
+  # Jitted: one compiled call when used eagerly (the level passes are many small ops).
+  @jax.jit
   def bayes(self, weights: jax.Array) -> tuple[jax.Array, jax.Array] | None:
     """Bayes decisions for ``kind="path_length"`` without :meth:`vecmat`.
 
@@ -589,6 +591,7 @@ class TreeCost(_cost_ops.CostStructure):
             + jnp.sum(weights * d, axis=-1))
     return decision, jnp.maximum(best, 0)
 
+  @jax.jit
   def vecmat(self, v: jax.Array) -> jax.Array:
     w_flat = self._flat_weights().astype(v.dtype)
     ws = _level_split(w_flat, self._topo)
@@ -634,6 +637,7 @@ class TreeCost(_cost_ops.CostStructure):
       out = jnp.maximum(da, db) - dl
     return jnp.maximum(out, 0)
 
+  @jax.jit
   def max_cost(self) -> jax.Array:
     topo = self._topo
     if self.kind == "path_length":
@@ -660,6 +664,7 @@ class TreeCost(_cost_ops.CostStructure):
     join = jnp.asarray(topo.join_flat)
     return jnp.maximum(jnp.max(h[join] - d_flat[join]), 0)
 
+  @jax.jit
   def dense(self) -> jax.Array:
     """The ``(K, K)`` matrix, from a per-level comparison of ancestor chains."""
     topo = self._topo
