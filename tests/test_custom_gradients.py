@@ -116,8 +116,14 @@ def test_emd_check_grads_traced_power(probs):
 # --------------------------------------------------------------------------- #
 
 
+def _hvp(f, z, v):
+  """Hessian-vector product of ``sum(f)`` at ``z`` (jitted: eager dispatch is slow)."""
+  return jax.jit(lambda z, v: jax.jvp(jax.grad(lambda zz: jnp.sum(f(zz))), (z,), (v,))[1])(z, v)
+
+
 def grads(f, *args):
-  return jax.grad(lambda *a: jnp.sum(f(*a)), argnums=tuple(range(len(args))))(*args)
+  # (jitted: eager dispatch of the formulas is slow)
+  return jax.jit(jax.grad(lambda *a: jnp.sum(f(*a)), argnums=tuple(range(len(args)))))(*args)
 
 
 @pytest.mark.parametrize("probs", [False, True], ids=["indices", "probabilities"])
@@ -130,7 +136,7 @@ def test_cdw_equals_autodiff_of_formula(probs):
       np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-12)
     # Second derivative (Hessian-vector product) as well.
     v = np.random.default_rng(2).normal(size=z.shape)
-    hvp = lambda f: jax.jvp(jax.grad(lambda zz: jnp.sum(f(zz))), (z,), (v,))[1]
+    hvp = lambda f: _hvp(f, z, v)
     np.testing.assert_allclose(hvp(lambda zz: cdw(zz, y, c)), hvp(lambda zz: cdw_formula(zz, y, c)),
                                rtol=1e-9, atol=1e-11)
 
@@ -145,7 +151,7 @@ def test_emd_equals_autodiff_of_formula(power, probs):
     want = grads(lambda zz: emd_formula(zz, y, power), z)[0]
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
     v = np.random.default_rng(4).normal(size=z.shape)
-    hvp = lambda f: jax.jvp(jax.grad(lambda zz: jnp.sum(f(zz))), (z,), (v,))[1]
+    hvp = lambda f: _hvp(f, z, v)
     np.testing.assert_allclose(hvp(lambda zz: emd(zz, y, power)),
                                hvp(lambda zz: emd_formula(zz, y, power)), rtol=1e-9, atol=1e-11)
     if probs:
@@ -181,8 +187,10 @@ def cdw_f64_reference(z, y, c):
   """Per-example value and logit gradient in float64, from float32 inputs."""
   with jax.enable_x64(True):
     z64, c64 = np.asarray(z, np.float64), np.asarray(c, np.float64)
-    grad = jax.grad(lambda zz: jnp.sum(cdw_exclusion_formula(zz, y, c64)))(z64)
-    return np.asarray(cdw_exclusion_formula(z64, y, c64)), np.asarray(grad)
+    # (jitted: eager dispatch of the formula is slow)
+    grad = jax.jit(jax.grad(lambda zz: jnp.sum(cdw_exclusion_formula(zz, y, c64))))(z64)
+    value = jax.jit(lambda zz: cdw_exclusion_formula(zz, y, c64))(z64)
+    return np.asarray(value), np.asarray(grad)
 
 
 def saturated_problem(gaps):
@@ -218,7 +226,7 @@ def test_cdw_float32_saturated_rows():
   fast, fast_grad = jax.jit(cdw_value_and_grad)(z[:3], y[:3], c)  # no row underflows
   np.testing.assert_allclose(fast, want[:3], rtol=2e-6)
   np.testing.assert_allclose(fast_grad, want_grad[:3], rtol=2e-5, atol=1e-6)
-  mapped = jax.vmap(cdw_value_and_grad, in_axes=(0, 0, None))(z, y, c)
+  mapped = jax.jit(jax.vmap(cdw_value_and_grad, in_axes=(0, 0, None)))(z, y, c)
   np.testing.assert_allclose(mapped[0], want, rtol=2e-6)
   np.testing.assert_allclose(mapped[1], want_grad, rtol=2e-5, atol=1e-6)
 
