@@ -45,16 +45,10 @@ def _weights_and_cost(logits, cost_matrix, fn_name):
   return weights, jnp.sum(weights, axis=-1, keepdims=True), cost, logits.dtype
 
 
-def _probs_and_cost(logits, cost_matrix, fn_name):
-  """Validated ``softmax(logits)`` and cost in the compute dtype, and the logits' dtype."""
-  weights, total, cost, dtype = _weights_and_cost(logits, cost_matrix, fn_name)
-  return weights / total, cost, dtype
-
-
 def _decision_costs(logits, cost_matrix, fn_name):
   """Validated ``softmax(logits) @ C`` in the compute dtype, and the logits' dtype."""
-  probs, cost, dtype = _probs_and_cost(logits, cost_matrix, fn_name)
-  return _cost_ops.vecmat(probs, cost), dtype
+  weights, total, cost, dtype = _weights_and_cost(logits, cost_matrix, fn_name)
+  return _cost_ops.vecmat(weights / total, cost), dtype
 
 
 def decision_costs(

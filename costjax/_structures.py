@@ -537,20 +537,20 @@ class TreeCost(_cost_ops.CostStructure):
       m_class = jnp.where(jnp.asarray(pos >= 0), _take_last(upper, np.maximum(pos, 0)), v)
     return mass, m_class
 
-  def _top_down(self, mass: list[Any], m_class: jax.Array, ws: list[jax.Array],
+  def _top_down(self, mass: list[Any], m_class: jax.Array, w_flat: jax.Array,
                 edge_value: Any) -> jax.Array:
     """``T(j) = sum over j's ancestors a (j included) of w_a * edge_value(M(a))``
     for every class ``j`` (``(..., K)``), from :meth:`_subtree_masses`."""
     topo = self._topo
-    depth = topo.max_depth
+    ws = _level_split(w_flat, topo)
     acc = [jnp.zeros(m_class.shape[:-1] + (1,), m_class.dtype)]
-    for t in range(1, depth):
+    for t in range(1, topo.max_depth):
       acc.append(_take_last(acc[-1], topo.parent_local[t]) + ws[t] * edge_value(mass[t]))
     acc_all = acc[0] if len(acc) == 1 else jnp.concatenate(acc, axis=-1)
-    w_class = _take_last(jnp.concatenate(ws), topo.class_flat)
+    w_class = _take_last(w_flat, topo.class_flat)
     return _take_last(acc_all, topo.class_parent_flat) + w_class * edge_value(m_class)
 
-  def _lca_weighted_mass(self, v: jax.Array, ws: list[jax.Array]) -> jax.Array:
+  def _lca_weighted_mass(self, v: jax.Array, w_flat: jax.Array) -> jax.Array:
     """``sum_i v[..., i] d(lca(i, j))`` for every class ``j``: ``(..., K)``.
 
     ``d(lca(i, j))`` is the sum of the edge weights above both, so this is
@@ -560,7 +560,7 @@ class TreeCost(_cost_ops.CostStructure):
     if self._topo.max_depth == 0:  # a single class that is the root
       return jnp.zeros_like(v)
     mass, m_class = self._subtree_masses(v)
-    return self._top_down(mass, m_class, ws, lambda m: m)
+    return self._top_down(mass, m_class, w_flat, lambda m: m)
 
   # Jitted: one compiled call when used eagerly (the level passes are many small ops).
   @jax.jit
@@ -581,10 +581,9 @@ class TreeCost(_cost_ops.CostStructure):
       zeros = jnp.zeros(weights.shape[:-1], jnp.int32)
       return zeros, zeros.astype(weights.dtype)
     w_flat = self._flat_weights().astype(weights.dtype)
-    ws = _level_split(w_flat, topo)
     total = jnp.sum(weights, axis=-1, keepdims=True)
     mass, m_class = self._subtree_masses(weights)
-    score = self._top_down(mass, m_class, ws, lambda m: total - 2 * m)
+    score = self._top_down(mass, m_class, w_flat, lambda m: total - 2 * m)
     decision = _reductions.argmin_last(score)
     d = self._gather_classes(self._level_depths(w_flat))
     best = (jnp.take_along_axis(score, decision[..., None], axis=-1)[..., 0]
@@ -594,9 +593,8 @@ class TreeCost(_cost_ops.CostStructure):
   @jax.jit
   def vecmat(self, v: jax.Array) -> jax.Array:
     w_flat = self._flat_weights().astype(v.dtype)
-    ws = _level_split(w_flat, self._topo)
     d = self._gather_classes(self._level_depths(w_flat))
-    lca = self._lca_weighted_mass(v, ws)
+    lca = self._lca_weighted_mass(v, w_flat)
     if self.kind == "path_length":
       total = jnp.sum(v, axis=-1, keepdims=True)
       vd = jnp.sum(v * d, axis=-1, keepdims=True)
