@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
 
-from costjax import _cdw_streaming, _checks, _common
+from costjax import _cdw_dot_sums, _checks, _common
 
 
 @jax.custom_jvp
@@ -149,8 +149,8 @@ def class_distance_weighted_cross_entropy(
     alpha = jnp.asarray(alpha, p.logits.dtype)
     transform = lambda c: _checks.safe_pow(c, alpha)
   weights = _common.target_cost_rows(p, transform)
-  if _cdw_streaming.use_streaming(p.logits):
-    out = _cdw_streaming.cdw_streaming(p.logits, weights)
+  if _cdw_dot_sums.use_dot_sums(p.logits):
+    out = _cdw_dot_sums.cdw_dot_sums(p.logits, weights)
   else:
     out = _cdw(p.logits, weights)
   return _common.finish(out, p)
