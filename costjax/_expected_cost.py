@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from costjax import _common
+from costjax import _common, _reductions
 
 
 def expected_cost(
@@ -60,7 +60,7 @@ def expected_cost(
   p = _common.prepare("costjax.expected_cost", logits, labels, cost_matrix, where)
   sm = _common.softmax_parts(p.logits)
   rows = _common.target_cost_rows(p)
-  out = jnp.sum(sm.exp_shifted * rows, axis=-1) / sm.total[..., 0]
+  out = _reductions.row_sum(sm.exp_shifted * rows) / sm.total[..., 0]
   return _common.finish(out, p)
 
 
@@ -108,7 +108,7 @@ def cost_regularized_cross_entropy(
   p = _common.prepare(name, logits, labels, cost_matrix, where)
   sm = _common.softmax_parts(p.logits)
   rows = _common.target_cost_rows(p)
-  ec = jnp.sum(sm.exp_shifted * rows, axis=-1) / sm.total[..., 0]
+  ec = _reductions.row_sum(sm.exp_shifted * rows) / sm.total[..., 0]
   ce = cross_entropy(p, sm)
   return _common.finish(ce + jnp.asarray(lam, ec.dtype) * ec, p)
 
@@ -131,5 +131,5 @@ def soft_cross_entropy(logits: jax.Array, lse: jax.Array, targets: jax.Array) ->
   """
   nonzero = targets != 0
   safe_logits = jnp.where(nonzero, logits, jnp.zeros_like(logits))
-  dot = jnp.sum(jnp.where(nonzero, targets * safe_logits, 0.0), axis=-1)
-  return lse[..., 0] * jnp.sum(targets, axis=-1) - dot
+  dot = _reductions.row_sum(jnp.where(nonzero, targets * safe_logits, 0.0))
+  return lse[..., 0] * _reductions.row_sum(targets) - dot

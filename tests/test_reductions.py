@@ -1,4 +1,5 @@
-"""The blocked arg-min over classes against NumPy's argmin (ties, NaN, inf)."""
+"""Reductions over the class axis: the blocked arg-min against NumPy's argmin (ties, NaN,
+inf), and the long-row sum against a float64 sum."""
 
 import jax
 import jax.numpy as jnp
@@ -62,3 +63,43 @@ def test_argmin_last_bfloat16():
   xb = jnp.asarray(x, jnp.bfloat16)
   np.testing.assert_array_equal(
       _reductions.argmin_last(xb), np.argmin(np.asarray(xb.astype(jnp.float32)), axis=-1))
+
+
+@pytest.mark.parametrize("k", [1000, _reductions.LONG_ROW_CLASSES, 100_000])
+def test_row_sum_equals_a_float64_sum_with_nan_and_inf(k):
+  """Short rows take jnp.sum, long ones a matrix-vector product: both exact sums."""
+  rng = np.random.default_rng(k)
+  x = rng.normal(size=(2, 3, k)).astype(np.float32)
+  x[0, 1, k // 3] = np.nan
+  x[1, 0, 7] = np.inf
+  x[1, 2, 5], x[1, 2, 9] = np.inf, -np.inf  # inf - inf = NaN, as a sum gives
+  got = jax.jit(_reductions.row_sum)(jnp.asarray(x))
+  want = x.astype(np.float64).sum(axis=-1)
+  assert got.shape == (2, 3)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.sqrt(k))
+  # The derivative is ones, also through the product form.
+  grad = jax.grad(lambda v: jnp.sum(_reductions.row_sum(v * v)))(jnp.asarray(x[0, 0]))
+  np.testing.assert_allclose(grad, 2.0 * x[0, 0], rtol=1e-6)
+
+
+def test_long_row_losses_equal_their_short_row_form(monkeypatch):
+  """The expected cost, CE + lam EC and soft-label CE give the same values and gradients
+  whichever row sum runs (long rows forced below the switch)."""
+  import costjax as cj
+  rng = np.random.default_rng(11)
+  k = 600
+  z = jnp.asarray(3.0 * rng.normal(size=(8, k)), jnp.float32)
+  y = jnp.asarray(rng.integers(0, k, size=8), jnp.int32).at[2].set(k)  # bad label: NaN
+  cost = cj.OrdinalCost(k)
+  fns = [cj.expected_cost, cj.cost_regularized_cross_entropy, cj.soft_label_cross_entropy]
+
+  def run():
+    return [jax.value_and_grad(lambda zz, f=f: jnp.nansum(f(zz, y, cost)))(z) for f in fns]
+
+  short = run()
+  monkeypatch.setattr(_reductions, "LONG_ROW_CLASSES", 16)
+  long = run()
+  for (v_s, g_s), (v_l, g_l) in zip(short, long, strict=True):
+    np.testing.assert_allclose(v_l, v_s, rtol=1e-5)
+    np.testing.assert_allclose(g_l, g_s, rtol=1e-4, atol=1e-7)
+  assert np.isnan(cj.expected_cost(z, y, cost)[2])
