@@ -72,14 +72,9 @@ def _row_sum(x: jax.Array) -> jax.Array:
   return jnp.einsum("...k,k->...", x, ones, precision=_HIGHEST)[..., None]
 
 
-def _not_max(e: jax.Array) -> jax.Array:
-  """``1.0`` where ``e < 1``, ``0.0`` where ``e == 1`` (``e = exp(z - max z)``), exactly.
-
-  ``min(1, (1 - e) 2^{p+1})`` with arithmetic only: the float just below 1 is
-  ``1 - 2^-(p+1)``.
-  """
-  scale = 2.0 ** (jnp.finfo(e.dtype).nmant + 1)
-  return jax.lax.stop_gradient(jnp.minimum(1.0, (1.0 - e) * scale))
+def _is_max(logits: jax.Array, m: jax.Array) -> jax.Array:
+  """The row's maxima, ``z == m`` (a compare: cheap inside XLA:CPU's loop fusions)."""
+  return logits == m
 
 
 def _top_two(logits: jax.Array, c: int):
@@ -128,11 +123,10 @@ def _rows(logits: jax.Array, weights: jax.Array, with_odds: bool) -> _Rows:
   c = block_width(logits.shape[-1])
   m, top, second = jax.tree.map(jax.lax.stop_gradient, _top_two(logits, c))
   m = jnp.where(jnp.isfinite(m), m, jnp.zeros_like(m))
-  # Unique: no other class has exp(z - m) == 1 (classes within rounding of the
-  # maximum count as tied maxima, as in the other kernel).
-  unique = _not_max(jnp.exp(second - m)) > 0
-  below = jnp.exp(logits - m)
-  below = below * _not_max(below)
+  # The maxima are the classes with z == m. (A class within rounding of the
+  # maximum, exp(z - m) == 1 but z < m, is not one: its p = 1 / S <= 1/2.)
+  unique = second < m
+  below = jnp.where(_is_max(logits, m), jnp.zeros_like(logits), jnp.exp(logits - m))
   rest = _row_sum(below)
 
   # exp(z_t - m) is exactly 1, but it carries the derivative of p_t's numerator
@@ -140,10 +134,10 @@ def _rows(logits: jax.Array, weights: jax.Array, with_odds: bool) -> _Rows:
   top_e = jnp.exp(jnp.take_along_axis(logits, top, axis=-1) - m)
 
   def tied_counts(_):
-    e = jnp.exp(logits - m)
-    not_max = _not_max(e)
-    count = _row_sum(e - e * not_max)  # exactly the number of maxima
-    weight = _row_sum(weights - weights * not_max)
+    is_max = _is_max(logits, m)
+    # exp(z - m) is 1 on the maxima: the count, with its derivative.
+    count = _row_sum(jnp.where(is_max, jnp.exp(logits - m), jnp.zeros_like(logits)))
+    weight = _row_sum(jnp.where(is_max, weights, jnp.zeros_like(weights)))
     return (jnp.where(unique, top_e, count),
             jnp.where(unique, jnp.take_along_axis(weights, top, axis=-1), weight))
 
@@ -205,11 +199,15 @@ def cdw_dot_sums(logits: jax.Array, weights: jax.Array) -> jax.Array:
   return _rows(logits, weights, with_odds=False).value
 
 
+def _not_top(logits: jax.Array, r: _Rows) -> jax.Array:
+  """``0.0`` on a unique arg-max, else ``1.0``."""
+  return jnp.where(_is_max(logits, r.m) & r.unique, 0.0, 1.0).astype(logits.dtype)
+
+
 def _log1m_probs(logits: jax.Array, r: _Rows) -> tuple[jax.Array, jax.Array]:
   """``log(1 - p_j)`` (finite stand-in 0 where it is ``-inf``) and the not-top mask."""
   e = jnp.exp(logits - r.m)
-  tied = jnp.where(r.unique, 0.0, 1.0).astype(logits.dtype)
-  not_top = jnp.maximum(_not_max(e), tied)
+  not_top = _not_top(logits, r)
   return jnp.log1p(-not_top * e * r.inv_total) + (1.0 - not_top) * r.log1m_top, not_top
 
 
@@ -241,8 +239,7 @@ def _cdw_dot_sums_jvp(primals, tangents):
 
     def any_rows():
       e = jnp.exp(logits - r.m)
-      tied = jnp.where(r.unique, 0.0, 1.0).astype(logits.dtype)
-      not_top = jnp.maximum(_not_max(e), tied)
+      not_top = _not_top(logits, r)
       p = e * r.inv_total
       # V over every class of a tied row (one more pass, in this branch only).
       odds_sum = _row_sum(weights * (not_top * p) / (1.0 - not_top * p))

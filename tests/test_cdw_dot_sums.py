@@ -49,7 +49,7 @@ def hard_rows(num_classes: int = 5, positions=(0, 1, 2, 3, 4)):
       [3.0, -inf, 0.5, -inf, 1.0],  # impossible classes
       [2.0, -inf, -inf, -inf, -inf],  # one possible class: p = 1 exactly
       [-1e4, 1e4, 1e4, 0.0, 3.0],  # tie at +1e4
-      [3.0, 3.0 - 1e-7, 1.0, 0.0, -1.0],  # a second maximum within rounding: tied
+      [0.0, -1e-8, -1.0, -2.0, -3.0],  # exp(z - m) == 1 below the maximum: not tied
       [-5.0, 0.0, 120.0, 1.0, 0.0],  # the rest sum underflows (gap 120)
   ], np.float32)
   rng = np.random.default_rng(0)
