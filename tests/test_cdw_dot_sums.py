@@ -50,7 +50,7 @@ def hard_rows(num_classes: int = 5, positions=(0, 1, 2, 3, 4)):
       [2.0, -inf, -inf, -inf, -inf],  # one possible class: p = 1 exactly
       [-1e4, 1e4, 1e4, 0.0, 3.0],  # tie at +1e4
       [0.0, -1e-8, -1.0, -2.0, -3.0],  # exp(z - m) == 1 below the maximum: not tied
-      [-5.0, 0.0, 120.0, 1.0, 0.0],  # the rest sum underflows (gap 120)
+      [-5.0, 0.0, 120.0, 1.0, 0.0],  # the rest sum underflows relative to the top (gap 119)
   ], np.float32)
   rng = np.random.default_rng(0)
   w_core = rng.uniform(0.5, 4.0, core.shape).astype(np.float32)
@@ -108,8 +108,8 @@ def test_infinite_loss_only_where_a_certain_class_has_weight():
 @pytest.mark.parametrize("scales", [(1.0, 30.0), (1.0, 30.0, 200.0)],
                          ids=["rest-sums-normal", "some-rest-sum-underflows"])
 def test_float32_against_float64_formula_at_large_logit_gaps(scales):
-  """Gaps up to ~87 keep the one-pass rest sum; one row beyond sends the batch to
-  the second-maximum branch."""
+  """Rows whose top leads by more than 64 are shifted by their second-largest logit;
+  the others by their maximum: both exact."""
   rng = np.random.default_rng(1)
   z = rng.normal(size=(64, 20)) * rng.choice(scales, size=(64, 1))
   w = rng.uniform(0.0, 3.0, size=z.shape)
@@ -131,12 +131,16 @@ def test_check_grads_orders_1_and_2_both_modes_float64():
                 atol=1e-5, rtol=1e-5)
     check_grads(jax.jit(lambda ww: f(z, ww)), (w,), order=1, modes=["fwd", "rev"],
                 atol=1e-5, rtol=1e-5)
-    # A unique top near probability 1, and a tied row (the general gradient branch).
+    # A unique top near probability 1 (gap 25), beyond the shift threshold (gap 70),
+    # and a tied row.
     z_top = z.at[:, 0].add(25.0)
     check_grads(jax.jit(lambda zz: f(zz, w)), (z_top,), order=2, modes=["rev"],
                 atol=1e-5, rtol=1e-5)
+    z_far = z.at[:, 0].add(70.0)
+    check_grads(jax.jit(lambda zz: f(zz, w)), (z_far,), order=2, modes=["rev"],
+                atol=1e-5, rtol=1e-5)
     z_tied = z.at[0, 5].set(jnp.max(z[0]) + 1.0).at[0, 9].set(jnp.max(z[0]) + 1.0)
-    check_grads(jax.jit(lambda zz: f(zz, w)), (z_tied,), order=1, modes=["rev"],
+    check_grads(jax.jit(lambda zz: f(zz, w)), (z_tied,), order=2, modes=["rev"],
                 atol=1e-5, rtol=1e-5)
 
 
@@ -157,7 +161,7 @@ def test_hessian_vector_product_equals_the_other_kernel():
 
 
 def test_vmap_over_weight_stacks_equals_a_loop():
-  """Under vmap the kernel's conds become selects (both branches run): same values."""
+  """vmap over the weights (a stack of cost rows) equals one call per stack entry."""
   z, w = hard_rows(*LAYOUTS["320-classes-spread"])
   stack = jnp.stack([w, 2.0 * w, w.at[:, 319].set(0.0)])
   f = jax.jit(jax.vmap(jax.value_and_grad(lambda ww, zz: jnp.sum(_cdw_dot_sums.cdw_dot_sums(
