@@ -42,6 +42,7 @@ from jax.custom_derivatives import SymbolicZero
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
+@functools.cache
 def block_width(num_classes: int) -> int | None:
   """Block width for the blocked arg-max: a divisor of ``K`` near ``2 sqrt(K)``.
 
@@ -71,11 +72,6 @@ def _row_sum(x: jax.Array) -> jax.Array:
   """``sum(x, -1, keepdims=True)`` as a matrix-vector product (see the module doc)."""
   ones = jnp.ones(x.shape[-1], x.dtype)
   return jnp.einsum("...k,k->...", x, ones, precision=_HIGHEST)[..., None]
-
-
-def _is_max(logits: jax.Array, m: jax.Array) -> jax.Array:
-  """The row's maxima, ``z == m`` (a compare: cheap inside XLA:CPU's loop fusions)."""
-  return logits == m
 
 
 def _top_two(logits: jax.Array, c: int):

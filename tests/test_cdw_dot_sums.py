@@ -221,3 +221,15 @@ def test_low_precision_logits_compute_in_float32(dtype):
   assert got.dtype == dtype
   np.testing.assert_allclose(got.astype(np.float32), want.astype(dtype).astype(np.float32),
                              rtol=1e-2)
+
+
+def test_a_nan_logit_makes_only_its_row_nan():
+  rng = np.random.default_rng(7)
+  z = jnp.asarray(rng.normal(size=(3, 300)), jnp.float32).at[1, 7].set(jnp.nan)
+  w = jnp.asarray(rng.uniform(0.5, 2.0, size=(3, 300)), jnp.float32)
+  value = dot_sums(z, w)
+  grad = jax.grad(lambda zz: jnp.sum(dot_sums(zz, w)))(z)
+  np.testing.assert_array_equal(np.isnan(value), [False, True, False])
+  np.testing.assert_array_equal(np.isnan(grad).any(axis=-1), [False, True, False])
+  rows = jnp.array([0, 2])
+  np.testing.assert_allclose(value[rows], small(z[rows], w[rows]), rtol=1e-6)
