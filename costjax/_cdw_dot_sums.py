@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
 
-_HIGHEST = jax.lax.Precision.HIGHEST
+from costjax import _reductions
 
 
 @functools.cache
@@ -52,11 +52,7 @@ def block_width(num_classes: int) -> int | None:
   k = int(num_classes)
   if k < 16:
     return None
-  target = min(max(2.0 * math.sqrt(k), 8.0), 512.0)
-  divisors = [d for d in range(4, k // 2 + 1) if k % d == 0]
-  if not divisors:
-    return None
-  return min(divisors, key=lambda d: abs(math.log(d / target)))
+  return _reductions.nearest_divisor(k, 4, k // 2, min(max(2.0 * math.sqrt(k), 8.0), 512.0))
 
 
 def use_dot_sums(logits: jax.Array) -> bool:
@@ -70,8 +66,7 @@ def use_dot_sums(logits: jax.Array) -> bool:
 
 def _row_sum(x: jax.Array) -> jax.Array:
   """``sum(x, -1, keepdims=True)`` as a matrix-vector product (see the module doc)."""
-  ones = jnp.ones(x.shape[-1], x.dtype)
-  return jnp.einsum("...k,k->...", x, ones, precision=_HIGHEST)[..., None]
+  return _reductions.matvec_sum(x)[..., None]
 
 
 def _top_two(logits: jax.Array, c: int):
@@ -103,12 +98,12 @@ _GAP_SHIFT = 64.0
 
 
 class _Rows(NamedTuple):
-  """Per-row values (shape ``(..., 1)`` unless noted) and the one kept ``(..., K)`` array."""
+  """Per-row values (shape ``(..., 1)`` unless noted) and the ``(..., K)`` arrays the JVP reads."""
 
   value: jax.Array  # (...,) the loss
   is_top: jax.Array  # (..., K) bool: a unique arg-max
   below: jax.Array  # (..., K) exp(z - s), 0 on a unique arg-max (s: the row's shift)
-  scale: jax.Array  # exp(s - m) / S: p_k = below_k * scale off a unique arg-max
+  probs: jax.Array  # (..., K) p = below * exp(s - m) / S, 0 on a unique arg-max
   top_prob: jax.Array  # p_t of a unique arg-max (with its derivative), 0 for tied rows
   inv_rest: jax.Array  # 1 / R, R = sum of below (0 where R = 0): r_k = below_k / R
   log1m_top: jax.Array  # log(1 - p_t) of a unique arg-max, finite (0 otherwise)
@@ -161,7 +156,7 @@ def _rows(logits: jax.Array, weights: jax.Array, with_odds: bool) -> _Rows:
   # log(1 - p_t) = -inf, and the loss is inf unless w_t == 0.
   value = jnp.where((top_is_neg_inf & (top_weight > 0))[..., 0], jnp.inf, value)
   odds_sum = _row_sum(weights * probs / (1.0 - probs)) if with_odds else None
-  return _Rows(value, is_top, below, scale, top_prob, inv_rest, log1m_top, top_is_neg_inf,
+  return _Rows(value, is_top, below, probs, top_prob, inv_rest, log1m_top, top_is_neg_inf,
                top_weight, odds_sum)
 
 
@@ -189,7 +184,7 @@ def _cdw_dot_sums_jvp(primals, tangents):
   with_logits = not isinstance(dlogits, SymbolicZero)
   r = _rows(logits, weights, with_odds=with_logits)
   tangent = jnp.zeros_like(r.value)
-  probs = r.below * r.scale
+  probs = r.probs
   if with_logits:
     top_wp = r.top_weight * r.top_prob  # w_t p_t (0 for tied rows)
     off_top = (weights * probs / (1.0 - probs) - probs * r.odds_sum

@@ -11,8 +11,16 @@ import jax.numpy as jnp
 _MIN_BLOCKED = 256
 
 
+def nearest_divisor(k: int, lo: int, hi: int, target: float) -> int | None:
+  """The divisor of ``k`` in ``[lo, hi]`` nearest to ``target`` (in ratio); ``None`` if none."""
+  divisors = [d for d in range(lo, hi + 1) if k % d == 0]
+  if not divisors:
+    return None
+  return min(divisors, key=lambda d: abs(math.log(d / target)))
+
+
 def argmin_block(num_classes: int) -> int | None:
-  """Block width for :func:`argmin_last`: a divisor of ``num_classes`` near ``2 sqrt(K)``.
+  """Block width for :func:`argmin_last`: a divisor of ``K`` near ``2 sqrt(K)``.
 
   ``None`` when ``num_classes`` is small or has no divisor in ``[16, K / 4]``
   (a prime, say): then a plain ``argmin`` runs.
@@ -20,12 +28,7 @@ def argmin_block(num_classes: int) -> int | None:
   k = int(num_classes)
   if k < _MIN_BLOCKED:
     return None
-  target = min(max(2 * math.sqrt(k), 32), 512)
-  best = None
-  for d in range(16, k // 4 + 1):
-    if k % d == 0 and (best is None or abs(math.log(d / target)) < abs(math.log(best / target))):
-      best = d
-  return best
+  return nearest_divisor(k, 16, k // 4, min(max(2 * math.sqrt(k), 32), 512))
 
 
 def argmin_last(x: jax.Array) -> jax.Array:
@@ -67,6 +70,15 @@ def argmin_last(x: jax.Array) -> jax.Array:
 LONG_ROW_CLASSES = 2**15
 
 
+def matvec_sum(x: jax.Array) -> jax.Array:
+  """``jnp.sum(x, axis=-1)`` written as ``x @ ones(K)`` (see :func:`row_sum`).
+
+  ``HIGHEST`` precision: no TF32 on GPUs.
+  """
+  ones = jnp.ones(x.shape[-1], x.dtype)
+  return jnp.einsum("...k,k->...", x, ones, precision=jax.lax.Precision.HIGHEST)
+
+
 def row_sum(x: jax.Array) -> jax.Array:
   """``jnp.sum(x, axis=-1)``, as ``x @ ones(K)`` for long rows on XLA:CPU.
 
@@ -76,10 +88,8 @@ def row_sum(x: jax.Array) -> jax.Array:
   product is then written by a parallel loop and summed by a GEMV (~10 ms in
   all). Below ``LONG_ROW_CLASSES`` classes, or on other backends, the fused
   reduction is as fast or faster (measured crossover near 16,000 classes), so
-  this is a plain ``jnp.sum`` there. ``HIGHEST`` precision: no TF32 on GPUs.
+  this is a plain ``jnp.sum`` there.
   """
-  k = x.shape[-1]
-  if jax.default_backend() != "cpu" or k < LONG_ROW_CLASSES:
+  if jax.default_backend() != "cpu" or x.shape[-1] < LONG_ROW_CLASSES:
     return jnp.sum(x, axis=-1)
-  ones = jnp.ones(k, x.dtype)
-  return jnp.einsum("...k,k->...", x, ones, precision=jax.lax.Precision.HIGHEST)
+  return matvec_sum(x)
