@@ -10,6 +10,13 @@ labels and the probability targets are jit arguments, so XLA cannot constant-fol
 work on them. On a CPU backend the minimum process CPU time per call is printed
 too: it is less sensitive than wall time to other jobs sharing the cores.
 
+Each candidate's compiled scratch memory (XLA's temp buffer, ``memory_analysis()``)
+and, on Linux, the page faults per call are printed as well. XLA:CPU takes the temp
+buffer from ``malloc`` on every call, and glibc serves blocks above its 32 MiB mmap
+ceiling with a fresh ``mmap``, whose pages are faulted in (and zeroed) again on each
+call: at ``B = 4096, K = 1000`` three ``B x K`` float32 temporaries (47 MiB) cost
+more than the arithmetic of a cheap loss (``docs/benchmarks.md``, rule 11).
+
 Goals (issue 10): at most 1.3x (K = 100) and 1.6x (K = 1000) for expected_cost,
 cost_regularized_cross_entropy, soft_label_cross_entropy and ordinal_emd(power=1);
 at most 2.0x and 2.5x for class_distance_weighted_cross_entropy and
@@ -26,6 +33,11 @@ import argparse
 import json
 import platform
 import time
+
+try:
+  import resource
+except ImportError:  # not on Windows
+  resource = None
 
 import jax
 import jax.numpy as jnp
@@ -73,19 +85,45 @@ def bench(batch: int, num_classes: int, rounds: int, inner: int) -> dict:
       name: jax.jit(jax.value_and_grad(lambda z, y, c, q, f=f: jnp.mean(f(z, y, c, q))))
       for name, (f, _, _) in CANDIDATES.items()
   }
-  for f in fns.values():  # compile and warm up
+  temp = {}
+  for name, f in fns.items():  # compile and warm up
     jax.block_until_ready(f(*args))
+    temp[name] = temp_bytes(f, args)
   wall = {name: float("inf") for name in fns}
   cpu = {name: float("inf") for name in fns}
+  faults = {name: 0 for name in fns}
   for _ in range(rounds):
     for name, f in fns.items():
+      start_faults = minor_faults()
       start, start_cpu = time.perf_counter(), time.process_time()
       for _ in range(inner):
         out = f(*args)
       jax.block_until_ready(out)
       wall[name] = min(wall[name], (time.perf_counter() - start) / inner)
       cpu[name] = min(cpu[name], (time.process_time() - start_cpu) / inner)
-  return {"wall": wall, "cpu": cpu}
+      faults[name] += minor_faults() - start_faults
+  fault_mib = {name: n * _PAGE / 2**20 / (rounds * inner) for name, n in faults.items()}
+  return {"wall": wall, "cpu": cpu, "temp": temp, "fault_mib": fault_mib}
+
+
+_PAGE = 4096
+
+
+def minor_faults() -> int:
+  """This process's minor page faults so far (0 where ``resource`` is missing)."""
+  return 0 if resource is None else resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def temp_bytes(fn, args) -> int | None:
+  """XLA's scratch buffer for one call of the jitted ``fn`` (``None`` if not reported)."""
+  try:
+    return fn.lower(*args).compile().memory_analysis().temp_size_in_bytes
+  except Exception:  # noqa: BLE001 - a backend without memory analysis
+    return None
+
+
+def mib(nbytes: int | None) -> float | None:
+  return None if nbytes is None else nbytes / 2**20
 
 
 def main():
@@ -133,10 +171,22 @@ def main():
       goal_text = "-" if goal is None else f"<= {goal}: {'met' if met else 'NOT met'}"
       cells += [text, goal_text]
       row[f"K={k}"] = {"ms": 1e3 * r["wall"][name], "ratio": ratio, "cpu_ms": 1e3 * r["cpu"][name],
-                       "cpu_ratio": cpu_ratio, "goal": goal, "met": met}
+                       "cpu_ratio": cpu_ratio, "goal": goal, "met": met,
+                       "temp_mib": mib(r["temp"][name]), "fault_mib_per_call": r["fault_mib"][name]}
     table.append(row)
     print(f"| {name} | " + " | ".join(cells) + " |")
   print(f"\nall goals met: {all_met}")
+
+  print("\nXLA scratch memory per call (MiB) / page faults per call (MiB of 4 KiB pages, "
+        "process-wide; 0 where not measurable)")
+  print("| loss | " + " | ".join(f"{c}: temp / faulted" for c in cols) + " |")
+  print("|---" * (1 + len(cols)) + "|")
+  for name in CANDIDATES:
+    cells = []
+    for r in results.values():
+      temp = mib(r["temp"][name])
+      cells.append(("?" if temp is None else f"{temp:.1f}") + f" / {r['fault_mib'][name]:.1f}")
+    print(f"| {name} | " + " | ".join(cells) + " |")
   if args.json:
     meta = {"jax": jax.__version__, "backend": jax.default_backend(),
             "device": jax.devices()[0].device_kind, "batch": batch, "rounds": rounds}
