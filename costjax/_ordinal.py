@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
 
-from costjax import _common
+from costjax import _common, _reductions
 
 
 def ordinal_emd(
@@ -77,10 +77,18 @@ def ordinal_emd(
 
 
 def _cdf_gap(logits: jax.Array, cdf_q: jax.Array):
-  """``(p, F_p - F_q)`` with the last, always-zero, column set to 0."""
-  sm = _common.softmax_parts(logits)
-  probs = sm.probs
-  diff = prefix_sum(sm.exp_shifted) / sm.total - cdf_q
+  """``(p, F_p - F_q)`` with the last, always-zero, column set to 0.
+
+  The softmax total is a matrix-vector product: as a fused sum, XLA:CPU wrote
+  ``1 / total`` out as a ``(..., K)`` array for its consumers (one third of the
+  loss's scratch memory; ``docs/benchmarks.md``, rule 11).
+  """
+  m = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+  m = jnp.where(jnp.isfinite(m), m, jnp.zeros_like(m))
+  e = jnp.exp(logits - m)
+  total = _reductions.matvec_sum(e)[..., None]
+  probs = e / total
+  diff = prefix_sum(e) / total - cdf_q
   k = logits.shape[-1]
   last = jax.lax.broadcasted_iota(jnp.int32, (k,), 0) == k - 1
   return probs, jnp.where(last, jnp.zeros_like(diff), diff)
@@ -109,7 +117,7 @@ def _emd_tangent(logits, cdf_q, power, dlogits, dcdf_q):
   probs, diff = _cdf_gap(logits, cdf_q)
   value, slope = _phi(diff, power)
   suffix = jnp.sum(slope, axis=-1, keepdims=True) - prefix_sum(slope) + slope
-  mean_u = jnp.sum(probs * suffix, axis=-1, keepdims=True)
+  mean_u = _reductions.matvec_sum(probs * suffix)[..., None]  # as the total above
   tangent = 0.0
   if not isinstance(dlogits, SymbolicZero):
     dlogits = jnp.where(jnp.isfinite(logits), dlogits, jnp.zeros_like(dlogits))
