@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from costjax import _checks, _cost_ops
+from costjax import _checks, _cost_ops, _reductions
 
 
 class Prepared(NamedTuple):
@@ -87,15 +87,20 @@ class SoftmaxParts(NamedTuple):
     return self.exp_shifted / self.total
 
 
-def softmax_parts(logits: jax.Array) -> SoftmaxParts:
+def softmax_parts(logits: jax.Array, *, matvec_total: bool = False) -> SoftmaxParts:
   """Numerically stable softmax pieces; rows of all ``-inf`` never occur here.
 
   (``prepare`` replaces fully masked rows with zeros.) The shift is a
   stop-gradient constant, as in ``jax.nn.logsumexp``, so ties at the maximum
-  do not split gradients.
+  do not split gradients. ``matvec_total``: sum the row as a matrix-vector
+  product (``_reductions.matvec_sum``), for callers where XLA:CPU would
+  otherwise write ``1 / total`` out as a ``(..., K)`` array.
   """
   m = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
   m = jnp.where(jnp.isfinite(m), m, jnp.zeros_like(m))
   e = jnp.exp(logits - m)
-  total = jnp.sum(e, axis=-1, keepdims=True)
+  if matvec_total:
+    total = _reductions.matvec_sum(e)[..., None]
+  else:
+    total = jnp.sum(e, axis=-1, keepdims=True)
   return SoftmaxParts(e, total, m + jnp.log(total))

@@ -83,12 +83,9 @@ def _cdf_gap(logits: jax.Array, cdf_q: jax.Array):
   ``1 / total`` out as a ``(..., K)`` array for its consumers (one third of the
   loss's scratch memory; ``docs/benchmarks.md``, rule 11).
   """
-  m = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
-  m = jnp.where(jnp.isfinite(m), m, jnp.zeros_like(m))
-  e = jnp.exp(logits - m)
-  total = _reductions.matvec_sum(e)[..., None]
-  probs = e / total
-  diff = prefix_sum(e) / total - cdf_q
+  sm = _common.softmax_parts(logits, matvec_total=True)
+  probs = sm.probs
+  diff = prefix_sum(sm.exp_shifted) / sm.total - cdf_q
   k = logits.shape[-1]
   last = jax.lax.broadcasted_iota(jnp.int32, (k,), 0) == k - 1
   return probs, jnp.where(last, jnp.zeros_like(diff), diff)
