@@ -102,11 +102,9 @@ def bench(batch: int, num_classes: int, rounds: int, inner: int) -> dict:
       wall[name] = min(wall[name], (time.perf_counter() - start) / inner)
       cpu[name] = min(cpu[name], (time.process_time() - start_cpu) / inner)
       faults[name] += minor_faults() - start_faults
-  fault_mib = {name: n * _PAGE / 2**20 / (rounds * inner) for name, n in faults.items()}
+  page = 4096 if resource is None else resource.getpagesize()
+  fault_mib = {name: n * page / 2**20 / (rounds * inner) for name, n in faults.items()}
   return {"wall": wall, "cpu": cpu, "temp": temp, "fault_mib": fault_mib}
-
-
-_PAGE = 4096
 
 
 def minor_faults() -> int:
@@ -177,7 +175,7 @@ def main():
     print(f"| {name} | " + " | ".join(cells) + " |")
   print(f"\nall goals met: {all_met}")
 
-  print("\nXLA scratch memory per call (MiB) / page faults per call (MiB of 4 KiB pages, "
+  print("\nXLA scratch memory per call (MiB) / page faults per call (MiB of pages, "
         "process-wide; 0 where not measurable)")
   print("| loss | " + " | ".join(f"{c}: temp / faulted" for c in cols) + " |")
   print("|---" * (1 + len(cols)) + "|")
