@@ -15,7 +15,9 @@
     faster and >= 100x less memory.
 
 The tree is a synthetic 7-level taxonomy (iNaturalist-like: 3 kingdoms ... 100,000
-species as leaves, classes numbered in tree order). Structures, labels and logits are
+species as leaves, classes numbered in tree order), with random edge weights in
+(a), plus one ``lca_height`` tree with unit weights (the default), whose decisions
+skip the depth sort; (b) uses unit weights. Structures, labels and logits are
 jit arguments (no constant folding).
 
   python benchmarks/structured.py                 # full run
@@ -64,6 +66,8 @@ def structures(k: int, rng: np.random.Generator) -> dict:
   return {
       "TreeCost path_length": (cj.TreeCost(parents, k, edge_weights=w), 3.0),
       "TreeCost lca_height": (cj.TreeCost(parents, k, kind="lca_height", edge_weights=w), 3.0),
+      # Unit edge weights: class depths are one value per level (no sort).
+      "TreeCost lca_height, unit weights": (cj.TreeCost(parents, k, kind="lca_height"), 3.0),
       "OrdinalCost power=1": (cj.OrdinalCost(k), 3.0),
       "OrdinalCost power=2": (cj.OrdinalCost(k, power=2), 3.0),
       "EmbeddingCost D=64": (

@@ -268,6 +268,120 @@ LOSSES = {
 }
 
 
+def _node_levels(parents) -> np.ndarray:
+  return np.array([len(chain_to_root(parents, n)) - 1 for n in range(len(parents))])
+
+
+def _lca_level_cases(seed):
+  """(name, parents, K, weights, by_level) for kind="lca_height"'s two branches.
+
+  ``by_level``: the class depths are one non-decreasing value per tree level, so
+  ``_sum_max_by_level`` must run; otherwise the sort.
+  """
+  rng = np.random.default_rng(seed)
+  parents = random_tree(40, rng)  # classes at several levels, internal classes too
+  levels = _node_levels(parents)
+  per_level = rng.uniform(0.2, 2.0, levels.max() + 1)
+  return [
+      ("unit", parents, 25, None, True),
+      ("per-level", parents, 25, per_level[levels].astype(np.float32), True),
+      ("random", parents, 25, rng.uniform(0.2, 2.0, 40).astype(np.float32), False),
+      # Class 0 (level 1) lies deeper than classes 1, 2 (level 2): one value per
+      # level, but decreasing, so the levels alone cannot order the depths.
+      ("decreasing", np.array([4, 3, 3, 4, -1]), 3, np.array([5, 1, 1, 1, 0], np.float32),
+       False),
+  ]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_tree_lca_height_both_branches_match_oracle(seed, monkeypatch):
+  """vecmat and Bayes decisions of kind="lca_height" on unbalanced trees, and the branch
+  taken: with the sort replaced by NaNs, exactly the cases whose depths are not one
+  non-decreasing value per level turn NaN."""
+  for name, parents, k, w, by_level in _lca_level_cases(seed):
+    tree = cj.TreeCost(parents, k, kind="lca_height", edge_weights=w)
+    oracle = tree_oracle_dense(parents, np.ones(len(parents)) if w is None else w, k,
+                               "lca_height")
+    rng = np.random.default_rng(seed)
+    q = rng.dirichlet(np.ones(k) * 0.5, (3, 4)) * rng.uniform(0.5, 2, (3, 4, 1))
+    np.testing.assert_allclose(tree.vecmat(jnp.asarray(q, jnp.float32)), q @ oracle,
+                               rtol=1e-5, atol=1e-5, err_msg=name)
+    logits = jnp.asarray(rng.normal(size=(64, k)) * 2, jnp.float32)
+    risk = np.asarray(jax.nn.softmax(logits), np.float64) @ oracle
+    got = np.asarray(jax.jit(cj.bayes_decision)(logits, tree))
+    # Equal up to float32 near-ties of the expected cost.
+    picked = risk[np.arange(64), got]
+    np.testing.assert_allclose(picked, risk.min(-1), rtol=1e-5, atol=1e-6, err_msg=name)
+    assert np.mean(got == risk.argmin(-1)) > 0.9, name
+    got_best = cj.decision_costs(logits, tree).min(-1)
+    np.testing.assert_allclose(got_best, risk.min(-1), rtol=1e-5, atol=1e-5, err_msg=name)
+  jax.clear_caches()  # the jitted methods were traced with the real sort
+  monkeypatch.setattr(_structures, "_sum_max_sorted", lambda v, d: jnp.full_like(v, jnp.nan))
+  try:
+    for name, parents, k, w, by_level in _lca_level_cases(seed):
+      tree = cj.TreeCost(parents, k, kind="lca_height", edge_weights=w)
+      out = tree.vecmat(jnp.full((2, k), 1.0 / k, jnp.float32))
+      assert bool(jnp.all(jnp.isfinite(out))) == by_level, name
+  finally:
+    monkeypatch.undo()
+    jax.clear_caches()
+
+
+def test_sum_max_by_level_against_numpy():
+  """The level formula itself, with tied depths on each level and gaps between levels."""
+  rng = np.random.default_rng(3)
+  index = rng.integers(0, 4, 30).astype(np.int32)
+  index[:4] = np.arange(4)  # every level holds a class
+  g = np.array([0.0, 1.5, 1.5, 4.0])  # two levels at the same depth
+  d = g[index]
+  v = rng.uniform(0, 1, (5, 30))
+  onehot = (index[:, None] == np.arange(4)).astype(np.float32)
+  got = _structures._sum_max_by_level(jnp.asarray(v, jnp.float32), jnp.asarray(d, jnp.float32),
+                                      onehot)
+  want = (v[:, :, None] * np.maximum(d[:, None], d[None, :])).sum(1)
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  np.testing.assert_allclose(
+      _structures._sum_max_sorted(jnp.asarray(v, jnp.float32), jnp.asarray(d, jnp.float32)),
+      want, rtol=1e-6)
+
+
+def test_tree_lca_height_unit_weight_gradients_split_ties_like_dense():
+  """At unit weights every class on a level ties in depth; the level branch's gradient
+  with respect to the edge weights splits each tie as the dense ``jnp.maximum`` does."""
+  rng = np.random.default_rng(8)
+  parents = random_tree(40, rng)
+  k = 25
+  logits = jnp.asarray(rng.normal(size=(6, k)), jnp.float32)
+  labels = jnp.asarray(rng.integers(0, k, 6), jnp.int32)
+  make = lambda w: cj.TreeCost(parents, k, kind="lca_height", edge_weights=w)
+  w = jnp.ones(40, jnp.float32)
+  for f in (lambda c: jnp.sum(cj.decision_costs(logits, c) ** 2),
+            lambda c: jnp.sum(cj.expected_cost(logits, jax.nn.softmax(logits * 0.5), c))):
+    got = jax.jit(jax.grad(lambda w: f(make(w))))(w)
+    want = jax.jit(jax.grad(lambda w: f(make(w).dense())))(w)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_tree_lca_height_vmap_over_trees_on_both_branches():
+  """A stack of edge weights where some trees take the level branch and some the sort."""
+  rng = np.random.default_rng(9)
+  parents = random_tree(40, rng)
+  k = 25
+  levels = _node_levels(parents)
+  ws = np.stack([np.ones(40), rng.uniform(0.2, 2, levels.max() + 1)[levels],
+                 rng.uniform(0.2, 2, 40)]).astype(np.float32)
+  stack = jax.tree.map(lambda *x: jnp.stack(x),
+                       *[cj.TreeCost(parents, k, kind="lca_height", edge_weights=w) for w in ws])
+  logits = jnp.asarray(rng.normal(size=(16, k)) * 2, jnp.float32)
+  costs = jax.jit(jax.vmap(cj.decision_costs, in_axes=(None, 0)))(logits, stack)
+  decisions = jax.jit(jax.vmap(cj.bayes_decision, in_axes=(None, 0)))(logits, stack)
+  p = np.asarray(jax.nn.softmax(logits), np.float64)
+  for i, w in enumerate(ws):
+    risk = p @ tree_oracle_dense(parents, w, k, "lca_height")
+    np.testing.assert_allclose(costs[i], risk, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(risk[np.arange(16), decisions[i]], risk.min(-1), rtol=1e-5)
+
+
 def _inputs(seed=0, batch=(2, 3)):
   rng = np.random.default_rng(seed)
   logits = jnp.asarray(rng.normal(size=batch + (K,)) * 2, jnp.float32)
