@@ -298,7 +298,7 @@ def test_tree_lca_height_both_branches_match_oracle(seed, monkeypatch):
   """vecmat and Bayes decisions of kind="lca_height" on unbalanced trees, and the branch
   taken: with the sort replaced by NaNs, exactly the cases whose depths are not one
   non-decreasing value per level turn NaN."""
-  for name, parents, k, w, by_level in _lca_level_cases(seed):
+  for name, parents, k, w, _ in _lca_level_cases(seed):
     tree = cj.TreeCost(parents, k, kind="lca_height", edge_weights=w)
     oracle = tree_oracle_dense(parents, np.ones(len(parents)) if w is None else w, k,
                                "lca_height")
@@ -352,13 +352,12 @@ def test_tree_lca_height_unit_weight_gradients_split_ties_like_dense():
   parents = random_tree(40, rng)
   k = 25
   logits = jnp.asarray(rng.normal(size=(6, k)), jnp.float32)
-  labels = jnp.asarray(rng.integers(0, k, 6), jnp.int32)
   make = lambda w: cj.TreeCost(parents, k, kind="lca_height", edge_weights=w)
   w = jnp.ones(40, jnp.float32)
   for f in (lambda c: jnp.sum(cj.decision_costs(logits, c) ** 2),
             lambda c: jnp.sum(cj.expected_cost(logits, jax.nn.softmax(logits * 0.5), c))):
-    got = jax.jit(jax.grad(lambda w: f(make(w))))(w)
-    want = jax.jit(jax.grad(lambda w: f(make(w).dense())))(w)
+    got = jax.jit(jax.grad(lambda w, f=f: f(make(w))))(w)
+    want = jax.jit(jax.grad(lambda w, f=f: f(make(w).dense())))(w)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
