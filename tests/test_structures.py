@@ -327,6 +327,24 @@ def test_tree_lca_height_both_branches_match_oracle(seed, monkeypatch):
     jax.clear_caches()
 
 
+def test_tree_lca_height_many_class_levels_take_the_sort(monkeypatch):
+  """Above _MAX_LEVELS_BY_MATMUL class levels only the sort runs (no cond), still exact."""
+  name, parents, k, w, _ = _lca_level_cases(0)[0]  # unit weights: the level branch's case
+  tree = cj.TreeCost(parents, k, kind="lca_height", edge_weights=w)
+  assert tree._topo.class_levels[2].shape[1] > 2
+  q = np.random.default_rng(0).dirichlet(np.ones(k), 4)
+  oracle = tree_oracle_dense(parents, np.ones(len(parents)), k, "lca_height")
+  jax.clear_caches()
+  monkeypatch.setattr(_structures, "_MAX_LEVELS_BY_MATMUL", 2)
+  monkeypatch.setattr(_structures, "_sum_max_by_level", lambda *a: pytest.fail("level branch"))
+  try:
+    np.testing.assert_allclose(tree.vecmat(jnp.asarray(q, jnp.float32)), q @ oracle,
+                               rtol=1e-5, atol=1e-5, err_msg=name)
+  finally:
+    monkeypatch.undo()
+    jax.clear_caches()
+
+
 def test_sum_max_by_level_against_numpy():
   """The level formula itself, with tied depths on each level and gaps between levels."""
   rng = np.random.default_rng(3)
