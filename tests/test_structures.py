@@ -840,7 +840,9 @@ _SHARDED = textwrap.dedent("""
     zs = jax.device_put(z, NamedSharding(mesh, P("data", None)))
     ys = jax.device_put(y, NamedSharding(mesh, P("data")))
     out = {}
-    for name, c in [("tree", tree), ("emb", emb), ("ord", cj.OrdinalCost(6, power=2))]:
+    unit = cj.TreeCost(parents, 6, kind="lca_height")  # the level branch
+    for name, c in [("tree", tree), ("tree_unit", unit), ("emb", emb),
+                    ("ord", cj.OrdinalCost(6, power=2))]:
       f = jax.jit(jax.value_and_grad(lambda z, y, c: cj.expected_cost(z, y, c).mean()))
       v1, g1 = f(z, y, c)
       v8, g8 = f(zs, ys, c)
@@ -855,12 +857,16 @@ _SHARDED = textwrap.dedent("""
                       edge_weights=rng.uniform(0.5, 2, 321).astype(np.float32))
     zb = rng.normal(size=(32, 300)).astype(np.float32)
     zbs = jax.device_put(zb, NamedSharding(mesh, P("data", None)))
+    big_unit = cj.TreeCost(big.parents, 300, kind="lca_height")
     decide = jax.jit(cj.bayes_decision)
     out["bayes"] = sum(int(np.sum(np.asarray(decide(zbs, c)) != np.asarray(decide(zb, c))))
-                       for c in (big, big.dense()))
+                       for c in (big, big.dense(), big_unit))
     pb = np.exp(zb - zb.max(-1, keepdims=True)).astype(np.float64)
     oracle = np.argmin(pb @ np.asarray(big.dense(), np.float64), axis=-1)  # NumPy, float64
     out["bayes"] += int(np.sum(np.asarray(decide(zb, big)) != oracle))
+    unit_risk = pb @ np.asarray(big_unit.dense(), np.float64)
+    picked = unit_risk[np.arange(32), np.asarray(decide(zbs, big_unit))]
+    out["bayes"] += int(np.sum(picked > unit_risk.min(-1) * (1 + 1e-6)))
     print(json.dumps(out))
 """)
 
@@ -873,7 +879,7 @@ def test_sharded_batches_match_single_device():
                        env=env, timeout=300, check=False)
   assert res.returncode == 0, res.stderr[-3000:]
   report = json.loads(res.stdout.strip().splitlines()[-1])
-  assert set(report) == {"tree", "emb", "ord", "bayes"}
+  assert set(report) == {"tree", "tree_unit", "emb", "ord", "bayes"}
   for name, err in report.items():
     assert err < 1e-5, (name, err)
 
