@@ -840,7 +840,8 @@ _SHARDED = textwrap.dedent("""
     zs = jax.device_put(z, NamedSharding(mesh, P("data", None)))
     ys = jax.device_put(y, NamedSharding(mesh, P("data")))
     out = {}
-    unit = cj.TreeCost(parents, 6, kind="lca_height")  # the level branch
+    # Unit weights, classes on two levels: the level branch's matrix products.
+    unit = cj.TreeCost(np.array([8, 8, 6, 6, 7, 7, 8, 8, -1]), 6, kind="lca_height")
     for name, c in [("tree", tree), ("tree_unit", unit), ("emb", emb),
                     ("ord", cj.OrdinalCost(6, power=2))]:
       f = jax.jit(jax.value_and_grad(lambda z, y, c: cj.expected_cost(z, y, c).mean()))
