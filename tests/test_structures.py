@@ -363,15 +363,20 @@ def test_sum_max_by_level_against_numpy():
       want, rtol=1e-6)
 
 
-def test_tree_lca_height_unit_weight_gradients_split_ties_like_dense():
+@pytest.mark.parametrize("shape", ["random", "one_level"])
+def test_tree_lca_height_unit_weight_gradients_split_ties_like_dense(shape):
   """At unit weights every class on a level ties in depth; the level branch's gradient
-  with respect to the edge weights splits each tie as the dense ``jnp.maximum`` does."""
+  with respect to the edge weights splits each tie as the dense ``jnp.maximum`` does
+  (trees with classes on several levels, and all on one)."""
   rng = np.random.default_rng(8)
-  parents = random_tree(40, rng)
+  if shape == "random":
+    parents = random_tree(40, rng)
+  else:
+    parents = taxonomy([1, 3, 8, 25], rng)
   k = 25
   logits = jnp.asarray(rng.normal(size=(6, k)), jnp.float32)
   make = lambda w: cj.TreeCost(parents, k, kind="lca_height", edge_weights=w)
-  w = jnp.ones(40, jnp.float32)
+  w = jnp.ones(len(parents), jnp.float32)
   for f in (lambda c: jnp.sum(cj.decision_costs(logits, c) ** 2),
             lambda c: jnp.sum(cj.expected_cost(logits, jax.nn.softmax(logits * 0.5), c))):
     got = jax.jit(jax.grad(lambda w, f=f: f(make(w))))(w)
