@@ -192,9 +192,10 @@ def part_b(k: int, b: int, rounds: int, kind: str) -> dict:
 
 def main():
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  ap.add_argument("--quick", action="store_true")
-  ap.add_argument("--rounds", type=int, default=5)
-  ap.add_argument("--json", default=None)
+  ap.add_argument("--quick", action="store_true",
+                  help="smoke run: K = 2,000 in (a), 500 in (b), B = 64")
+  ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds per comparison")
+  ap.add_argument("--json", default=None, help="also write the results to this file")
   args = ap.parse_args()
   ka, kb, b = (2000, 500, 64) if args.quick else (100_000, 10_000, 256)
   print(f"{platform.processor() or platform.machine()}, {jax.devices()[0].device_kind}, "
