@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import checkify
 
-from costjax import _checks, _cost_ops, _reductions, _trees
+from costjax import _checks, _cost_ops, _ordinal, _reductions, _trees
 
 # Largest depth * K for which TreeCost.rows keeps a (depth, K) ancestor table;
 # deeper trees use a top-down pass over the levels instead.
@@ -640,7 +640,7 @@ class TreeCost(_cost_ops.CostStructure):
       products with the ``(K, n_levels)`` level indicator, nothing sorted or
       permuted (:func:`_sum_max_by_level`);
     * otherwise one sort of the depths and two ``(..., K)`` permutations
-      (:func:`_sum_max_sorted`), several times slower.
+      (:func:`_sum_max_sorted`), about 3x slower.
 
     ``finish`` (the identity, or an arg-min) runs inside the branch, so the
     ``(..., K)`` costs need not be the branch's output. Under ``vmap`` over
@@ -755,42 +755,18 @@ class TreeCost(_cost_ops.CostStructure):
     )
 
 
-_CUMSUM_BLOCK = 128
-
-
-def _cumsum_block(k: int) -> int:
-  """The largest divisor of ``k`` in ``[32, 128]`` (no padding copy), else 128."""
-  for c in range(min(_CUMSUM_BLOCK, k), 31, -1):
-    if k % c == 0:
-      return c
-  return min(_CUMSUM_BLOCK, k)
-
-
 def _cumsum_last(x: jax.Array) -> jax.Array:
-  """Inclusive cumulative sum along the last axis, blocked.
+  """Inclusive cumulative sum along the last axis (:func:`costjax._ordinal.prefix_sum`).
 
-  Within blocks of up to 128 (a divisor of ``K`` when there is one, which
-  saves a padded copy) a matmul with a triangular matrix of ones (at full
-  float32 precision), across blocks a short cumulative sum of block totals.
-  XLA's CPU cumsum over 100,000 entries takes several times longer.
+  XLA's CPU cumsum over 100,000 entries takes 2x longer.
   """
-  k = x.shape[-1]
-  c = _cumsum_block(k)
-  pad = (-k) % c
-  xp = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, pad)]) if pad else x
-  blocks = xp.reshape(x.shape[:-1] + ((k + pad) // c, c))
-  tri = jnp.triu(jnp.ones((c, c), x.dtype))
-  within = jnp.matmul(blocks, tri, precision=jax.lax.Precision.HIGHEST)
-  totals = within[..., -1]
-  offsets = jnp.cumsum(totals, axis=-1) - totals
-  out = (within + offsets[..., None]).reshape(xp.shape)
-  return out[..., :k] if pad else out
+  return _ordinal.prefix_sum(x, totals_from_products=True)
 
 
 # Levels holding classes up to which _sum_max_by_level's matrix products
 # (4 B K levels multiply-adds) stay cheaper than a sort and two permutations.
-# Measured at 256 x 100,000 on a 2-core CPU: 53 ms (2 levels), 62 (8), 160
-# (64) against the sort's 290 to 310 ms.
+# Measured at 256 x 100,000 on a 2-core CPU: 64 ms (2 levels), 70 (8), 171
+# (64) against the sort's 190 to 235 ms (128 levels: 244 against 203).
 _MAX_LEVELS_BY_MATMUL = 64
 
 
@@ -832,8 +808,11 @@ def _sum_max_sorted(v: jax.Array, d: jax.Array) -> jax.Array:
   ds = d[order]
   vs = _take_last(v, order)
   below = _cumsum_last(vs)  # mass with d_i <= d_j (ties: either side is exact)
-  vd = vs * ds
-  above_d = jnp.sum(vd, axis=-1, keepdims=True) - _cumsum_last(vd)  # d_i > d_j side
+  cum_vd = _cumsum_last(vs * ds)
+  # The d_i > d_j side. The total is the prefix sum's last entry: a separate
+  # row sum fused into the next pass ran as a slow reduction (rule 6 of
+  # docs/benchmarks.md) and made XLA write d broadcast to (..., K).
+  above_d = cum_vd[..., -1:] - cum_vd
   return _take_last(ds * below + above_d, inv)
 
 

@@ -9,6 +9,8 @@ and, at logit gaps where float32 ``softmax`` saturates, against that formula in 
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -259,22 +261,25 @@ def test_emd_float32_matches_float64_formula():
 # --------------------------------------------------------------------------- #
 
 
-@pytest.mark.parametrize("k", [1, 5, 128, 129, 997, 1000, 4096])
-def test_prefix_sum_equals_cumsum(k):
+@pytest.mark.parametrize("from_products", [False, True])
+@pytest.mark.parametrize("k", [1, 5, 128, 129, 997, 1000, 4096, 99_991])
+def test_prefix_sum_equals_cumsum(k, from_products):
   x = np.random.default_rng(k).random((2, 3, k)).astype(np.float32)
-  got = jax.jit(prefix_sum)(x)
+  got = jax.jit(functools.partial(prefix_sum, totals_from_products=from_products))(x)
   want = np.cumsum(x.astype(np.float64), axis=-1)
   assert got.shape == x.shape and got.dtype == jnp.float32
   np.testing.assert_allclose(got, want, rtol=2e-6, atol=2e-6 * np.sqrt(k))
 
 
-def test_prefix_sum_derivatives_are_suffix_sums():
+@pytest.mark.parametrize("from_products", [False, True])
+def test_prefix_sum_derivatives_are_suffix_sums(from_products):
+  prefix = functools.partial(prefix_sum, totals_from_products=from_products)
   with jax.enable_x64(True):
     x = np.random.default_rng(0).normal(size=(3, 300))
     g = np.random.default_rng(1).normal(size=(3, 300))
-    _, vjp = jax.vjp(prefix_sum, x)
+    _, vjp = jax.vjp(prefix, x)
     suffix = np.cumsum(g[:, ::-1], axis=-1)[:, ::-1]
     np.testing.assert_allclose(vjp(g)[0], suffix, rtol=1e-12, atol=1e-12)
-    check_grads(prefix_sum, (x[:, :150],), order=1, modes=["fwd", "rev"])
-    vmapped = jax.vmap(prefix_sum)(x)
+    check_grads(prefix, (x[:, :150],), order=1, modes=["fwd", "rev"])
+    vmapped = jax.vmap(prefix)(x)
     np.testing.assert_allclose(vmapped, np.cumsum(x, -1), rtol=1e-12, atol=1e-12)
