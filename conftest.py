@@ -19,6 +19,17 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 
 
 @pytest.fixture(autouse=True)
+def _strict_rank_promotion():
+  """costjax must not rely on implicit rank promotion: users may forbid it
+  (``jax.numpy_rank_promotion("raise")``, as optax's tests do). Every test runs
+  under it; code written by or for users (the docs' pages) opts back out."""
+  import jax
+
+  with jax.numpy_rank_promotion("raise"):
+    yield
+
+
+@pytest.fixture(autouse=True)
 def _doctest_printoptions(doctest_namespace):
   np.set_printoptions(precision=4, suppress=True)
   doctest_namespace["np"] = np

@@ -42,7 +42,9 @@ class VectorScaling(NamedTuple):
 
   def apply(self, logits: jax.typing.ArrayLike) -> jax.Array:
     """Recalibrated logits ``logits * scale + bias`` (classes on the last axis)."""
-    return jnp.asarray(logits) * self.scale + self.bias
+    z = jnp.asarray(logits)
+    rank = lambda x: jax.lax.broadcast_to_rank(x, z.ndim)  # no implicit rank promotion
+    return z * rank(self.scale) + rank(self.bias)
 
 
 class _Flat(NamedTuple):
@@ -250,6 +252,7 @@ def _fit_temperature_jit(logits, labels, where, checks):
 def _nll(params, z, finite, labels, is_index, weight, norm):
   """Mean NLL of ``softmax(z * scale + bias)`` over the weighted examples."""
   scale, bias = params
+  scale, bias = (jax.lax.broadcast_to_rank(scale, z.ndim), jax.lax.broadcast_to_rank(bias, z.ndim))
   x = jnp.where(finite, z * scale + bias, -jnp.inf)
   lse = jax.nn.logsumexp(x, axis=-1)
   safe_x = jnp.where(finite, x, 0.0)

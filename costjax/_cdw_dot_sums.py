@@ -81,12 +81,14 @@ def _top_two(logits: jax.Array, c: int):
   block_max = jnp.max(logits.reshape(logits.shape[:-1] + (k // c, c)), axis=-1)
   block = jnp.argmax(block_max, axis=-1).astype(jnp.int32)[..., None]
   m = jnp.take_along_axis(block_max, block, axis=-1)
-  cols = block * c + jnp.arange(c, dtype=jnp.int32)
+  lanes = jax.lax.broadcast_to_rank(jnp.arange(c, dtype=jnp.int32), block.ndim)
+  cols = block * c + lanes
   inside_vals = jnp.take_along_axis(logits, cols, axis=-1)
   inside = jnp.argmax(inside_vals, axis=-1).astype(jnp.int32)[..., None]
-  second_inside = jnp.max(jnp.where(jnp.arange(c) == inside, neg_inf, inside_vals),
+  second_inside = jnp.max(jnp.where(lanes == inside, neg_inf, inside_vals),
                           axis=-1, keepdims=True)
-  second_outside = jnp.max(jnp.where(jnp.arange(k // c) == block, neg_inf, block_max),
+  blocks = jax.lax.broadcast_to_rank(jnp.arange(k // c, dtype=jnp.int32), block.ndim)
+  second_outside = jnp.max(jnp.where(blocks == block, neg_inf, block_max),
                            axis=-1, keepdims=True)
   return m, block * c + inside, jnp.maximum(second_inside, second_outside)
 

@@ -70,7 +70,8 @@ def cost_sets(
   """
   gaps = _gaps(logits, cost_matrix, "costjax.cost_sets")
   threshold = jnp.asarray(threshold)
-  return gaps <= threshold[..., None]
+  threshold = threshold[..., None]
+  return gaps <= jax.lax.broadcast_to_rank(threshold, gaps.ndim)
 
 
 def _labels_for_sets(sets, labels, fn_name):

@@ -172,7 +172,7 @@ def _mixed_rows(v: jax.Array, cost: CostStructure, transform: Callable) -> jax.A
 
   def body(acc, i):
     row = transform(cost.rows(i))  # (K,)
-    return acc + v[..., i, None] * row, None
+    return acc + v[..., i, None] * jax.lax.broadcast_to_rank(row, v.ndim), None
 
   acc0 = jnp.zeros(v.shape, jnp.result_type(v.dtype, jnp.float32))
   acc, _ = jax.lax.scan(body, acc0, jnp.arange(k))

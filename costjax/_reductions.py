@@ -56,7 +56,8 @@ def argmin_last(x: jax.Array) -> jax.Array:
   block_sum = jnp.sum(blocks, axis=-1)  # NaN if the block has a NaN (or both infinities)
   special = jnp.isnan(jnp.sum(block_sum, axis=-1))
   block = jnp.argmin(block_min, axis=-1).astype(jnp.int32)
-  cols = block[..., None] * c + jnp.arange(c, dtype=jnp.int32)
+  lanes = jax.lax.broadcast_to_rank(jnp.arange(c, dtype=jnp.int32), block.ndim + 1)
+  cols = block[..., None] * c + lanes
   inside = jnp.argmin(jnp.take_along_axis(x, cols, axis=-1), axis=-1).astype(jnp.int32)
   fast = block * c + inside
   return jax.lax.cond(

@@ -293,6 +293,13 @@ def _segment_max_last(x: jax.Array, seg: np.ndarray, num: int) -> jax.Array:
   return jnp.moveaxis(out, 0, -1)
 
 
+def _rank(x: Any, ndim: int) -> jax.Array:
+  """``x`` with leading unit axes up to ``ndim``: explicit broadcasting, so the
+  structures also run where implicit rank promotion is disabled
+  (``jax.numpy_rank_promotion("raise")``)."""
+  return jax.lax.broadcast_to_rank(jnp.asarray(x), ndim)
+
+
 def _take_last(x: jax.Array, idx: Any) -> jax.Array:
   """``x[..., idx]`` for in-bounds ``idx`` (static or a 1-D array)."""
   idx = jnp.asarray(idx)
@@ -476,6 +483,7 @@ class TreeCost(_cost_ops.CostStructure):
     else:
       lca_c = self._lca_depth_by_levels(y, w_flat)
     d_y = _gather(d, y)[..., None]
+    d = _rank(d, d_y.ndim)
     # Non-negative without a clamp: d(lca) is bitwise a partial sum of both root
     # distances (the same additions in the same order), so d_y - d(lca) >= 0
     # and d_j - d(lca) >= 0 exactly. (A clamp's broadcast zero was written out
@@ -501,7 +509,7 @@ class TreeCost(_cost_ops.CostStructure):
       a_y = _gather(jnp.asarray(table[t]), y)  # y's ancestor at level t, or -1
       d_y = d_y + jnp.where(a_y >= 0, _gather(w_flat, jnp.maximum(a_y, 0)), 0)
       a_y = jnp.where(a_y >= 0, a_y, -2)  # below y: matches no class (the table has -1)
-      out = jnp.where(jnp.asarray(table[t]) == a_y[..., None], d_y[..., None], out)
+      out = jnp.where(_rank(table[t], y.ndim + 1) == a_y[..., None], d_y[..., None], out)
     return jnp.broadcast_to(out, y.shape + (self.num_classes,))
 
   def _lca_depth_by_levels(self, y: jax.Array, w_flat: jax.Array) -> jax.Array:
@@ -520,8 +528,10 @@ class TreeCost(_cost_ops.CostStructure):
     # Top-down: lca[n] = d(lca(y, n)) accumulates the weights of shared ancestors.
     lca = [jnp.zeros(y.shape + (1,), w_flat.dtype)]
     for t in range(1, topo.max_depth + 1):
-      shared = jnp.arange(int(topo.sizes[t]), dtype=jnp.int32) == anc[t][..., None]
-      lca.append(_take_last(lca[-1], topo.parent_local[t]) + jnp.where(shared, ws[t], 0))
+      nodes = _rank(jnp.arange(int(topo.sizes[t]), dtype=jnp.int32), y.ndim + 1)
+      shared = nodes == anc[t][..., None]
+      level_w = _rank(ws[t], y.ndim + 1)
+      lca.append(_take_last(lca[-1], topo.parent_local[t]) + jnp.where(shared, level_w, 0))
     return self._gather_classes(lca)
 
   def _subtree_masses(self, v: jax.Array) -> tuple[list[Any], jax.Array]:
@@ -544,7 +554,7 @@ class TreeCost(_cost_ops.CostStructure):
       if has.any():
         own = _take_last(v, np.where(has, cls, 0))
         if not has.all():
-          own = jnp.where(jnp.asarray(has), own, 0)
+          own = jnp.where(_rank(has, own.ndim), own, 0)
         m = m + own
       mass[t] = m
       below = _slot_sum(m, topo.slot_plans[t])
@@ -552,7 +562,7 @@ class TreeCost(_cost_ops.CostStructure):
     pos = topo.upper_class_pos
     if pos is not None and depth > 1:
       upper = jnp.concatenate(mass[1:], axis=-1)
-      m_class = jnp.where(jnp.asarray(pos >= 0), _take_last(upper, np.maximum(pos, 0)), v)
+      m_class = jnp.where(_rank(pos >= 0, v.ndim), _take_last(upper, np.maximum(pos, 0)), v)
     return mass, m_class
 
   def _top_down(self, mass: list[Any], m_class: jax.Array, w_flat: jax.Array,
@@ -561,11 +571,13 @@ class TreeCost(_cost_ops.CostStructure):
     for every class ``j`` (``(..., K)``), from :meth:`_subtree_masses`."""
     topo = self._topo
     ws = _level_split(w_flat, topo)
+    nd = m_class.ndim
     acc = [jnp.zeros(m_class.shape[:-1] + (1,), m_class.dtype)]
     for t in range(1, topo.max_depth):
-      acc.append(_take_last(acc[-1], topo.parent_local[t]) + ws[t] * edge_value(mass[t]))
+      acc.append(_take_last(acc[-1], topo.parent_local[t])
+                 + _rank(ws[t], nd) * edge_value(mass[t]))
     acc_all = acc[0] if len(acc) == 1 else jnp.concatenate(acc, axis=-1)
-    w_class = _take_last(w_flat, topo.class_flat)
+    w_class = _rank(_take_last(w_flat, topo.class_flat), nd)
     return _take_last(acc_all, topo.class_parent_flat) + w_class * edge_value(m_class)
 
   def _lca_weighted_mass(self, v: jax.Array, w_flat: jax.Array) -> jax.Array:
@@ -611,7 +623,7 @@ class TreeCost(_cost_ops.CostStructure):
     mass, m_class = self._subtree_masses(weights)
     score = self._top_down(mass, m_class, w_flat, lambda m: total - 2 * m)
     decision = _reductions.argmin_last(score)
-    d = self._gather_classes(self._level_depths(w_flat))
+    d = _rank(self._gather_classes(self._level_depths(w_flat)), weights.ndim)
     best = (jnp.take_along_axis(score, decision[..., None], axis=-1)[..., 0]
             + jnp.sum(weights * d, axis=-1))
     return decision, jnp.maximum(best, 0)
@@ -621,7 +633,7 @@ class TreeCost(_cost_ops.CostStructure):
     if self.kind == "lca_height":
       return self._lca_height_costs(v, lambda out: out)
     w_flat = self._flat_weights().astype(v.dtype)
-    d = self._gather_classes(self._level_depths(w_flat))
+    d = _rank(self._gather_classes(self._level_depths(w_flat)), v.ndim)
     lca = self._lca_weighted_mass(v, w_flat)
     total = jnp.sum(v, axis=-1, keepdims=True)
     vd = jnp.sum(v * d, axis=-1, keepdims=True)
@@ -793,6 +805,7 @@ def _sum_max_by_level(v: jax.Array, d: jax.Array, onehot: np.ndarray) -> jax.Arr
   above_d = jnp.sum(mass_d, axis=-1, keepdims=True) - jnp.cumsum(mass_d, axis=-1)
   coef = below + 0.5 * mass
   const = above_d + 0.5 * mass_d
+  d = _rank(d, v.ndim)
   if n == 1:  # every class on one level: a broadcast
     return d * coef + const
   # Back to the classes by products with the indicator's transpose: XLA:CPU
@@ -805,7 +818,7 @@ def _sum_max_sorted(v: jax.Array, d: jax.Array) -> jax.Array:
   """``sum_i v[..., i] max(d_i, d_j)`` for every ``j``, by one sort of ``d``."""
   order = jnp.argsort(d)
   inv = jnp.zeros_like(order).at[order].set(jnp.arange(order.shape[0], dtype=order.dtype))
-  ds = d[order]
+  ds = _rank(d[order], v.ndim)
   vs = _take_last(v, order)
   below = _cumsum_last(vs)  # mass with d_i <= d_j (ties: either side is exact)
   cum_vd = _cumsum_last(vs * ds)
@@ -883,18 +896,19 @@ class OrdinalCost(_cost_ops.CostStructure):
   def astype(self, dtype: Any) -> OrdinalCost:
     return OrdinalCost(self._k, power=self.power, dtype=dtype)
 
-  def _grid(self) -> jax.Array:
-    return jnp.arange(self._k, dtype=self._dtype)
+  def _grid(self, ndim: int = 1, dtype: Any = None) -> jax.Array:
+    """The class positions ``0 .. K - 1`` with leading unit axes up to ``ndim``."""
+    return _rank(jnp.arange(self._k, dtype=self._dtype if dtype is None else dtype), ndim)
 
   def _pow(self, x: jax.Array) -> jax.Array:
     return jnp.abs(x) if self.power == 1 else x * x
 
   def rows(self, idx: jax.Array) -> jax.Array:
     y = jnp.asarray(idx).astype(self._dtype)
-    return self._pow(y[..., None] - self._grid())
+    return self._pow(y[..., None] - self._grid(y.ndim + 1))
 
   def vecmat(self, v: jax.Array) -> jax.Array:
-    j = self._grid().astype(v.dtype)
+    j = self._grid(v.ndim, v.dtype)
     if self.power == 2:
       s0 = jnp.sum(v, axis=-1, keepdims=True)
       s1 = jnp.sum(v * j, axis=-1, keepdims=True)
@@ -922,7 +936,7 @@ class OrdinalCost(_cost_ops.CostStructure):
     if self.power == 2:
       # g(j) = S j^2 - 2 M j + Q is a parabola with its vertex at the mean M / S:
       # the nearest class, the lower one on a tie at a half.
-      j = self._grid().astype(weights.dtype)
+      j = self._grid(weights.ndim, weights.dtype)
       s0 = jnp.sum(weights, axis=-1)
       s1 = jnp.sum(weights * j, axis=-1)
       s2 = jnp.sum(weights * j * j, axis=-1)
@@ -936,8 +950,8 @@ class OrdinalCost(_cost_ops.CostStructure):
     # row count of F < S / 2 took 60% of the time at K = 100,000 on XLA:CPU).
     first = jax.vmap(lambda c: jnp.searchsorted(c, 0.5 * c[-1], side="left"))(flat)
     decision = jnp.minimum(first.reshape(cdf.shape[:-1]), self._k - 1).astype(jnp.int32)
-    best = jnp.sum(weights * jnp.abs(self._grid().astype(weights.dtype) - decision[..., None]),
-                   axis=-1)
+    grid = self._grid(weights.ndim, weights.dtype)
+    best = jnp.sum(weights * jnp.abs(grid - decision[..., None].astype(weights.dtype)), axis=-1)
     return decision, best
 
   def entries(self, i: jax.Array, j: jax.Array) -> jax.Array:
@@ -1035,15 +1049,16 @@ class EmbeddingCost(_cost_ops.CostStructure):
     y = jnp.clip(jnp.asarray(idx), 0, self.num_classes - 1)
     ey = _take_rows(e, y)  # (..., D)
     n = self._norms()
-    out = jnp.sum(ey * ey, axis=-1, keepdims=True) + n - 2 * (ey @ e.T)
+    out = jnp.sum(ey * ey, axis=-1, keepdims=True) + _rank(n, y.ndim + 1) - 2 * (ey @ e.T)
     # Exact zeros on the diagonal (the expansion leaves rounding there).
-    own = jnp.arange(self.num_classes) == y[..., None]
+    own = _rank(jnp.arange(self.num_classes), y.ndim + 1) == y[..., None]
     return self.scale * jnp.where(own, 0, jnp.maximum(out, 0))
 
   def vecmat(self, v: jax.Array) -> jax.Array:
     e = self.embeddings.astype(v.dtype)
     n = jnp.sum(e * e, axis=-1)
     total = jnp.sum(v, axis=-1, keepdims=True)
+    n = _rank(n, v.ndim)
     vn = jnp.sum(v * n, axis=-1, keepdims=True)
     out = total * n + vn - 2 * ((v @ e) @ e.T)
     return self.scale.astype(v.dtype) * jnp.maximum(out, 0)

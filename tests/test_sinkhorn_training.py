@@ -146,7 +146,7 @@ def test_branch_choice_stays_a_conditional_under_vmap_over_costs():
   # the value keep a real conditional instead.
   z = jnp.zeros((5, 4))
   q = jnp.full((5, 4), 0.25)
-  costs = jnp.ones((3, 4, 4)) - jnp.eye(4)
+  costs = jnp.ones((3, 4, 4)) - jnp.eye(4)[None]
   f = jax.vmap(lambda c: jax.grad(lambda z: cj.sinkhorn_loss(z, q, c, epsilon=0.5).sum())(z))
   text = jax.jit(f).lower(costs).as_text()
   assert text.count("stablehlo.case") >= 3  # the value's mass, and each half-step

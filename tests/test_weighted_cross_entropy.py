@@ -23,12 +23,6 @@ from costjax import _cost_ops
 K = 5
 
 
-@pytest.fixture(autouse=True)
-def _strict_rank_promotion():
-  with jax.numpy_rank_promotion("raise"):
-    yield
-
-
 # --------------------------------------------------------------------------- #
 # Oracles (float64 NumPy, straight from the formulas in API.md).
 # --------------------------------------------------------------------------- #

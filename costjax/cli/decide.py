@@ -333,15 +333,20 @@ def _programs(vector_tolerance: float = VECTOR_TOLERANCE):
 
   import costjax as cj
 
+  def affine(z, scale, bias):
+    # Explicit broadcasting: users may run with jax_numpy_rank_promotion=raise.
+    rank = lambda x: jax.lax.broadcast_to_rank(x, z.ndim)
+    return z * rank(scale) + rank(bias)
+
   @jax.jit
   def nll(z, y, scale, bias, mask):
-    a = z * scale + bias
+    a = affine(z, scale, bias)
     per = jax.nn.logsumexp(a, axis=-1) - jnp.take_along_axis(a, y[:, None], axis=-1)[:, 0]
     return jnp.sum(jnp.where(mask, per, 0.0)) / jnp.sum(mask)
 
   @jax.jit
   def decode(z, scale, bias, c, abstain_cost):
-    a = z * scale + bias
+    a = affine(z, scale, bias)
     risk = cj.decision_costs(a, c)
     plain = jnp.argmin(risk, axis=-1)
     best = jnp.min(risk, axis=-1)
@@ -350,8 +355,8 @@ def _programs(vector_tolerance: float = VECTOR_TOLERANCE):
 
   @jax.jit
   def sets(zv, yv, zt, scale, bias, c, alpha):
-    threshold = cj.calibrate_cost_sets(zv * scale + bias, yv, c, alpha=alpha)
-    return threshold, cj.cost_sets(zt * scale + bias, c, threshold=threshold)
+    threshold = cj.calibrate_cost_sets(affine(zv, scale, bias), yv, c, alpha=alpha)
+    return threshold, cj.cost_sets(affine(zt, scale, bias), c, threshold=threshold)
 
   fit_t = jax.jit(cj.fit_temperature)
   # Gradient norm 1e-4 on the mean NLL: the NLL agrees with 1e-6 to ~1e-6 at a third of the cost.

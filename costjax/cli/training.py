@@ -62,7 +62,8 @@ class PatchConv(nnx.Module):
     patches = jax.lax.conv_general_dilated_patches(
         x, filter_shape=(3, 3), window_strides=(1, 1), padding="SAME",
         dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    return patches @ self.kernel[...] + self.bias[...]
+    out = patches @ self.kernel[...]
+    return out + jax.lax.broadcast_to_rank(self.bias[...], out.ndim)
 
 
 class CNN(nnx.Module):
