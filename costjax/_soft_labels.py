@@ -5,8 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from costjax import _checks, _common, _cost_ops
-from costjax._expected_cost import soft_cross_entropy
+from costjax import _checks, _common, _cost_ops, _reductions
 
 
 def cost_soft_labels(
@@ -122,6 +121,11 @@ def soft_label_cross_entropy(
   so trained models are under-confident by design; decode them with
   :func:`bayes_decision` after temperature scaling, or with ``argmax``.
 
+  Every target ``q_j`` is positive (for finite costs ``exp(-C / T) > 0``;
+  entries that underflow the floating-point format are held at its smallest
+  normal number), so a ``-inf`` logit or a class masked out by ``where`` gives
+  the loss's mathematical value ``+inf``, with finite gradients.
+
   Args:
     logits: unnormalised scores, shape ``(..., K)``.
     labels: integer indices ``(...)`` or probability vectors ``(..., K)``.
@@ -145,7 +149,25 @@ def soft_label_cross_entropy(
   name = "costjax.soft_label_cross_entropy"
   p = _common.prepare(name, logits, labels, cost_matrix, where)
   zero_min = _cost_ops.is_structure(p.cost_matrix)
-  targets = _common.target_cost_rows(p, lambda c: _target_table(c, temperature, zero_min))
+  tiny = jnp.finfo(p.logits.dtype).tiny
+
+  def positive_table(c):
+    # softmax(-C / T) is positive for finite costs; entries that underflow are
+    # kept at the smallest normal number, so that sum_j q_j z_j needs no
+    # 0 * (-inf) select (XLA:CPU splits a select out of a fused row sum and
+    # writes a (..., K) array for it) and a -inf logit gives the loss's
+    # mathematical value, +inf, whatever the costs.
+    return jnp.maximum(_target_table(c, temperature, zero_min), tiny)
+
+  targets = _common.target_cost_rows(p, positive_table)
+  if p.is_index and not zero_min:
+    # The target mass from the (K, K) table's row sums: one gather per example
+    # instead of a row sum over the batch.
+    mass = _cost_ops.rows(p.cost_matrix, p.labels,
+                          lambda c: jnp.sum(positive_table(c), axis=-1, keepdims=True))[..., 0]
+  else:
+    mass = _reductions.row_sum(targets)
   sm = _common.softmax_parts(p.logits)
-  out = soft_cross_entropy(p.logits, sm.lse, targets)  # NaN target rows stay NaN
-  return _common.finish(out, p)
+  # -sum_j q_j (z_j - lse), exact for targets that do not sum to one.
+  out = sm.lse[..., 0] * mass - _reductions.row_sum(targets * p.logits)
+  return _common.finish(out, p)  # NaN target rows (bad labels) become NaN there

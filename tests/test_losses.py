@@ -189,6 +189,30 @@ def test_soft_label_ce_gradient_is_p_minus_q():
   )
 
 
+@pytest.mark.parametrize("structure", [False, True], ids=["dense", "OrdinalCost"])
+def test_soft_label_ce_with_underflowing_targets(structure):
+  """Targets exp(-C / T) that underflow float32 (C / T up to 300) are still positive
+  mathematically: finite logits give the float64 value, a -inf logit on any class
+  gives +inf (never NaN), and the gradient stays p - q, finite."""
+  k, temperature = 7, 0.02
+  c = cj.OrdinalCost(k) if structure else np.abs(np.subtract.outer(np.arange(k), np.arange(k)))
+  dense = np.abs(np.subtract.outer(np.arange(k), np.arange(k))).astype(np.float64)
+  rng = np.random.default_rng(4)
+  logits = rng.normal(size=(5, k)).astype(np.float32)
+  labels = np.array([0, 3, 6, 2, 5])
+  loss = lambda z: cj.soft_label_cross_entropy(z, labels, c, temperature=temperature)
+  q = ref.cost_soft_labels(labels, dense, temperature)
+  assert np.all(q > 0) and np.any(q.astype(np.float32) == 0)  # underflows in float32
+  np.testing.assert_allclose(loss(logits), ref.soft_label_cross_entropy(
+      logits, labels, dense, temperature), rtol=1e-6)
+  impossible = logits.copy()
+  impossible[np.arange(5), (labels + 3) % k] = -np.inf  # a class far from the label
+  value, grad = jax.value_and_grad(lambda z: loss(z).sum())(jnp.asarray(impossible))
+  assert np.all(np.asarray(loss(impossible)) == np.inf)
+  assert value == np.inf and np.all(np.isfinite(grad))
+  np.testing.assert_allclose(grad, ref.softmax(impossible) - q, atol=1e-6)
+
+
 # --------------------------------------------------------------------------- #
 # Transformations: jit, vmap, stacks of cost matrices.
 # --------------------------------------------------------------------------- #
