@@ -19,13 +19,16 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 
 
 @pytest.fixture(autouse=True)
-def _strict_rank_promotion():
+def _strict_rank_promotion(request):
   """costjax must not rely on implicit rank promotion: users may forbid it
   (``jax.numpy_rank_promotion("raise")``, as optax's tests do). Every test runs
-  under it; code written by or for users (the docs' pages) opts back out."""
+  under it; code written as a user would (the docstring examples here, the docs'
+  pages in tests/test_docs.py) runs under JAX's defaults."""
   import jax
+  from _pytest.doctest import DoctestItem
 
-  with jax.numpy_rank_promotion("raise"):
+  mode = "allow" if isinstance(request.node, DoctestItem) else "raise"
+  with jax.numpy_rank_promotion(mode):
     yield
 
 
