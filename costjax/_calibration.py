@@ -251,9 +251,7 @@ def _fit_temperature_jit(logits, labels, where, checks):
 
 def _nll(params, z, finite, labels, is_index, weight, norm):
   """Mean NLL of ``softmax(z * scale + bias)`` over the weighted examples."""
-  scale, bias = params
-  scale, bias = (jax.lax.broadcast_to_rank(scale, z.ndim), jax.lax.broadcast_to_rank(bias, z.ndim))
-  x = jnp.where(finite, z * scale + bias, -jnp.inf)
+  x = jnp.where(finite, VectorScaling(*params).apply(z), -jnp.inf)
   lse = jax.nn.logsumexp(x, axis=-1)
   safe_x = jnp.where(finite, x, 0.0)
   if is_index:

@@ -69,8 +69,7 @@ def cost_sets(
     Array([ True,  True, False], dtype=bool)
   """
   gaps = _gaps(logits, cost_matrix, "costjax.cost_sets")
-  threshold = jnp.asarray(threshold)
-  threshold = threshold[..., None]
+  threshold = jnp.asarray(threshold)[..., None]
   return gaps <= jax.lax.broadcast_to_rank(threshold, gaps.ndim)
 
 

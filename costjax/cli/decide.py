@@ -334,9 +334,7 @@ def _programs(vector_tolerance: float = VECTOR_TOLERANCE):
   import costjax as cj
 
   def affine(z, scale, bias):
-    # Explicit broadcasting: users may run with jax_numpy_rank_promotion=raise.
-    rank = lambda x: jax.lax.broadcast_to_rank(x, z.ndim)
-    return z * rank(scale) + rank(bias)
+    return cj.VectorScaling(scale, bias).apply(z)
 
   @jax.jit
   def nll(z, y, scale, bias, mask):
