@@ -28,6 +28,7 @@ from costjax._decisions import confusion_matrix as confusion_matrix
 from costjax._decisions import decision_costs as decision_costs
 from costjax._decisions import mean_cost as mean_cost
 from costjax._decisions import quadratic_weighted_kappa as quadratic_weighted_kappa
+from costjax._decisions import savings_score as savings_score
 from costjax._expected_cost import (
     cost_regularized_cross_entropy as cost_regularized_cross_entropy,
 )
@@ -76,6 +77,7 @@ __all__ = (
     "ordinal_cost_matrix",
     "ordinal_emd",
     "quadratic_weighted_kappa",
+    "savings_score",
     "set_cost",
     "sinkhorn_loss",
     "sinkhorn_solve",

@@ -231,8 +231,21 @@ def check_logits(logits: jax.typing.ArrayLike, fn_name: str) -> jax.Array:
 
 
 def check_cost_shape(
-    cost_matrix: jax.typing.ArrayLike, num_classes: int, fn_name: str
+    cost_matrix: jax.typing.ArrayLike,
+    num_classes: int,
+    fn_name: str,
+    batch_shape: tuple[int, ...] | None = None,
+    batch_desc: str = "",
 ) -> jax.Array:
+  """``cost_matrix`` as an array of shape ``(K, K)`` or ``S + (K, K)``.
+
+  With ``batch_shape`` (the examples' axes, for example ``logits.shape[:-1]``)
+  a stack of per-example matrices is accepted when its leading axes ``S``
+  broadcast to ``batch_shape`` (NumPy rules: aligned on the right, each axis 1
+  or equal). ``batch_desc`` names the argument the batch shape comes from and
+  its shape (``"logits.shape=(4, 3)"``), for the error message. Without
+  ``batch_shape`` only ``(K, K)`` is accepted.
+  """
   cost_matrix = jnp.asarray(cost_matrix)
   if not (
       jnp.issubdtype(cost_matrix.dtype, jnp.floating)
@@ -240,11 +253,27 @@ def check_cost_shape(
       or jnp.issubdtype(cost_matrix.dtype, jnp.bool_)
   ):
     raise TypeError(f"{fn_name}: cost_matrix must be real-valued; got {cost_matrix.dtype}.")
-  if cost_matrix.shape != (num_classes, num_classes):
+  shape = cost_matrix.shape
+  if shape == (num_classes, num_classes):
+    return cost_matrix
+  if batch_shape is None:
     raise ValueError(
         f"{fn_name}: cost_matrix must have shape (K, K) = ({num_classes}, {num_classes}) "
         f"to match the {num_classes} classes of logits; got cost_matrix.shape="
-        f"{cost_matrix.shape}. (Use jax.vmap for stacks of cost matrices.)"
+        f"{shape}. (Use jax.vmap for stacks of cost matrices.)"
+    )
+  lead = shape[:-2]
+  if not (
+      len(shape) >= 2
+      and shape[-2:] == (num_classes, num_classes)
+      and len(lead) <= len(batch_shape)
+      and all(c in (1, b) for c, b in zip(lead[::-1], batch_shape[::-1], strict=False))
+  ):
+    raise ValueError(
+        f"{fn_name}: cost_matrix must have shape (K, K) = ({num_classes}, {num_classes}), "
+        f"or S + (K, K) (one matrix per example) with leading axes S that broadcast to "
+        f"the batch shape {tuple(batch_shape)} of {batch_desc}; got "
+        f"cost_matrix.shape={shape}."
     )
   return cost_matrix
 

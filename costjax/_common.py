@@ -16,8 +16,9 @@ class Prepared(NamedTuple):
   logits: jax.Array  # (..., K) in the compute dtype, `where` applied
   labels: jax.Array  # sanitized indices (...,) or probabilities (..., K)
   is_index: bool
-  # (K, K) array or a _cost_ops.CostStructure, in the compute dtype; read it
-  # only through _cost_ops (rows / vecmat / entries).
+  # (K, K) array, a per-example stack (..., K, K) padded to the rank of the
+  # batch, or a _cost_ops.CostStructure, in the compute dtype; read it only
+  # through _cost_ops (rows / vecmat / entries).
   cost_matrix: Any
   row_mask: jax.Array | None  # per-example mask from `where`
   out_dtype: Any
@@ -38,7 +39,8 @@ def prepare(
   dtype = _checks.compute_dtype(logits.dtype)
   cost = None
   if cost_matrix is not None:
-    cost = _cost_ops.check_cost(cost_matrix, num_classes, fn_name, dtype)
+    cost = _cost_ops.check_cost(cost_matrix, num_classes, fn_name, dtype, logits.shape[:-1],
+                                f"logits.shape={logits.shape}")
   if is_index:
     labels = _checks.sanitize_indices(labels, num_classes, fn_name)
     _cost_ops.check_values(cost, None, fn_name)

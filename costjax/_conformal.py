@@ -147,7 +147,8 @@ def set_cost(
     dtype = jnp.asarray(cost_matrix).dtype
     if not jnp.issubdtype(dtype, jnp.floating):
       dtype = jnp.dtype(jnp.float32)
-  cost = _cost_ops.check_cost(cost_matrix, k, name, dtype)
+  cost = _cost_ops.check_cost(cost_matrix, k, name, dtype, sets.shape[:-1],
+                              f"sets.shape={sets.shape}")
   if is_index:
     _cost_ops.check_values(cost, None, name)
     y = _checks.sanitize_indices(labels, k, name)
@@ -280,12 +281,15 @@ def _calibrate_jit(logits, labels, cost_matrix, alpha, checks):
   k = logits.shape[-1]
   labels, is_index = _checks.labels_are_indices(logits, labels, name)
   dtype = _checks.compute_dtype(logits.dtype)
-  cost = _cost_ops.check_cost(cost_matrix, k, name, dtype)
+  cost = _cost_ops.check_cost(cost_matrix, k, name, dtype, logits.shape[:-1],
+                              f"logits.shape={logits.shape}")
   gaps = _gaps(logits, cost, name).reshape(-1, k)
   n = gaps.shape[0]
   if is_index:
-    y = _checks.sanitize_indices(labels, k, name).reshape(-1)
-    rows = _cost_ops.rows(cost, y)
+    y = _checks.sanitize_indices(labels, k, name)
+    # Each example's own row C_i[y_i] when the costs are per example.
+    rows = _cost_ops.rows(cost, y).reshape(-1, k)
+    y = y.reshape(-1)
     bad = jnp.any(y == k)
   else:
     q = labels.astype(dtype)
@@ -299,7 +303,7 @@ def _calibrate_jit(logits, labels, cost_matrix, alpha, checks):
   #   L_i(t) = c_(K-1) - sum_{m < K-1} [tau_im <= t] (c_(m+1) - c_(m)),
   # and the total loss is a weighted count of the pairs (i, m) with
   # tau_im <= t: the threshold is a weighted quantile of the tau.
-  if is_index and not _cost_ops.is_structure(cost):
+  if is_index and not _cost_ops.is_structure(cost) and not _cost_ops.per_example(cost):
     # Only K distinct cost rows: sort those once, not one row per example. A
     # structure never builds that K x K table: it sorts each example's row.
     table = _cost_ops.rows(cost, jnp.arange(k))

@@ -12,6 +12,15 @@ ordinal, embeddings; see ``costjax/_structures.py``) are interchangeable:
 * :func:`entries` -- ``C[i, j]`` elementwise.
 * :func:`max_cost`, :func:`dense`, :func:`num_classes`.
 
+A dense cost may also be a stack of per-example matrices (example-dependent
+costs): :func:`check_cost` with ``batch_shape`` accepts ``S + (K, K)`` whose
+leading axes ``S`` broadcast to the examples' axes, and returns it with ``S``
+padded by leading 1s to the rank of ``batch_shape`` (a stack whose axes are all
+1 becomes the shared ``(K, K)`` matrix). :func:`rows`, :func:`vecmat` and
+:func:`entries` then read example ``b``'s own matrix for example ``b``; a
+``(K, K)`` matrix takes the same code paths as before (the shared fast path).
+Structures are always shared.
+
 ``f`` (``transform``) is an optional row-wise map applied to cost rows, such as
 ``c -> c ** alpha`` (CDW-CE) or ``c -> softmax(-c / T)`` (soft labels). It must
 act on the last axis only, so that a structure can apply it to rows it computes
@@ -106,17 +115,33 @@ def is_structure(cost: Any) -> bool:
 
 
 def num_classes(cost: Any, fn_name: str) -> int:
-  """``K`` of a dense matrix or a structure; ``ValueError`` if not square 2-D."""
+  """``K`` of a dense matrix (or stack ``(..., K, K)``) or a structure.
+
+  ``ValueError`` if the last two axes are not square; :func:`check_cost`
+  decides whether leading (per-example) axes are allowed.
+  """
   if is_structure(cost):
     return cost.num_classes
   cost = jnp.asarray(cost)
-  if cost.ndim != 2 or cost.shape[0] != cost.shape[1]:
+  if cost.ndim < 2 or cost.shape[-1] != cost.shape[-2]:
     raise ValueError(f"{fn_name}: cost_matrix must have shape (K, K); got {cost.shape}.")
-  return cost.shape[0]
+  return cost.shape[-1]
 
 
-def check_cost(cost: Any, k: int, fn_name: str, dtype: Any) -> jax.Array | CostStructure:
-  """Validates shape against ``K`` classes and casts to the compute ``dtype``."""
+def check_cost(
+    cost: Any,
+    k: int,
+    fn_name: str,
+    dtype: Any,
+    batch_shape: tuple[int, ...] | None = None,
+    batch_desc: str = "",
+) -> jax.Array | CostStructure:
+  """Validates shape against ``K`` classes and casts to the compute ``dtype``.
+
+  With ``batch_shape`` (the examples' axes) a dense stack ``S + (K, K)`` whose
+  leading axes broadcast to it is accepted (see the module docstring);
+  ``batch_desc`` (``"logits.shape=(4, 3)"``) names the other shape in errors.
+  """
   if is_structure(cost):
     if cost.num_classes != k:
       raise ValueError(
@@ -124,7 +149,17 @@ def check_cost(cost: Any, k: int, fn_name: str, dtype: Any) -> jax.Array | CostS
           f"{cost.num_classes}, but logits have K = {k} classes (logits.shape[-1])."
       )
     return cost.astype(dtype)
-  return _checks.check_cost_shape(cost, k, fn_name).astype(dtype)
+  cost = _checks.check_cost_shape(cost, k, fn_name, batch_shape, batch_desc).astype(dtype)
+  if cost.ndim == 2:
+    return cost
+  if all(d == 1 for d in cost.shape[:-2]):
+    return cost.reshape(k, k)  # broadcasts to every example: the shared matrix
+  return jax.lax.broadcast_to_rank(cost, len(batch_shape) + 2)
+
+
+def per_example(cost: Any) -> bool:
+  """Whether ``cost`` (checked by :func:`check_cost`) is a stack of per-example matrices."""
+  return not is_structure(cost) and cost.ndim > 2
 
 
 def check_values(cost: Any, probs: jax.Array | None, fn_name: str) -> None:
@@ -142,6 +177,10 @@ def rows(cost: Any, idx: jax.Array, transform: Transform = None) -> jax.Array:
   if is_structure(cost):
     r = cost.rows(idx)
     return r if transform is None else transform(r)
+  if cost.ndim > 2:
+    # Example b's row of its own matrix: K entries gathered per example.
+    r = jnp.take_along_axis(cost, idx[..., None, None], axis=-2, mode="clip")[..., 0, :]
+    return r if transform is None else transform(r)
   if transform is None:
     return _checks.gather_rows(cost, idx)
   if idx.size < cost.shape[0]:
@@ -158,6 +197,10 @@ def vecmat(v: jax.Array, cost: Any, transform: Transform = None) -> jax.Array:
       return cost.vecmat(v)
     return _mixed_rows(v, cost, transform)
   table = cost if transform is None else transform(cost)
+  if table.ndim > 2:
+    # One matrix per example: sum_i v_i C_b[i, :] as a fused multiply and row
+    # sum (a batched K x K matvec; faster than batched dot_general for small K).
+    return jnp.sum(v[..., :, None] * table, axis=-2)
   return v @ table
 
 
@@ -183,7 +226,10 @@ def entries(cost: Any, i: jax.Array, j: jax.Array) -> jax.Array:
   """``C[i, j]`` elementwise for sanitized indices (``K`` marks invalid, unspecified)."""
   if is_structure(cost):
     return cost.entries(i, j)
-  k = cost.shape[0]
+  k = cost.shape[-1]
+  if cost.ndim > 2:
+    flat = cost.reshape(*cost.shape[:-2], k * k)
+    return jnp.take_along_axis(flat, (i * k + j)[..., None], axis=-1, mode="clip")[..., 0]
   return _checks.gather_rows(cost.reshape(-1), i * k + j)
 
 

@@ -9,27 +9,40 @@ import numpy as np
 from costjax import _checks, _cost_ops, _reductions
 
 
-def check_abstain_cost(abstain_cost: jax.typing.ArrayLike, fn_name: str) -> jax.Array:
-  """``abstain_cost`` as an array; ``ValueError`` if concrete and negative or non-finite."""
-  if isinstance(abstain_cost, jax.core.Tracer):
-    if jnp.ndim(abstain_cost) != 0:
-      raise ValueError(
-          f"{fn_name}: abstain_cost must be a scalar; got shape {jnp.shape(abstain_cost)}."
-      )
-    return abstain_cost
-  value = np.asarray(abstain_cost)
-  if value.ndim != 0 or not (
-      np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer)
+def check_abstain_cost(
+    abstain_cost: jax.typing.ArrayLike,
+    fn_name: str,
+    batch_shape: tuple[int, ...] = (),
+    batch_desc: str = "",
+) -> jax.Array:
+  """``abstain_cost`` broadcast to ``batch_shape`` (a scalar, or one cost per example).
+
+  ``ValueError`` if its shape does not broadcast to ``batch_shape`` (NumPy
+  rules; ``batch_desc`` names the argument it comes from), or if it is concrete
+  and has a negative or non-finite entry.
+  """
+  shape = jnp.shape(abstain_cost)
+  if len(shape) > len(batch_shape) or not all(
+      a in (1, b) for a, b in zip(shape[::-1], batch_shape[::-1], strict=False)
   ):
+    what = "a scalar" if not batch_shape else (
+        f"a scalar or an array that broadcasts to the batch shape {tuple(batch_shape)} of "
+        f"{batch_desc}")
+    raise ValueError(f"{fn_name}: abstain_cost must be {what}; got abstain_cost.shape={shape}.")
+  if isinstance(abstain_cost, jax.core.Tracer):
+    return jnp.broadcast_to(abstain_cost, batch_shape)
+  value = np.asarray(abstain_cost)
+  if not (np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer)):
     raise ValueError(
-        f"{fn_name}: abstain_cost must be a real scalar; got {abstain_cost!r} "
+        f"{fn_name}: abstain_cost must be real; got {abstain_cost!r} "
         f"(shape {value.shape}, dtype {value.dtype})."
     )
-  if not np.isfinite(value) or value < 0:
+  if not np.all(np.isfinite(value)) or np.any(value < 0):
+    bad = value.reshape(-1)[np.argmax(~np.isfinite(value.reshape(-1)) | (value.reshape(-1) < 0))]
     raise ValueError(
-        f"{fn_name}: abstain_cost must be finite and >= 0; got abstain_cost={float(value)}."
+        f"{fn_name}: abstain_cost must be finite and >= 0; got abstain_cost={float(bad)}."
     )
-  return jnp.asarray(abstain_cost)
+  return jnp.broadcast_to(jnp.asarray(abstain_cost), batch_shape)
 
 
 def _weights_and_cost(logits, cost_matrix, fn_name):
@@ -37,7 +50,8 @@ def _weights_and_cost(logits, cost_matrix, fn_name):
   the cost in the compute dtype, and the logits' dtype."""
   logits = _checks.check_logits(logits, fn_name)
   dtype = _checks.compute_dtype(logits.dtype)
-  cost = _cost_ops.check_cost(cost_matrix, logits.shape[-1], fn_name, dtype)
+  cost = _cost_ops.check_cost(cost_matrix, logits.shape[-1], fn_name, dtype,
+                              logits.shape[:-1], f"logits.shape={logits.shape}")
   _cost_ops.check_values(cost, None, fn_name)
   z = logits.astype(dtype)
   # As jax.nn.softmax: NaN rows for all -inf or any +inf logits.
@@ -141,9 +155,10 @@ def bayes_decision(
     Theory 1970.
   """
   name = "costjax.bayes_decision"
-  if abstain_cost is not None:
-    abstain_cost = check_abstain_cost(abstain_cost, name)
   weights, total, cost, _ = _weights_and_cost(logits, cost_matrix, name)
+  if abstain_cost is not None:
+    abstain_cost = check_abstain_cost(abstain_cost, name, weights.shape[:-1],
+                                      f"logits.shape={weights.shape}")
   # A structure may know its minimiser without the (..., K) decision costs; it
   # reads the unnormalised weights (skipping a pass that divides by the total).
   shortcut = cost.bayes(weights) if _cost_ops.is_structure(cost) else None
@@ -224,7 +239,8 @@ def mean_cost(
   name = "costjax.mean_cost"
   predictions, labels = _check_index_pair(predictions, labels, name)
   if abstain_cost is not None:
-    abstain_cost = check_abstain_cost(abstain_cost, name)
+    abstain_cost = check_abstain_cost(abstain_cost, name, predictions.shape,
+                                      f"predictions.shape={predictions.shape}")
   num_classes = _cost_ops.num_classes(cost_matrix, name)
   if _cost_ops.is_structure(cost_matrix):
     dtype = jnp.dtype(jnp.float32)
@@ -232,7 +248,8 @@ def mean_cost(
     dtype = jnp.asarray(cost_matrix).dtype
     if not jnp.issubdtype(dtype, jnp.floating):
       dtype = jnp.dtype(jnp.float32)
-  cost = _cost_ops.check_cost(cost_matrix, num_classes, name, dtype)
+  cost = _cost_ops.check_cost(cost_matrix, num_classes, name, dtype, predictions.shape,
+                              f"predictions.shape={predictions.shape}")
   _cost_ops.check_values(cost, None, name)
   y = _checks.sanitize_indices(labels, num_classes, name + " (labels)")
   if abstain_cost is None:
@@ -251,6 +268,110 @@ def mean_cost(
     return jnp.mean(costs)
   where = jnp.broadcast_to(jnp.asarray(where).astype(bool), costs.shape)
   return jnp.sum(jnp.where(where, costs, 0.0)) / jnp.sum(where)
+
+
+def savings_score(
+    predictions: jax.typing.ArrayLike,
+    labels: jax.typing.ArrayLike,
+    cost_matrix: jax.typing.ArrayLike | _cost_ops.CostStructure,
+    *,
+    abstain_cost: jax.typing.ArrayLike | None = None,
+) -> jax.Array:
+  r"""Savings over the best constant prediction (Correa Bahnsen's savings score).
+
+  .. math::
+
+    \mathrm{savings} = 1 - \frac{\sum_b C_b[y_b, \hat y_b]}
+    {\min_k \sum_b C_b[y_b, k]},
+
+  the fraction of the cost of the best single-class policy ("predict ``k``
+  for everyone", with ``k`` chosen knowing the labels) that the predictions
+  save. ``1`` is perfect (no cost at all), ``0`` is no better than the best
+  constant prediction, and negative values are worse than it (there is no
+  lower bound). With per-example costs ``C_b`` (a ``batch_shape + (K, K)``
+  stack) each example is scored with its own matrix, in numerator and
+  denominator alike.
+
+  Abstentions: without ``abstain_cost`` a prediction of ``-1`` is out of range
+  like any other invalid index (the result is NaN); with it, ``-1`` costs
+  ``abstain_cost`` in the numerator, as in :func:`mean_cost`. The constant
+  policies of the denominator never abstain.
+
+  Args:
+    predictions: integer predicted classes, any shape ``(...)``; all axes are
+      examples.
+    labels: integer true classes, same shape.
+    cost_matrix: ``(K, K)`` cost matrix, rows true, columns predicted; a
+      stack whose leading axes broadcast to ``predictions.shape`` (one matrix
+      per example); or a cost structure.
+    abstain_cost: optional cost of a ``-1`` prediction: a scalar or an array
+      broadcasting to ``predictions.shape`` (may be traced).
+
+  Returns:
+    Scalar savings (float32 for integer cost matrices). NaN if some best
+    constant prediction costs nothing (the denominator is 0: every class is
+    free for some constant policy, so savings are undefined), or if any label
+    or prediction lies outside ``[0, K)`` (``-1`` allowed with
+    ``abstain_cost``).
+
+  Raises:
+    ValueError: if the shapes do not match, or a concrete ``abstain_cost`` is
+      negative or not finite.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import costjax as cj
+    >>> C = jnp.array([[0., 1.], [5., 0.]])
+    >>> labels = jnp.array([0, 0, 0, 1])
+    >>> # Constant 0 costs 5, constant 1 costs 3: the baseline is 3.
+    >>> cj.savings_score(jnp.array([0, 0, 1, 1]), labels, C)   # cost 1
+    Array(0.6667, dtype=float32)
+    >>> cj.savings_score(jnp.array([1, 1, 1, 0]), labels, C)   # cost 8: worse
+    Array(-1.6667, dtype=float32)
+
+    Per-example costs, such as a fixed matrix times each row's amount:
+
+    >>> amount = jnp.array([1., 1., 2., 10.])
+    >>> cj.savings_score(jnp.array([0, 0, 1, 1]), labels, C * amount[:, None, None])
+    Array(0.5, dtype=float32)
+
+  References:
+    Correa Bahnsen, Aouada, Ottersten, "Example-dependent cost-sensitive
+    decision trees", Expert Systems with Applications 42(19), 2015.
+  """
+  name = "costjax.savings_score"
+  predictions, labels = _check_index_pair(predictions, labels, name)
+  num_classes = _cost_ops.num_classes(cost_matrix, name)
+  if _cost_ops.is_structure(cost_matrix):
+    dtype = jnp.dtype(jnp.float32)
+  else:
+    dtype = jnp.asarray(cost_matrix).dtype
+    if not jnp.issubdtype(dtype, jnp.floating):
+      dtype = jnp.dtype(jnp.float32)
+  cost = _cost_ops.check_cost(cost_matrix, num_classes, name, dtype, predictions.shape,
+                              f"predictions.shape={predictions.shape}")
+  _cost_ops.check_values(cost, None, name)
+  if abstain_cost is not None:
+    abstain_cost = check_abstain_cost(abstain_cost, name, predictions.shape,
+                                      f"predictions.shape={predictions.shape}")
+    abstain = predictions == -1
+  else:
+    abstain = jnp.zeros(predictions.shape, bool)
+  y = _checks.sanitize_indices(labels, num_classes, name + " (labels)")
+  yhat = _checks.sanitize_indices(
+      jnp.where(abstain, 0, predictions), num_classes, name + " (predictions)"
+  )
+  bad = jnp.any(y == num_classes) | jnp.any(yhat == num_classes)
+  costs = _cost_ops.entries(cost, y, jnp.minimum(yhat, num_classes - 1))
+  if abstain_cost is not None:
+    costs = jnp.where(abstain, abstain_cost.astype(costs.dtype), costs)
+  total = jnp.sum(costs)
+  # The cost of each constant policy k: sum_b C_b[y_b, k].
+  constant = jnp.sum(_cost_ops.rows(cost, y).reshape(-1, num_classes), axis=0)
+  best = jnp.min(constant)
+  safe = jnp.where(best > 0, best, jnp.ones_like(best))
+  out = jnp.where(best > 0, 1 - total / safe, jnp.nan)
+  return jnp.where(bad, jnp.nan, out)
 
 
 def confusion_matrix(

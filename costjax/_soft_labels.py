@@ -60,7 +60,8 @@ def cost_soft_labels(
                   else jnp.asarray(cost_matrix).dtype)
     dtype = jnp.dtype(jnp.float32) if not jnp.issubdtype(cost_dtype, jnp.floating) else (
         _checks.compute_dtype(cost_dtype))
-    cost = _cost_ops.check_cost(cost_matrix, num_classes, name, dtype)
+    cost = _cost_ops.check_cost(cost_matrix, num_classes, name, dtype, labels.shape,
+                                f"labels.shape={labels.shape}")
     _cost_ops.check_values(cost, None, name)
     idx = _checks.sanitize_indices(labels, num_classes, name)
     rows = _cost_ops.rows(cost, idx, transform)
@@ -77,7 +78,8 @@ def cost_soft_labels(
         f"labels.shape={labels.shape}."
     )
   dtype = _checks.compute_dtype(labels.dtype)
-  cost = _cost_ops.check_cost(cost_matrix, num_classes, name, dtype)
+  cost = _cost_ops.check_cost(cost_matrix, num_classes, name, dtype, labels.shape[:-1],
+                              f"labels.shape={labels.shape}")
   labels = labels.astype(dtype)
   _cost_ops.check_values(cost, labels, name)
   return _cost_ops.vecmat(labels, cost, transform)
