@@ -320,7 +320,10 @@ def _calibrate_jit(logits, labels, cost_matrix, alpha, checks):
       [costs_sorted[:, 1:] - costs_sorted[:, :-1], jnp.zeros((n, 1), dtype)], axis=1
   )
   need = jnp.sum(costs_sorted[:, -1]) + bound - alpha * (n + 1)
-  tau_hat = _weighted_quantile(tau.reshape(-1), weight.reshape(-1), need)
+  # The histograms scatter into 256 bins: gather an explicitly sharded batch first
+  # (as confusion_matrix does), since JAX cannot infer the sharding of that scatter.
+  tau_hat = _weighted_quantile(_checks.replicate(tau.reshape(-1)),
+                               _checks.replicate(weight.reshape(-1)), need)
   # Rounded up by 16 ulps: decision costs recomputed in another compiled
   # program (cost_sets outside this jit) may differ in their last bits, and the
   # sets at the returned threshold must still hold every decision counted here.

@@ -198,9 +198,10 @@ def vecmat(v: jax.Array, cost: Any, transform: Transform = None) -> jax.Array:
     return _mixed_rows(v, cost, transform)
   table = cost if transform is None else transform(cost)
   if table.ndim > 2:
-    # One matrix per example: sum_i v_i C_b[i, :] as a fused multiply and row
-    # sum (a batched K x K matvec; faster than batched dot_general for small K).
-    return jnp.sum(v[..., :, None] * table, axis=-2)
+    # One matrix per example: a batched vector-matrix product (dot_general
+    # with the examples as batch axes; axes of size 1 in the stack broadcast).
+    # Faster on XLA:CPU than a fused multiply and sum over the middle axis.
+    return jnp.einsum("...i,...ij->...j", v, table)
   return v @ table
 
 

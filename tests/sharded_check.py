@@ -1,8 +1,9 @@
 """Run in a subprocess with 8 forced host devices (see test_sharding.py).
 
 Computes every closed-form loss, its gradient, Bayes decisions and mean cost on
-a batch sharded over a ``data`` mesh axis, and prints the maximum deviation
-from the same computation on one device.
+a batch sharded over a ``data`` mesh axis, also with per-example cost matrices
+sharded with the batch, and prints the maximum deviation from the same
+computation on one device.
 """
 
 import json
@@ -60,6 +61,48 @@ def main():
   report["quadratic_weighted_kappa"] = float(
       abs(kappa(decisions, y_sharded, num_classes=K) - kappa(single, labels, num_classes=K))
   )
+  # Per-example cost matrices (issue 23), sharded with the batch.
+  stack = rng.uniform(0, 5, (B, K, K)).astype(np.float32)  # non-zero diagonal
+  c_sharded = jax.device_put(stack, NamedSharding(mesh, P("data", None, None)))
+  probs = rng.dirichlet(np.ones(K), B).astype(np.float32)
+  q_sharded = jax.device_put(probs, NamedSharding(mesh, P("data", None)))
+  abstain = rng.uniform(0.5, 3.0, B).astype(np.float32)
+  a_sharded = jax.device_put(abstain, row)
+  per_example_losses = {
+      "per_example expected_cost": cj.expected_cost,
+      "per_example soft_label_cross_entropy": cj.soft_label_cross_entropy,
+      "per_example cdw_ce": cj.class_distance_weighted_cross_entropy,
+  }
+  for name, f in per_example_losses.items():
+    for kind, y1, y8 in (("", labels, y_sharded), (" probs", probs, q_sharded)):
+      step = jax.jit(jax.value_and_grad(lambda z, y, c, f=f: f(z, y, c).mean(), argnums=(0, 2)))
+      v1, (gz1, gc1) = step(logits, y1, stack)
+      v8, (gz8, gc8) = step(z_sharded, y8, c_sharded)
+      per_example = jax.jit(f)(z_sharded, y8, c_sharded)
+      assert len(per_example.sharding.device_set) == 8, per_example.sharding
+      report[name + kind] = max(
+          float(jnp.abs(v1 - v8)),
+          float(jnp.max(jnp.abs(gz1 - gz8))),
+          float(jnp.max(jnp.abs(gc1 - gc8))),
+          float(jnp.max(jnp.abs(per_example - f(logits, y1, stack)))),
+      )
+  bayes = jax.jit(lambda z, c, a: cj.bayes_decision(z, c, abstain_cost=a))
+  decisions = bayes(z_sharded, c_sharded, a_sharded)
+  single = np.asarray(bayes(logits, stack, abstain))
+  assert (single == -1).any()
+  report["per_example bayes_decision"] = int(np.sum(np.asarray(decisions) != single))
+  mean = jax.jit(lambda p, y, c, a: cj.mean_cost(p, y, c, abstain_cost=a))
+  report["per_example mean_cost"] = float(abs(
+      mean(decisions, y_sharded, c_sharded, a_sharded) - mean(single, labels, stack, abstain)))
+  savings = jax.jit(lambda p, y, c, a: cj.savings_score(p, y, c, abstain_cost=a))
+  report["per_example savings_score"] = float(abs(
+      savings(decisions, y_sharded, c_sharded, a_sharded)
+      - savings(single, labels, stack, abstain)))
+  calibrate = jax.jit(lambda z, y, c: cj.calibrate_cost_sets(z, y, c, alpha=1.0))
+  threshold = calibrate(logits, labels, stack)
+  assert 0 < float(threshold) < np.inf, threshold
+  report["per_example calibrate_cost_sets"] = float(abs(
+      calibrate(z_sharded, y_sharded, c_sharded) - threshold))
   print(json.dumps(report))
 
 

@@ -489,6 +489,6 @@ def test_cost_matrix_shape_mismatch_names_both_shapes(loss):
   with pytest.raises(ValueError, match=r"\(5, 5\).*cost_matrix.shape=\(4, 4\)"):
     loss.fn(logits, labels, c[:4, :4])
   with pytest.raises(ValueError, match=r"cost_matrix.shape=\(2, 5, 5\)"):
-    loss.fn(logits, labels, np.stack([c, c]))  # a stack needs jax.vmap
+    loss.fn(logits, labels, np.stack([c, c]))  # (2,) does not broadcast to the batch (4,)
   with pytest.raises(ValueError, match=r"cost_matrix.shape=\(5, 4\)"):
     loss.fn(logits, labels, c[:, :4])

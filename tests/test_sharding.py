@@ -23,6 +23,9 @@ def test_sharded_batch_equals_single_device():
   assert set(report) >= {
       "expected_cost", "soft_label_cross_entropy", "cdw_ce", "ordinal_emd",
       "cost_regularized_cross_entropy", "bayes_decision", "mean_cost",
+      "per_example expected_cost", "per_example expected_cost probs",
+      "per_example bayes_decision", "per_example savings_score",
+      "per_example calibrate_cost_sets",
   }
   for name, deviation in report.items():
     assert deviation <= 1e-5, (name, deviation)
