@@ -121,7 +121,9 @@ def class_distance_weighted_cross_entropy(
   Args:
     logits: unnormalised scores, shape ``(..., K)``.
     labels: integer indices ``(...)`` or probability vectors ``(..., K)``.
-    cost_matrix: ``(K, K)`` cost matrix, rows true, columns predicted.
+    cost_matrix: ``(K, K)`` cost matrix, rows true, columns predicted, or a
+      stack of per-example matrices whose leading axes broadcast to
+      ``logits.shape[:-1]`` (example ``b`` uses its own ``C[b]``).
     alpha: exponent applied to the costs (traced), ``alpha > 0``; Polat et
       al. use 5 to 7 with ``C = |i - j|``.
     where: optional example ``(...)`` or class ``(..., K)`` mask.

@@ -50,8 +50,9 @@ def cost_sets(
 
   Args:
     logits: calibrated scores or log-probabilities, shape ``(..., K)``.
-    cost_matrix: ``(K, K)`` cost matrix, rows true, columns predicted, or a
-      cost structure.
+    cost_matrix: ``(K, K)`` cost matrix, rows true, columns predicted; a
+      stack of per-example matrices whose leading axes broadcast to
+      ``logits.shape[:-1]`` (example ``b`` uses its own ``C[b]``); or a cost structure.
     threshold: scalar (or an array broadcastable to ``logits.shape[:-1]``)
       in units of cost; may be traced.
 
@@ -111,8 +112,9 @@ def set_cost(
     sets: boolean ``(..., K)`` membership, for example from :func:`cost_sets`.
     labels: integer true classes of shape ``sets.shape[:-1]``, or probability
       vectors of shape ``sets.shape``.
-    cost_matrix: ``(K, K)`` cost matrix, rows true, columns predicted, or a
-      cost structure.
+    cost_matrix: ``(K, K)`` cost matrix, rows true, columns predicted; a
+      stack of per-example matrices whose leading axes broadcast to
+      ``sets.shape[:-1]`` (example ``b`` uses its own ``C[b]``); or a cost structure.
 
   Returns:
     Per-example costs of shape ``sets.shape[:-1]`` (float32 for integer cost
@@ -206,6 +208,17 @@ def calibrate_cost_sets(
   model gets larger sets), but shifts between calibration and test data
   void it.
 
+  Example-dependent costs (a stack ``C_i``, one matrix per calibration
+  example): each example's loss uses its own matrix, ``L_i(t) =
+  min_{j in S_i(t)} C_i[y_i, j]``, and the examples are pooled as above with
+  ``B`` the largest entry of all the matrices given. The guarantee then holds
+  for a new example's set built with its own matrix ``C_{n+1}``, under two
+  assumptions: the triples ``(logits_i, y_i, C_i)`` are exchangeable (the
+  costs are drawn with the examples, not chosen after seeing the sets), and
+  the new example's loss is at most ``B`` too (its costs do not exceed the
+  largest calibration cost; cap unbounded costs such as amounts, or include
+  the cap in one calibration matrix).
+
   The minimum is computed exactly, without bisection or a sort of the data.
   Each ``L_i`` is a step function of ``t``: with the costs of row ``C[y_i]``
   in increasing order ``c_(0) <= ... <= c_(K-1)`` (the ``K`` rows of a dense
@@ -231,8 +244,9 @@ def calibrate_cost_sets(
     labels: integer labels of shape ``logits.shape[:-1]`` or probability
       vectors of shape ``logits.shape`` (the loss is then
       ``min_{j in set} sum_i q_i C[i, j]``).
-    cost_matrix: ``(K, K)`` cost matrix, rows true, columns predicted, or a
-      cost structure.
+    cost_matrix: ``(K, K)`` cost matrix, rows true, columns predicted; a
+      stack of per-example matrices whose leading axes broadcast to
+      ``logits.shape[:-1]`` (example ``b`` uses its own ``C[b]``); or a cost structure.
     alpha: target expected set cost, in units of cost; finite and ``> 0``.
 
   Returns:

@@ -83,8 +83,9 @@ def decision_costs(
   Args:
     logits: scores or log-probabilities, shape ``(..., K)``; calibrate them
       first (:func:`fit_temperature`).
-    cost_matrix: ``(K, K)`` cost matrix, rows true, columns predicted, or a
-      cost structure.
+    cost_matrix: ``(K, K)`` cost matrix, rows true, columns predicted; a
+      stack of per-example matrices whose leading axes broadcast to
+      ``logits.shape[:-1]`` (example ``b`` uses its own ``C[b]``); or a cost structure.
 
   Returns:
     ``(..., K)`` expected costs, in the dtype of ``logits``.
@@ -128,16 +129,19 @@ def bayes_decision(
 
   Args:
     logits: scores or log-probabilities, shape ``(..., K)``.
-    cost_matrix: ``(K, K)`` cost matrix, rows true, columns predicted, or a
-      cost structure.
-    abstain_cost: optional scalar cost of abstaining (may be traced).
+    cost_matrix: ``(K, K)`` cost matrix, rows true, columns predicted; a
+      stack of per-example matrices whose leading axes broadcast to
+      ``logits.shape[:-1]`` (example ``b`` uses its own ``C[b]``); or a cost structure.
+    abstain_cost: optional cost of abstaining: a scalar, or an array
+      broadcasting to ``logits.shape[:-1]`` (one per example); may be traced.
 
   Returns:
     Integer predictions of shape ``(...)`` (``int32``); ties go to the lowest
     class index; ``-1`` for abstentions.
 
   Raises:
-    ValueError: if a concrete ``abstain_cost`` is negative or not finite.
+    ValueError: if ``abstain_cost`` does not broadcast to the batch shape, or
+      a concrete one has a negative or non-finite entry.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -148,6 +152,15 @@ def bayes_decision(
     (0, 1)
     >>> int(cj.bayes_decision(logits, C, abstain_cost=0.5))   # 0.9 > 0.5: abstain
     -1
+
+    Example-dependent costs, one matrix per example: a false alarm costs 1,
+    missing a fraud costs that transaction's amount (also an array
+    ``abstain_cost`` may differ per example):
+
+    >>> amounts = jnp.array([1., 5., 20.])
+    >>> C_b = jnp.zeros((3, 2, 2)).at[:, 0, 1].set(1.).at[:, 1, 0].set(amounts)
+    >>> cj.bayes_decision(jnp.broadcast_to(logits, (3, 2)), C_b)
+    Array([0, 0, 1], dtype=int32)
 
   References:
     Elkan, "The Foundations of Cost-Sensitive Learning", IJCAI 2001.
@@ -213,9 +226,11 @@ def mean_cost(
     predictions: integer predicted classes, any shape; ``-1`` abstains when
       ``abstain_cost`` is given.
     labels: integer true classes, same shape.
-    cost_matrix: ``(K, K)`` cost matrix, rows true, columns predicted, or a
-      cost structure.
-    abstain_cost: optional scalar cost of a ``-1`` prediction (may be traced).
+    cost_matrix: ``(K, K)`` cost matrix, rows true, columns predicted; a
+      stack of per-example matrices whose leading axes broadcast to
+      ``predictions.shape`` (example ``b`` uses its own ``C[b]``); or a cost structure.
+    abstain_cost: optional cost of a ``-1`` prediction: a scalar, or an array
+      broadcasting to ``predictions.shape``; may be traced.
       Without it ``-1`` is out of range like any other invalid index.
     where: optional boolean mask of the same shape; only selected entries are
       averaged.

@@ -36,7 +36,9 @@ def expected_cost(
     labels: integer class indices of shape ``(...)``, or probability vectors of
       shape ``(..., K)``.
     cost_matrix: ``(K, K)`` array; ``C[i, j]`` is the cost of predicting ``j``
-      when the truth is ``i``.
+      when the truth is ``i``. Or a stack of per-example matrices whose
+      leading axes broadcast to ``logits.shape[:-1]`` (example ``b`` uses its
+      own ``C[b]``; same result as ``jax.vmap`` over the examples).
     where: optional mask of shape ``(...)`` (examples) or ``(..., K)``
       (classes removed from the softmax). Masked examples give 0.
 
@@ -86,7 +88,9 @@ def cost_regularized_cross_entropy(
   Args:
     logits: unnormalised scores, shape ``(..., K)``.
     labels: integer indices ``(...)`` or probability vectors ``(..., K)``.
-    cost_matrix: ``(K, K)`` cost matrix, rows true, columns predicted.
+    cost_matrix: ``(K, K)`` cost matrix, rows true, columns predicted, or a
+      stack of per-example matrices whose leading axes broadcast to
+      ``logits.shape[:-1]`` (example ``b`` uses its own ``C[b]``).
     lam: weight of the expected-cost term (traced; no recompilation when it
       changes).
     where: optional example ``(...)`` or class ``(..., K)`` mask.

@@ -33,7 +33,10 @@ def cost_soft_labels(
   Args:
     labels: integer class indices of any shape ``(...)`` (integer dtype), or
       probability vectors ``(..., K)`` (floating dtype). Dispatch is on dtype.
-    cost_matrix: ``(K, K)`` cost matrix, rows true, columns predicted.
+    cost_matrix: ``(K, K)`` cost matrix, rows true, columns predicted, or a
+      stack of per-example matrices whose leading axes broadcast to the
+      examples' axes (``labels.shape`` for integer labels, else
+      ``labels.shape[:-1]``).
     temperature: positive scale ``T`` (traced).
 
   Returns:
@@ -131,7 +134,9 @@ def soft_label_cross_entropy(
   Args:
     logits: unnormalised scores, shape ``(..., K)``.
     labels: integer indices ``(...)`` or probability vectors ``(..., K)``.
-    cost_matrix: ``(K, K)`` cost matrix, rows true, columns predicted.
+    cost_matrix: ``(K, K)`` cost matrix, rows true, columns predicted, or a
+      stack of per-example matrices whose leading axes broadcast to
+      ``logits.shape[:-1]`` (example ``b`` uses its own ``C[b]``).
     temperature: target temperature ``T`` in cost units (traced).
     where: optional example ``(...)`` or class ``(..., K)`` mask.
 

@@ -74,7 +74,8 @@ def main():
       "per_example cdw_ce": cj.class_distance_weighted_cross_entropy,
   }
   for name, f in per_example_losses.items():
-    for kind, y1, y8 in (("", labels, y_sharded), (" probs", probs, q_sharded)):
+    kinds = (("", labels, y_sharded), (" probs", probs, q_sharded))
+    for kind, y1, y8 in kinds if name == "per_example expected_cost" else kinds[:1]:
       step = jax.jit(jax.value_and_grad(lambda z, y, c, f=f: f(z, y, c).mean(), argnums=(0, 2)))
       v1, (gz1, gc1) = step(logits, y1, stack)
       v8, (gz8, gc8) = step(z_sharded, y8, c_sharded)
