@@ -206,13 +206,21 @@ def test_calibrate_per_example_equals_brute_force(kind):
     got = float(cj.calibrate_cost_sets(logits, y, cost, alpha=alpha))
     assert got == pytest.approx(want, rel=2e-6, abs=0), (alpha, got, want)
   # The bound is the largest entry of the matrices given, not of one of them.
+  # Example 0's matrix holds the largest cost, in a row that is not its label's.
   high = cost.copy()
-  high[0] *= 5.0  # example 0's costs dominate the bound
-  alpha = 2.0
+  other = (labels[0] + 1) % K
+  high[0, other, :] = 0.0
+  high[0, other, other] = 60.0
+  if kind == "probs":
+    y = y.copy()
+    y[0] = np.eye(K, dtype=np.float32)[labels[0]]
+  alpha = 1.0
   rows_high = np.einsum("bi,bij->bj", ref.as_distribution(y, K), high.astype(np.float64))
+  assert rows_high.max() < 60.0
   r = np.asarray(cj.decision_costs(logits, high))
-  want = _brute_force_threshold(r - r.min(1, keepdims=True), rows_high, float(high.max()),
-                                alpha)
+  gaps = r - r.min(1, keepdims=True)
+  want = _brute_force_threshold(gaps, rows_high, 60.0, alpha)
+  assert want != _brute_force_threshold(gaps, rows_high, rows_high.max(), alpha)
   assert float(cj.calibrate_cost_sets(logits, y, high, alpha=alpha)) == pytest.approx(
       want, rel=2e-6, abs=0)
 
