@@ -84,11 +84,184 @@ def select(scores: dict, grid, m: int, decoding: str) -> dict:
   }
 
 
-def wilcoxon_p(a, b) -> float:
-  """Two-sided paired Wilcoxon signed-rank p-value over seeds.
+def _paired(a, b, n_train, n_test) -> np.ndarray:
+  """``d = a - b`` as float64 after checking shapes and split sizes."""
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  if a.ndim != 1 or a.shape != b.shape:
+    raise ValueError(f"a and b must be paired 1-D arrays of one length; got shapes {a.shape} "
+                     f"and {b.shape}.")
+  if not (n_train > 0 and n_test > 0 and math.isfinite(n_train) and math.isfinite(n_test)):
+    raise ValueError(f"n_train and n_test must be positive; got {n_train} and {n_test}.")
+  return a - b
 
-  1.0 when every paired difference is 0 (nothing to tell apart); NaN with fewer than
-  two seeds or a non-finite cost (a diverged model).
+
+def _corrected_scale(d: np.ndarray, n_train, n_test) -> float:
+  """Nadeau & Bengio's standard error of ``mean(d)``: ``sqrt((1/S + n_test/n_train) var(d))``."""
+  return math.sqrt((1.0 / len(d) + n_test / n_train) * float(np.var(d, ddof=1)))
+
+
+def corrected_resampled_ttest(a, b, *, n_train, n_test) -> float:
+  """Two-sided p-value of "equal mean cost" over paired random re-splits of one table.
+
+  Nadeau & Bengio's (2003) corrected resampled t-test: re-splits of the same rows share
+  most of their training and test examples, so their costs are correlated and the plain
+  paired t-test (or Wilcoxon's test) rejects far too often. The variance of the mean
+  difference is inflated by ``n_test / n_train``::
+
+    d = a - b,  t = mean(d) / sqrt((1/S + n_test/n_train) * var(d)),  S - 1 degrees of freedom
+
+  with ``var`` the sample variance (``ddof=1``). More re-splits do not shrink the
+  ``n_test / n_train`` term: only more rows do.
+
+  Args:
+    a: ``(S,)`` mean test cost of recipe A on each re-split.
+    b: ``(S,)`` mean test cost of recipe B on the same re-splits (paired).
+    n_train: training rows of each re-split.
+    n_test: test rows of each re-split.
+
+  Returns:
+    The two-sided p-value: ``1.0`` when every ``d`` is 0; ``0.0`` when every ``d`` is the
+    same non-zero number (the re-splits agree exactly); NaN with ``S < 2`` or a non-finite
+    cost (a diverged model).
+
+  Example:
+    >>> a = [0.10, 0.12, 0.11, 0.13, 0.12]
+    >>> b = [0.12, 0.13, 0.13, 0.14, 0.15]
+    >>> round(corrected_resampled_ttest(a, b, n_train=1000, n_test=250), 4)
+    0.0327
+  """
+  from scipy.stats import t as student_t
+
+  d = _paired(a, b, n_train, n_test)
+  if len(d) < 2 or not np.all(np.isfinite(d)):
+    return float("nan")
+  if np.all(d == 0):
+    return 1.0
+  scale = _corrected_scale(d, n_train, n_test)
+  if scale == 0:
+    return 0.0
+  t = float(np.mean(d)) / scale
+  return float(min(1.0, 2.0 * student_t.sf(abs(t), len(d) - 1)))
+
+
+def bayesian_correlated_ttest(a, b, *, n_train, n_test, rope) -> tuple[float, float, float]:
+  """Posterior probabilities that A is cheaper, practically equivalent, or dearer than B.
+
+  The Bayesian correlated t-test (Corani & Benavoli 2015; Benavoli et al., JMLR 2017):
+  the posterior of the mean cost difference ``mean(a - b)`` is a Student t with ``S - 1``
+  degrees of freedom, location ``mean(d)`` and scale
+  ``sqrt((1/S + n_test/n_train) * var(d))`` (the same correlation correction as
+  :func:`corrected_resampled_ttest`). It is split at ``-rope`` and ``+rope``, the region of
+  practical equivalence in cost units. When ``var(d) = 0`` the posterior is a point mass
+  at ``mean(d)``.
+
+  Args:
+    a: ``(S,)`` mean test cost of recipe A on each re-split.
+    b: ``(S,)`` mean test cost of recipe B on the same re-splits (paired).
+    n_train: training rows of each re-split.
+    n_test: test rows of each re-split.
+    rope: half-width of the region of practical equivalence, in cost units (``>= 0``).
+
+  Returns:
+    ``(p_a_cheaper, p_equivalent, p_b_cheaper)``: the posterior mass below ``-rope``,
+    within ``[-rope, rope]`` and above ``rope``; they sum to 1. NaN (all three) with
+    ``S < 2`` or a non-finite cost.
+
+  Example:
+    >>> a = [0.10, 0.12, 0.11, 0.13, 0.12]
+    >>> b = [0.12, 0.13, 0.13, 0.14, 0.15]
+    >>> p = bayesian_correlated_ttest(a, b, n_train=1000, n_test=250, rope=0.005)
+    >>> [round(x, 3) for x in p]
+    [0.959, 0.033, 0.007]
+  """
+  from scipy.stats import t as student_t
+
+  rope = float(rope)
+  if not (rope >= 0 and math.isfinite(rope)):
+    raise ValueError(f"rope must be finite and >= 0; got {rope}.")
+  d = _paired(a, b, n_train, n_test)
+  nan = float("nan")
+  if len(d) < 2 or not np.all(np.isfinite(d)):
+    return (nan, nan, nan)
+  loc = float(np.mean(d))
+  scale = _corrected_scale(d, n_train, n_test)
+  if scale == 0:
+    cheaper, dearer = float(loc < -rope), float(loc > rope)
+  else:
+    cheaper = float(student_t.cdf(-rope, len(d) - 1, loc=loc, scale=scale))
+    dearer = float(student_t.sf(rope, len(d) - 1, loc=loc, scale=scale))
+  return (cheaper, max(0.0, 1.0 - cheaper - dearer), dearer)
+
+
+def detectable_difference(a, b, *, n_train, n_test, power: float = 0.8,
+                          alpha: float = 0.05, num_resplits: float | None = None) -> float:
+  """The smallest mean cost difference the corrected t-test detects with ``power``.
+
+  The difference ``delta`` at which the two-sided :func:`corrected_resampled_ttest` at
+  level ``alpha`` rejects with probability ``power``, when the paired differences spread as
+  ``a - b`` do (their sample variance). With ``S`` re-splits the test statistic is
+  noncentral t with ``S - 1`` degrees of freedom and noncentrality
+  ``delta / sqrt((1/S + n_test/n_train) var(d))``. ``num_resplits=math.inf`` gives the
+  floor that no number of re-splits goes below,
+  ``(z_{1-alpha/2} + z_{power}) sqrt(n_test/n_train var(d))``; since ``var(d)`` of a
+  test-set mean falls like ``1/n_test``, only more rows lower it.
+
+  Args:
+    a: ``(S,)`` mean test cost of recipe A on each re-split.
+    b: ``(S,)`` mean test cost of recipe B on the same re-splits (paired).
+    n_train: training rows of each re-split.
+    n_test: test rows of each re-split.
+    power: the probability of detecting the difference (default 0.8).
+    alpha: the test's two-sided level (default 0.05).
+    num_resplits: the number of re-splits to plan for (default ``S``; ``math.inf`` for
+      the floor).
+
+  Returns:
+    ``delta`` in cost units (0 when ``var(d) = 0``); NaN with ``S < 2`` or a non-finite cost.
+
+  Example:
+    >>> a = [0.10, 0.12, 0.11, 0.13, 0.12]
+    >>> b = [0.12, 0.13, 0.13, 0.14, 0.15]
+    >>> round(detectable_difference(a, b, n_train=1000, n_test=250), 4)
+    0.0211
+    >>> round(detectable_difference(a, b, n_train=1000, n_test=250, num_resplits=math.inf), 4)
+    0.0117
+  """
+  from scipy.optimize import brentq
+  from scipy.stats import nct, norm
+  from scipy.stats import t as student_t
+
+  d = _paired(a, b, n_train, n_test)
+  if len(d) < 2 or not np.all(np.isfinite(d)):
+    return float("nan")
+  sd = math.sqrt(float(np.var(d, ddof=1)))
+  s = len(d) if num_resplits is None else num_resplits
+  if s == math.inf:
+    return float((norm.ppf(1 - alpha / 2) + norm.ppf(power)) * sd * math.sqrt(n_test / n_train))
+  if s < 2:
+    return float("nan")
+  if sd == 0:
+    return 0.0
+  df = s - 1
+  crit = float(student_t.ppf(1 - alpha / 2, df))
+
+  def gap(nc):
+    lower = float(nct.cdf(-crit, df, nc))  # the wrong-sign tail: NaN far out, where it is 0
+    return float(nct.sf(crit, df, nc)) + (lower if math.isfinite(lower) else 0.0) - power
+
+  hi = crit + 10.0
+  while gap(hi) < 0:
+    hi *= 2
+  nc = brentq(gap, 0.0, hi, xtol=1e-10)
+  return float(nc * sd * math.sqrt(1.0 / s + n_test / n_train))
+
+
+def wilcoxon_p(a, b) -> float:
+  """Two-sided paired Wilcoxon signed-rank p-value.
+
+  For comparing two methods ACROSS independent tables (Demšar, JMLR 2006), not over
+  re-splits of one table: there use :func:`corrected_resampled_ttest`. 1.0 when every
+  paired difference is 0; NaN with fewer than two pairs or a non-finite value.
   """
   from scipy.stats import wilcoxon
 
