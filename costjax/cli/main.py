@@ -3,6 +3,7 @@
   costjax compare --out runs/digits
   costjax compare --data diamonds --cost ordinal --out runs/diamonds
   costjax decide --val val.npz --test test.npz --cost cost.csv --out runs/decide
+  costjax study --quick --out runs/study
 
 Every subcommand answers bad input with one line ``error: ...`` on stderr and exit
 status 2, and writes nothing then.
