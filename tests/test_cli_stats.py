@@ -341,6 +341,14 @@ def test_verdict_says_plainly_when_nothing_differs_from_the_baseline():
                           "+ Bayes (temperature)'s") for r in v.remarks)
   v = _verdict(_base_rows(0.30 + NOISE - 0.08), rope=0.015)
   assert v.remarks == []
+  # Some recipes significantly dearer, none significantly cheaper: said so, with names.
+  rows = _base_rows(0.30 + NOISE + 0.08)
+  v = _verdict(rows, rope=0.015)
+  (remark,) = v.remarks
+  assert remark.startswith("No recipe is significantly cheaper than cross-entropy + Bayes "
+                           "(temperature): ")
+  assert remark.endswith("3 are significantly dearer (cross-entropy + argmax, cross-entropy + "
+                         "Bayes (vector scaling), x + argmax).")
 
 
 def test_verdict_pick_is_a_cross_entropy_baseline():
@@ -382,9 +390,9 @@ def test_still_falling_warnings():
   flat = np.r_[0.1 + 1.0 / epochs[:15], np.full(15, 0.1 + 1 / 15)]
   noisy = flat + 0.004 * np.sin(epochs)  # wobbles around a plateau, no new low
   (w,) = report.still_falling_warnings(
-      {"a (lr=0.01)": falling, "b (lr=0.01)": flat, "c": noisy}, "argmax")
-  assert w.startswith("Validation cost (argmax decoding) was still falling over the last "
-                      "epochs for 1 of 3 arms: a (")
+      {"a (lr=0.01)": falling, "b (lr=0.01)": flat, "c": noisy}, "argmax decoding")
+  assert w.startswith("Validation cost (under argmax decoding) was still falling over the "
+                      "last epochs for 1 of 3 arms: a (")
   assert "epochs 26-30 than over epochs 21-25" in w and "--epochs" in w
   assert report.still_falling_warnings({"b": flat, "c": noisy}, "argmax") == []
   assert report.still_falling_warnings({"short": falling[:6]}, "argmax") == []

@@ -110,7 +110,7 @@ def still_falling_warnings(curves: dict, decoding: str) -> list[str]:
       falling.append(f"{label.split(' (')[0]} ({(before - last) / before:.0%})")
   if not falling:
     return []
-  return [f"Validation cost ({decoding} decoding) was still falling over the last epochs for "
+  return [f"Validation cost (under {decoding}) was still falling over the last epochs for "
           f"{len(falling)} of {len(curves)} arms: {', '.join(falling)} lower over epochs "
           f"{n - w + 1}-{n} than over epochs {n - 2 * w + 1}-{n - w}. They may not have "
           f"converged; train longer (--epochs)."]
@@ -159,8 +159,8 @@ def results_dict(*, args, ds, splits, cost_names, costs, arms, results, scores, 
         [{"label": r.label, "decoding_label": DECODING_LABELS[r.decoding], "lr": r.lr}
          for r in all_rows[m] if r.arm != stats.CONSTANT], list(args.lr_list))
     warnings += still_falling_warnings({label: c for label, c in curves.values()},
-                                       "argmax" if v.pick.decoding == "argmax"
-                                       else "Bayes (T = 1)")
+                                       "argmax decoding" if v.pick.decoding == "argmax"
+                                       else "Bayes decisions on uncalibrated probabilities")
 
     def who(r):
       return {"arm": r.arm, "decoding": r.decoding, "label": r.label,

@@ -592,12 +592,20 @@ def verdict(rows: list[Row], decoding_labels, *, n_train: int, n_test: int,
 
   remarks = []
   others = [r for r in models if r.key != ce_b.key]
-  ps = [r.p_vs_ce_bayes for r in others]
-  if others and not any(p < ALPHA for p in ps if p == p):
+  sig = [r for r in others if r.p_vs_ce_bayes < ALPHA]  # NaN compares False
+  cheaper = [r for r in sig if r.mean < ce_b.mean]
+  dearer = [r for r in sig if r.mean > ce_b.mean]
+  if others and not sig:
     remarks.append(
         f"No recipe's test cost differs significantly from {ce_name(ce_b)}'s: every "
         f"corrected p in the table is at least {ALPHA:g}, even before correcting for the "
         f"{len(others)} comparisons.")
+  elif others and not cheaper:
+    names = ", ".join(_name(r, labels) for r in dearer)
+    remarks.append(
+        f"No recipe is significantly cheaper than {ce_name(ce_b)}: no corrected p in the "
+        f"table is below {ALPHA:g} for a lower cost, even before correcting for the "
+        f"{len(others)} comparisons; {len(dearer)} are significantly dearer ({names}).")
   return Verdict(pick=pick, recommended=recommended, outcome=outcome, comparisons=comps,
                  signal_comparisons=signal_comps, no_signal=no_signal, rope=float(rope),
                  detectable=detectable, detectable_floor=floor, num_resplits=s,
