@@ -735,6 +735,12 @@ def _json_safe(x):
 CLIP = 1.0  # relative changes above +100% are drawn at the edge
 
 
+def _recipe_name(c: dict) -> str:
+  if c["decoding"] in _DEC and c["decoding"] != "none":
+    return f"{c['label']} + {_DEC[c['decoding']]}"
+  return c["label"]
+
+
 def plot_relative(path: str, comparison: list[dict], tables: list[dict]) -> str:
   """Every recipe's relative cost change on every table, against the baseline at 0."""
   import matplotlib
@@ -743,41 +749,52 @@ def plot_relative(path: str, comparison: list[dict], tables: list[dict]) -> str:
   import matplotlib.pyplot as plt
 
   names = [t["table"] for t in tables]
-  cmap = plt.get_cmap("tab20")
-  markers = "osD^v<>ph*"
+  cmap = plt.get_cmap("tab20" if len(names) > 10 else "tab10")
+  markers = "osD^vph*Xd"
   n = len(comparison)
-  fig, ax = plt.subplots(figsize=(9.5, 0.32 * n + 2.2))
-  lo = -0.5
+  fig, ax = plt.subplots(figsize=(11, 0.34 * n + 2.0))
+  lo = -0.3
+  spread = 0.6 / max(len(names), 1)
   for t_i, name in enumerate(names):
-    xs, ys = [], []
+    xs, ys, cx, cy = [], [], [], []
     for i, c in enumerate(comparison):
-      if name in c["tables"]:
-        v = c["relative"][c["tables"].index(name)]
-        if v is not None and np.isfinite(v):
-          xs.append(min(v, CLIP))
-          ys.append(n - 1 - i + (t_i - len(names) / 2) * 0.025)
-          lo = min(lo, v)
-    ax.scatter(np.asarray(xs) * 100, ys, s=18, color=cmap(t_i % 20),
-               marker=markers[t_i % len(markers)], label=name, alpha=0.85, zorder=3)
+      if name not in c["tables"]:
+        continue
+      v = c["relative"][c["tables"].index(name)]
+      if v is None or not np.isfinite(v):
+        continue
+      y = n - 1 - i + (t_i - (len(names) - 1) / 2) * spread
+      if v > CLIP:
+        cx.append(CLIP * 100)
+        cy.append(y)
+      else:
+        xs.append(v * 100)
+        ys.append(y)
+        lo = min(lo, v)
+    color = cmap(t_i % cmap.N)
+    ax.scatter(xs, ys, s=16, color=color, marker=markers[t_i % len(markers)], label=name,
+               alpha=0.9, zorder=3, linewidths=0)
+    ax.scatter(cx, cy, s=22, color=color, marker=">", alpha=0.9, zorder=3, linewidths=0)
   for i, c in enumerate(comparison):
     y = n - 1 - i
-    ax.plot([min(c["median_relative"], CLIP) * 100] * 2, [y - 0.35, y + 0.35], color="k",
+    ax.plot([min(c["median_relative"], CLIP) * 100] * 2, [y - 0.4, y + 0.4], color="k",
             lw=2, zorder=4)
   ax.axvline(0, color="#d62728", lw=1.5, zorder=2,
-             label="cross-entropy + Bayes (temperature)")
-  ax.axvline(CLIP * 100, color="0.6", lw=0.8, ls=":", zorder=1)
+             label="cross-entropy + Bayes (T)")
+  ax.plot([], [], color="k", lw=2, label="median over tables")
   ax.set_yticks(range(n))
-  ax.set_yticklabels([f"{c['label']} + {_DEC.get(c['decoding'], c['decoding'])} "
-                      f"[{c['verdict']}]" for c in reversed(comparison)], fontsize=7)
-  ax.set_ylim(-0.7, n - 0.3)
+  ax.set_yticklabels([f"{_recipe_name(c)} [{c['verdict']}]" for c in reversed(comparison)],
+                     fontsize=7)
+  for y in range(n):
+    ax.axhline(y + 0.5, color="0.92", lw=0.6, zorder=0)
+  ax.set_ylim(-0.6, n - 0.4)
   ax.set_xlim(max(lo, -1.0) * 100 - 5, CLIP * 100 + 5)
-  ax.set_xlabel("test cost relative to cross-entropy + Bayes (temperature), % "
-                f"(black bar: median over tables; values above +{CLIP:.0%} drawn at the edge)",
-                fontsize=8)
+  ax.set_xlabel("test cost relative to cross-entropy + Bayes (temperature), %\n"
+                f"(> at the right edge: more than +{CLIP:.0%})", fontsize=8)
   ax.grid(axis="x", alpha=0.3)
-  ax.legend(fontsize=6.5, loc="lower right", ncol=2, framealpha=0.9)
-  ax.set_title(f"Every recipe on {len(names)} tables (negative: cheaper than the baseline)",
-               fontsize=10)
+  ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), framealpha=0.9)
+  ax.set_title(f"Every recipe on {len(names)} tables (left of the red line: cheaper than the "
+               "baseline)", fontsize=10)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
@@ -796,7 +813,7 @@ def _pct(x) -> str:
 
 
 def verdict_sentence(c: dict, n_tables: int) -> str:
-  name = f"{c['label']} + {_DEC.get(c['decoding'], c['decoding'])}"
+  name = _recipe_name(c)
   wtl = f"{c['wins']} wins, {c['ties']} ties, {c['losses']} losses over {n_tables} tables"
   if c["verdict"] == "better":
     return (f"**{name}** is cheaper than cross-entropy + Bayes (temperature) across tables "
