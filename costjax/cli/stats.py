@@ -536,7 +536,7 @@ def verdict(rows: list[Row], decoding_labels, *, n_train: int, n_test: int,
   stat = (f"Holm-adjusted p = {fmt_p(main['holm_p'])}; P(cheaper by more than the ROPE "
           f"{rope:.3g}) = {main['probs'][0]:.2f}, P(within it) = {main['probs'][1]:.2f}")
   power = ""
-  if outcome == "undecided":
+  if outcome == "undecided" and math.isfinite(detectable):
     power = (f" This table cannot tell them apart: with {s} re-splits the smallest "
              f"difference it detects at 80% power is {detectable:.3g} (more re-splits cannot "
              f"bring it below {floor:.3g}; only more rows can).")
