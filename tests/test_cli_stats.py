@@ -347,8 +347,8 @@ def test_verdict_says_plainly_when_nothing_differs_from_the_baseline():
   (remark,) = v.remarks
   assert remark.startswith("No recipe is significantly cheaper than cross-entropy + Bayes "
                            "(temperature): ")
-  assert remark.endswith("3 are significantly dearer (cross-entropy + argmax, cross-entropy + "
-                         "Bayes (vector scaling), x + argmax).")
+  assert remark.endswith("3 are significantly dearer (cross-entropy + argmax; cross-entropy + "
+                         "Bayes (vector scaling); x + argmax).")
 
 
 def test_verdict_pick_is_a_cross_entropy_baseline():
@@ -370,17 +370,18 @@ def test_default_rope_is_a_fraction_of_the_cross_entropy_bayes_validation_cost()
 
 
 def test_lr_edge_warnings():
-  rows = [{"label": "cross-entropy", "decoding_label": "argmax", "lr": 0.01},
+  rows = [{"label": "soft-label CE, T=1", "decoding_label": "argmax", "lr": 0.01},
+          {"label": "cross-entropy", "decoding_label": "argmax", "lr": 0.01},
           {"label": "cross-entropy", "decoding_label": "Bayes (temperature)", "lr": 0.01},
           {"label": "expected cost", "decoding_label": "argmax", "lr": 0.001},
           {"label": "soft labels", "decoding_label": "argmax", "lr": 0.003}]
   (top, bottom) = report.lr_edge_warnings(rows, [1e-3, 3e-3, 1e-2])
-  assert top.startswith("2 of 4 recipes chose the largest learning rate of the grid (0.01): "
-                        "cross-entropy.")
+  assert top.startswith("3 of 5 recipes chose the largest learning rate of the grid (0.01): "
+                        "soft-label CE, T=1; cross-entropy.")
   assert "extend --lrs upwards" in top
-  assert bottom.startswith("1 of 4 recipes chose the smallest learning rate of the grid "
+  assert bottom.startswith("1 of 5 recipes chose the smallest learning rate of the grid "
                            "(0.001): expected cost.")
-  assert report.lr_edge_warnings(rows[3:], [1e-3, 3e-3, 1e-2]) == []
+  assert report.lr_edge_warnings(rows[4:], [1e-3, 3e-3, 1e-2]) == []
   assert report.lr_edge_warnings(rows, [1e-2]) == []  # one rate: no grid to extend
 
 
@@ -389,12 +390,13 @@ def test_still_falling_warnings():
   falling = 0.1 + 1.0 / epochs  # still going down at epoch 30
   flat = np.r_[0.1 + 1.0 / epochs[:15], np.full(15, 0.1 + 1 / 15)]
   noisy = flat + 0.004 * np.sin(epochs)  # wobbles around a plateau, no new low
+  bump = flat + 0.02 * ((epochs > 20) & (epochs <= 25))  # back to the plateau, no new low
   (w,) = report.still_falling_warnings(
-      {"a (lr=0.01)": falling, "b (lr=0.01)": flat, "c": noisy}, "argmax decoding")
+      {"a (lr=0.01)": falling, "b (lr=0.01)": flat, "c": noisy, "d": bump}, "argmax decoding")
   assert w.startswith("Validation cost (under argmax decoding) was still falling over the "
-                      "last epochs for 1 of 3 arms: a (")
+                      "last epochs for 1 of 4 arms: a (")
   assert "epochs 26-30 than over epochs 21-25" in w and "--epochs" in w
-  assert report.still_falling_warnings({"b": flat, "c": noisy}, "argmax") == []
+  assert report.still_falling_warnings({"b": flat, "c": noisy, "d": bump}, "argmax") == []
   assert report.still_falling_warnings({"short": falling[:6]}, "argmax") == []
 
 

@@ -84,7 +84,7 @@ def lr_edge_warnings(rows: list[dict], lrs: list[float]) -> list[str]:
     arms = list(dict.fromkeys(r["label"] for r in hit))
     out.append(
         f"{len(hit)} of {len(rows)} recipes chose the {end} learning rate of the grid "
-        f"({lr:g}): {', '.join(arms)}. Their best rate may lie beyond the grid; extend --lrs "
+        f"({lr:g}): {'; '.join(arms)}. Their best rate may lie beyond the grid; extend --lrs "
         f"{way}.")
   return out
 
@@ -111,7 +111,7 @@ def still_falling_warnings(curves: dict, decoding: str) -> list[str]:
   if not falling:
     return []
   return [f"Validation cost (under {decoding}) was still falling over the last epochs for "
-          f"{len(falling)} of {len(curves)} arms: {', '.join(falling)} lower over epochs "
+          f"{len(falling)} of {len(curves)} arms: {'; '.join(falling)} lower over epochs "
           f"{n - w + 1}-{n} than over epochs {n - 2 * w + 1}-{n - w}. They may not have "
           f"converged; train longer (--epochs)."]
 

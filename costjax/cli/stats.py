@@ -601,7 +601,7 @@ def verdict(rows: list[Row], decoding_labels, *, n_train: int, n_test: int,
         f"corrected p in the table is at least {ALPHA:g}, even before correcting for the "
         f"{len(others)} comparisons.")
   elif others and not cheaper:
-    names = ", ".join(_name(r, labels) for r in dearer)
+    names = "; ".join(_name(r, labels) for r in dearer)  # labels may hold commas
     remarks.append(
         f"No recipe is significantly cheaper than {ce_name(ce_b)}: no corrected p in the "
         f"table is below {ALPHA:g} for a lower cost, even before correcting for the "
