@@ -852,14 +852,15 @@ def write_report(path: str, s: dict, *, plot: str, argv: str) -> None:
                  "across these tables.**")
   if counts["equivalent"]:
     lines.append("- Practically equivalent to it: " + "; ".join(
-        f"{c['label']} + {_DEC.get(c['decoding'], c['decoding'])} (P = "
-        f"{c['p_equivalent']:.2f}; {c['wins']}/{c['ties']}/{c['losses']})"
+        f"{_recipe_name(c)} (P = {c['p_equivalent']:.2f}; {c['wins']} / {c['ties']} / "
+        f"{c['losses']})"
         for c in counts["equivalent"]) + ".")
   if counts["worse"]:
     lines.append("- Reliably dearer: " + "; ".join(
-        f"{c['label']} + {_DEC.get(c['decoding'], c['decoding'])} (median "
-        f"{_pct(c['median_relative'])})" for c in counts["worse"]) + ".")
-  lines.append(f"- Undecided: {len(counts['undecided'])} recipe(s) (see the table).")
+        f"{_recipe_name(c)} (median {_pct(c['median_relative'])}; {c['wins']} / "
+        f"{c['ties']} / {c['losses']})" for c in counts["worse"]) + ".")
+  lines.append(f"- Undecided: {len(counts['undecided'])} recipe(s) (see the table; wins / "
+               "ties / losses count tables).")
   lines += ["", "| recipe | decoding | median change | mean change | wins / ties / losses "
             "| Wilcoxon p | Holm p | P(cheaper) | P(equivalent) | P(dearer) | verdict |",
             "|---|---|---|---|---|---|---|---|---|---|---|"]
