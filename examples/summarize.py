@@ -25,16 +25,20 @@ def table(res: dict) -> str:
     rows = [r for r in res["rows"] if r["cost"] == cost]
     out += [f"**{res['data']}, cost `{cost}`** ({len(res['seeds'])} seeds, {res['epochs']} "
             f"epochs, {res['devices']}, {res['total_seconds']:.0f} s in total)", "",
-            f"Verdict: {verdict['sentence']}", "",
+            (f"Verdict ({verdict['outcome']}): " if "outcome" in verdict else "Verdict: ")
+            + verdict["sentence"], "",
             "| arm | decoding | chosen | test cost | 95% CI | test acc | p vs CE argmax "
             "| p vs CE Bayes (T) |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
       ref = r["arm"] == "ce"
       pa = "—" if ref and r["decoding"] == "argmax" else _p(r["p_vs_ce_argmax"])
       pb = "—" if ref and r["decoding"] == "bayes_t" else _p(r["p_vs_ce_bayes"])
-      hp = f"lr={r['lr']:g}"
-      if r["hp_name"]:
-        hp += f", {r['hp_name']}={r['hp']:g}"
+      if r["lr"] is None:  # the best constant prediction: no training
+        hp = r.get("chosen") or "-"
+      else:
+        hp = f"lr={r['lr']:g}"
+        if r["hp_name"]:
+          hp += f", {r['hp_name']}={r['hp']:g}"
       lo, hi = r["test_cost_ci95"]
       flag = " (diverged)" if r["diverged"] else ""
       out.append(f"| {r['label']} | {r['decoding_label']} | {hp} "

@@ -56,7 +56,12 @@ def test_summarize_renders_a_results_file(tmp_path):
                 "decoding_label": "argmax", "lr": 0.01, "hp_name": None, "hp": None,
                 "test_cost_mean": 0.12345, "test_cost_std": 0.01, "test_cost_ci95": [0.1, 0.2],
                 "test_acc_mean": 0.9, "p_vs_ce_argmax": 1.0, "p_vs_ce_bayes": 0.0312,
-                "diverged": True}],
+                "diverged": True},
+               {"cost": "c", "arm": "constant", "label": "best constant prediction",
+                "decoding": "none", "decoding_label": "none", "lr": None, "hp_name": None,
+                "hp": None, "chosen": "class b", "test_cost_mean": 0.5, "test_cost_std": 0.0,
+                "test_cost_ci95": [0.5, 0.5], "test_acc_mean": 0.2, "p_vs_ce_argmax": 0.001,
+                "p_vs_ce_bayes": 0.002, "diverged": False}],
   }
   path = tmp_path / "results.json"
   path.write_text(json.dumps(res))
@@ -65,6 +70,7 @@ def test_summarize_renders_a_results_file(tmp_path):
   assert "Verdict: Use it." in out
   assert ("| cross-entropy | argmax | lr=0.01 | 0.1235 ± 0.0100 (diverged) | [0.1000, 0.2000] "
           "| 0.900 | — | 0.0312 |") in out
+  assert "| best constant prediction | none | class b | 0.5000 ± 0.0000 |" in out
 
 
 @pytest.mark.slow

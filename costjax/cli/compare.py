@@ -73,6 +73,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
   g.add_argument("--arms", default=None,
                  help=f"comma-separated subset of arm ids ({', '.join(ARM_KEYS)}); "
                  "cross-entropy always runs (default: all, emd only for ordinal data)")
+  g.add_argument("--rope", type=float, default=None,
+                 help="region of practical equivalence of the verdict, in cost units: two "
+                 "recipes whose mean test costs differ by less are practically the same "
+                 "(default: 5%% of cross-entropy + Bayes (temperature)'s mean validation "
+                 "cost, per cost matrix)")
   g = p.add_argument_group("training")
   g.add_argument("--seeds", type=int, default=10,
                  help="number of seeds (each its own split, initialization and shuffle)")
@@ -125,6 +130,8 @@ def check_arguments(args) -> None:
       raise UserInputError(f"{flag} must be >= 1; got {v}.")
   if not (args.weight_decay >= 0 and math.isfinite(args.weight_decay)):
     raise UserInputError(f"--weight-decay must be >= 0; got {args.weight_decay}.")
+  if args.rope is not None and not (args.rope >= 0 and math.isfinite(args.rope)):
+    raise UserInputError(f"--rope must be finite and >= 0 (cost units); got {args.rope}.")
   if os.path.exists(args.out) and not os.path.isdir(args.out):
     raise UserInputError(f"--out {args.out!r} exists and is not a directory.")
   args.feature_list = (None if args.features is None else
@@ -238,9 +245,12 @@ def run(args) -> dict:
   if bar is not None:
     bar.close()
 
-  all_rows = [stats.build_rows(arms, results, scores, m, scoring.DECODINGS)
+  all_rows = [stats.build_rows(arms, results, scores, m, scoring.DECODINGS, splits=splits,
+                               cost=costs[m], rope=args.rope, class_names=ds.class_names)
               for m in range(len(costs))]
-  verdicts = [stats.verdict(rows, scoring.DECODING_LABELS) for rows in all_rows]
+  n_tr, n_te = splits.y_train.shape[1], splits.y_test.shape[1]
+  verdicts = [stats.verdict(rows, scoring.DECODING_LABELS, n_train=n_tr, n_test=n_te,
+                            rope=rows[0].rope) for rows in all_rows]
   total = time.perf_counter() - t_start
   summary = report.results_dict(args=args, ds=ds, splits=splits, cost_names=cost_names,
                                 costs=costs, arms=arms, results=results, scores=scores,

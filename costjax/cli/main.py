@@ -3,6 +3,7 @@
   costjax compare --out runs/digits
   costjax compare --data diamonds --cost ordinal --out runs/diamonds
   costjax decide --val val.npz --test test.npz --cost cost.csv --out runs/decide
+  costjax study --quick --out runs/study
 
 Every subcommand answers bad input with one line ``error: ...`` on stderr and exit
 status 2, and writes nothing then.
@@ -15,6 +16,12 @@ import sys
 
 from costjax.cli.errors import UserInputError, report
 
+DESCRIPTION = (
+    "costjax: cost-sensitive classification from the command line. 'costjax compare' trains "
+    "cost-aware losses on one table and reports which recipe to use; 'costjax decide' turns "
+    "a model's predicted probabilities into cost-minimising decisions. Run 'costjax COMMAND "
+    "--help' for a command's flags.")
+
 
 class _Parser(argparse.ArgumentParser):
   """argparse's usage errors as the one line ``error: ...`` (exit status 2)."""
@@ -25,14 +32,15 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-  from costjax.cli import compare, decide
+  from costjax.cli import compare, decide, study
 
-  p = _Parser(prog="costjax", description=__doc__.split("\n\n")[0],
+  p = _Parser(prog="costjax", description=DESCRIPTION,
               formatter_class=compare.HelpFormatter)
   sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
   sub.required = True
   compare.add_parser(sub)
   decide.add_parser(sub)  # sets run=decide.run
+  study.add_parser(sub)
   return p
 
 

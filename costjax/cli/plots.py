@@ -2,11 +2,13 @@
 
 Per cost matrix:
 
-* ``val_curves`` — validation cost (argmax decoding) per epoch for each arm at its
-  chosen grid point, mean over seeds;
+* ``val_curves`` — validation cost per epoch for each arm at its chosen grid point, mean
+  over seeds, under the decoding of the verdict's pick (argmax, or Bayes decisions on the
+  uncalibrated probabilities for a Bayes pick: a calibration per epoch is not recorded);
 * ``test_cost`` — mean test cost per arm and decoding with 95% confidence intervals,
-  arms sorted by their best decoding; a recipe far above cross-entropy is drawn at the
-  edge with its value written beside it, so the axis stays readable;
+  arms sorted by their best decoding, and the best constant prediction as a line; a
+  recipe far above cross-entropy is drawn at the edge with its value written beside it,
+  and an interval cut off at the edge ends in an arrow, so the axis stays readable;
 * ``confusion`` — cost-weighted test confusion matrices (counts × C, summed over seeds)
   of cross-entropy + argmax and of the recommended recipe, on one color scale.
 
@@ -20,6 +22,7 @@ import re
 
 import numpy as np
 
+from costjax.cli import report
 from costjax.cli.scoring import DECODING_LABELS, DECODINGS
 
 MARKERS = {"argmax": "o", "bayes_t": "s", "bayes_vs": "D"}
@@ -52,6 +55,8 @@ def _cap(values, ref: float) -> float:
 def plot_test_cost(path: str, rows: list[dict], title: str) -> None:
   plt = _plt()
   arms = {}
+  const = next((r for r in rows if r["arm"] == "constant"), None)
+  rows = [r for r in rows if r["decoding"] in DECODINGS]
   for r in rows:
     arms.setdefault(r["arm"], {})[r["decoding"]] = r
   def best(a):
@@ -66,6 +71,7 @@ def plot_test_cost(path: str, rows: list[dict], title: str) -> None:
   n = len(order)
   fig, ax = plt.subplots(figsize=(8.5, 0.5 * n * len(DECODINGS) / 2 + 1.8))
   offsets = {d: (i - (len(DECODINGS) - 1) / 2) * 0.22 for i, d in enumerate(DECODINGS)}
+  cut = False
   for i, a in enumerate(order):
     y0 = n - 1 - i
     for d in DECODINGS:
@@ -82,11 +88,25 @@ def plot_test_cost(path: str, rows: list[dict], title: str) -> None:
         continue
       if lo is not None:
         ax.plot([lo, min(hi, xmax)], [y, y], color=COLORS[d], lw=1.5, alpha=0.8)
+        if hi > xmax:  # the interval goes on beyond the axis: an arrow marks the cut
+          ax.plot([xmax], [y], marker=">", color=COLORS[d], ms=5, ls="none", clip_on=False)
+          cut = True
       ax.plot([mean], [y], marker=MARKERS[d], color=COLORS[d], ms=6, ls="none")
   for d in DECODINGS:  # legend entries
     ax.plot([], [], marker=MARKERS[d], color=COLORS[d], ls="-", label=DECODING_LABELS[d])
   ax.axvline(ce_bayes, color="#d62728", ls="--", lw=0.8, label="cross-entropy + Bayes (T)")
   ax.axvline(ce_arg, color="#1f77b4", ls=":", lw=0.8, label="cross-entropy + argmax")
+  if const is not None and const["test_cost_mean"] is not None:
+    c = const["test_cost_mean"]
+    if c <= xmax:
+      ax.axvline(c, color="#555555", ls="-.", lw=1.0,
+                 label=f"best constant prediction ({c:.3g})")
+    else:
+      ax.plot([], [], color="#555555", ls="-.",
+              label=f"best constant prediction: {c:.3g} (off the axis)")
+  if cut:
+    ax.plot([], [], marker=">", color="#555555", ls="none", ms=5,
+            label="interval cut off at the axis edge")
   ax.set_yticks(range(n))
   ax.set_yticklabels([arms[a]["argmax"]["label"] if "argmax" in arms[a] else a
                       for a in reversed(order)], fontsize=8)
@@ -102,7 +122,7 @@ def plot_test_cost(path: str, rows: list[dict], title: str) -> None:
 
 
 def plot_val_curves(path: str, curves: dict[str, tuple[str, np.ndarray]], title: str,
-                    ref: float) -> None:
+                    ref: float, decoding: str = "argmax") -> None:
   """``curves``: arm -> (label with chosen lr, mean validation cost per epoch)."""
   plt = _plt()
   fig, ax = plt.subplots(figsize=(8.5, 4.8))
@@ -123,7 +143,7 @@ def plot_val_curves(path: str, curves: dict[str, tuple[str, np.ndarray]], title:
 
   ax.xaxis.set_major_locator(MaxNLocator(integer=True))
   ax.set_xlabel("epoch")
-  ax.set_ylabel("validation cost (argmax), mean over seeds")
+  ax.set_ylabel(f"validation cost ({decoding}), mean over seeds")
   ax.set_title(title, fontsize=10)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.13),
@@ -157,8 +177,10 @@ def plot_confusions(path: str, mats: list[tuple[str, np.ndarray]], names, title:
             ax.text(j, i, f"{m[i, j]:.0f}", ha="center", va="center", fontsize=6,
                     color="white" if m[i, j] > 0.6 * vmax else "black")
   fig.colorbar(im, ax=axes[0].tolist(), shrink=0.85, label="cost (summed over seeds)")
-  fig.suptitle(title, fontsize=10)
-  fig.savefig(path, dpi=120, bbox_inches="tight")
+  # Above the figure (bbox_inches="tight" keeps it): inside it, constrained layout lets the
+  # title touch the panel titles when the panels are small (K = 3).
+  fig.suptitle(title, fontsize=10, y=1.0, va="bottom")
+  fig.savefig(path, dpi=120, bbox_inches="tight", pad_inches=0.15)
   plt.close(fig)
 
 
@@ -174,16 +196,16 @@ def write_all(out: str, *, summary: dict, ds, splits, costs, arms, results, scor
     v = summary["verdicts"][m]
     files = {}
     name = _file("val_curves", cname, many)
-    curves = {}
-    for a in arms:
-      r = next(r for r in all_rows[m] if r.key == (a.key, "argmax"))
-      c = np.nanmean(results[a.key].val_cost_curve[m, r.g], axis=0)
-      chosen = f"lr={r.lr:g}" + (f", {a.hp_name}={r.hp:g}" if a.hp_name else "")
-      curves[a.key] = (f"{a.label} ({chosen})", c)
+    pick_dec = v["pick"]["decoding"]
+    curves = report.verdict_curves(all_rows[m], arms, results, m, pick_dec)
+    dec_name = "argmax" if pick_dec == "argmax" else "Bayes, T = 1"
+    how = ("argmax decoding" if pick_dec == "argmax" else
+           "Bayes decisions on uncalibrated probabilities")
     ce_bayes = next(r for r in rows if r["arm"] == "ce" and r["decoding"] == "bayes_t")
     plot_val_curves(os.path.join(out, name), curves,
-                    f"{ds.name}, cost {cname}: validation cost per epoch (chosen grid point)",
-                    ce_bayes["test_cost_mean"] or 0.0)
+                    f"{ds.name}, cost {cname}: validation cost per epoch at the chosen grid "
+                    f"point\n{how} (the verdict's pick is {dec[pick_dec]})",
+                    ce_bayes["test_cost_mean"] or 0.0, dec_name)
     files["validation cost per epoch"] = name
     name = _file("test_cost", cname, many)
     plot_test_cost(os.path.join(out, name), rows,
@@ -194,8 +216,9 @@ def write_all(out: str, *, summary: dict, ds, splits, costs, arms, results, scor
     plot_confusions(
         os.path.join(out, name),
         [("cross-entropy + argmax", v["cost_weighted_confusion"]["ce_argmax"]),
-         (f"recommended: {rec['label']} + {dec[rec['decoding']]}",
-          v["cost_weighted_confusion"]["recommended"])],
+         (f"recommended: {rec['label']}"
+         + (f" + {dec[rec['decoding']]}" if rec["decoding"] in dec else ""),
+         v["cost_weighted_confusion"]["recommended"])],
         list(ds.class_names),
         f"{ds.name}, cost {cname}: cost-weighted test confusion (rows true)")
     files["cost-weighted confusion matrices"] = name

@@ -217,7 +217,8 @@ def make_train_fn(graphdef, loss_fn, *, epochs, batch_size, n_train, n_val, weig
 
   Trains ONE model with the loss under ``cost``. Returns validation logits, test
   logits, the per-epoch training loss (epochs,) and the per-epoch validation cost of
-  argmax predictions under each of ``all_costs`` (epochs, M). ``x_val``/``x_te`` may
+  argmax predictions and of Bayes decisions on the uncalibrated probabilities under each
+  of ``all_costs`` (epochs, 2, M). ``x_val``/``x_te`` may
   carry padding rows after the first ``n_val`` (resp. test) rows; the padding never
   enters a cost, and the caller drops its logits.
   """
@@ -245,10 +246,18 @@ def make_train_fn(graphdef, loss_fn, *, epochs, batch_size, n_train, n_val, weig
     def epoch(carry, k):
       perm = jax.random.permutation(k, n_train)[: steps * batch_size]
       carry, losses = jax.lax.scan(step, carry, perm.reshape(steps, batch_size))
-      pred = jnp.argmax(apply(carry[0], x_val), axis=-1)
+      z = apply(carry[0], x_val)
+      pred = jnp.argmax(z, axis=-1)
       # Under every matrix of the run (M,): cost-free arms train once for all of them.
       per_example = all_costs[:, y_val, pred]
-      val_cost = jnp.sum(jnp.where(val_mask, per_example, 0.0), axis=-1) / n_val
+      # Bayes decisions on the uncalibrated probabilities (T = 1): a temperature fit per
+      # epoch would cost more than the epoch itself.
+      expected = jnp.einsum("nk,mkj->mnj", jax.nn.softmax(z, axis=-1), all_costs)
+      pred_b = jnp.argmin(expected, axis=-1)  # (M, n)
+      per_example_b = jnp.take_along_axis(all_costs[:, y_val, :], pred_b[..., None],
+                                          axis=-1)[..., 0]
+      both = jnp.stack([per_example, per_example_b])  # (2, M, n)
+      val_cost = jnp.sum(jnp.where(val_mask[None, None], both, 0.0), axis=-1) / n_val
       return carry, (losses.mean(), val_cost)
 
     key = jax.random.fold_in(jax.random.key(0), seed)
@@ -276,6 +285,8 @@ class ArmResult:
   val_cost_curve: np.ndarray  # (M, G, S, epochs), argmax decoding
   compile_seconds: float
   train_seconds: float
+  # (M, G, S, epochs), Bayes decisions on the uncalibrated probabilities (T = 1)
+  val_cost_curve_bayes: np.ndarray | None = None
 
   @property
   def seconds(self) -> float:
@@ -343,7 +354,8 @@ def execute(prep: Prepared, *, feed: distributed.Feed, num_costs: int) -> ArmRes
                                      for a in (zv, zt, loss_curve, val_curve))
   val_curve = val_curve[np.arange(m), ..., np.arange(m)]  # model trained on m, scored on m
   return ArmResult(prep.grid, np.asarray(zv), np.asarray(zt), np.asarray(loss_curve),
-                   np.asarray(val_curve), prep.compile_seconds, seconds)
+                   np.asarray(val_curve[..., 0]), prep.compile_seconds, seconds,
+                   np.asarray(val_curve[..., 1]))
 
 
 def group_arms(arms: list[Arm]) -> list[list[Arm]]:
@@ -374,7 +386,8 @@ def split(result: ArmResult, group: list[Arm]) -> dict[str, ArmResult]:
     out[a.key] = ArmResult(
         [result.grid[g] for g in idx], result.val_logits[:, idx], result.test_logits[:, idx],
         result.train_loss[:, idx], result.val_cost_curve[:, idx], result.compile_seconds,
-        result.train_seconds)
+        result.train_seconds,
+        None if result.val_cost_curve_bayes is None else result.val_cost_curve_bayes[:, idx])
   return out
 
 
