@@ -410,3 +410,16 @@ def test_study_end_to_end_on_unseen_tables(tmp_path):
   assert (out / "report.md").read_text().startswith("## Verdict across tables")
   for i in range(3):
     assert (out / f"u{i}" / "report.md").exists()
+
+
+@pytest.mark.slow
+def test_docs_suite_page_lists_every_table_as_generated():
+  from pathlib import Path
+
+  from costjax.cli import suite
+
+  page = (Path(__file__).resolve().parents[1] / "docs" / "suite.md").read_text()
+  usable, _ = suite.available()
+  if len(usable) < len(suite.TABLES):
+    pytest.skip("the study extra is not installed")
+  assert "\n".join(suite.markdown_sections()) in page
