@@ -55,7 +55,7 @@ import numpy as np
 
 from costjax.cli.errors import UserInputError
 
-# Settings of a study (the --quick ones are for a first look: about 5 minutes for the suite).
+# Settings of a study. --quick is a first look: the suite took 287 CPU-seconds (docs/results.md).
 FULL = {"seeds": 5, "epochs": 15, "lrs": "1e-3,1e-2", "max_rows": 3000, "arms": None}
 QUICK = {"seeds": 3, "epochs": 6, "lrs": "3e-3", "max_rows": 800,
          "arms": "ce,wce,ec,soft1"}
@@ -460,7 +460,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
   p.add_argument("--tables", default=None,
                  help="comma-separated subset of the built-in suite's tables")
   p.add_argument("--quick", action="store_true",
-                 help=f"a first look in about 5 minutes: {QUICK['seeds']} seeds, "
+                 help=f"a first look (about 5 CPU-minutes for the suite): {QUICK['seeds']} seeds, "
                  f"{QUICK['epochs']} epochs, learning rate {QUICK['lrs']}, at most "
                  f"{QUICK['max_rows']} rows, arms {QUICK['arms']} (default: "
                  f"{FULL['seeds']} seeds, {FULL['epochs']} epochs, learning rates "
