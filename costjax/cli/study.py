@@ -812,9 +812,9 @@ def _pct(x) -> str:
   return "n/a" if x is None or not np.isfinite(x) else f"{100 * x:+.1f}%"
 
 
-def verdict_sentence(c: dict, n_tables: int) -> str:
+def verdict_sentence(c: dict) -> str:
   name = _recipe_name(c)
-  wtl = f"{c['wins']} wins, {c['ties']} ties, {c['losses']} losses over {n_tables} tables"
+  wtl = f"{c['wins']} wins, {c['ties']} ties, {c['losses']} losses over {c['num_tables']} tables"
   if c["verdict"] == "better":
     return (f"**{name}** is cheaper than cross-entropy + Bayes (temperature) across tables "
             f"(median {_pct(c['median_relative'])}; {wtl}; Holm p = {_p(c['holm_p'])}, "
@@ -846,7 +846,7 @@ def write_report(path: str, s: dict, *, plot: str, argv: str) -> None:
       "costs with that table's ROPE.")
   lines.append("")
   if counts["better"]:
-    lines += [f"- {verdict_sentence(c, n)}" for c in counts["better"]]
+    lines += [f"- {verdict_sentence(c)}" for c in counts["better"]]
   else:
     lines.append("- **No recipe is reliably cheaper than cross-entropy + Bayes (temperature) "
                  "across these tables.**")
