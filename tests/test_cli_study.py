@@ -76,19 +76,19 @@ def test_wilcoxon_edge_cases():
       study.smallest_wilcoxon_p(10))
 
 
-@pytest.mark.parametrize("rope", [0.0, 0.05])
-def test_bayesian_signed_rank_equals_baycomp(rope):
+@pytest.mark.parametrize("rope,locs", [(0.0, (-0.01, 0.015)), (0.05, (-0.06, 0.05))])
+def test_bayesian_signed_rank_equals_baycomp(rope, locs):
   baycomp = pytest.importorskip("baycomp")
   rng = np.random.default_rng(3)
-  for loc in (-0.08, -0.02, 0.0, 0.06):
-    d = rng.normal(loc, 0.05, 12)
-    mine = study.bayesian_signed_rank(d, rope=rope, samples=50_000, seed=1)
+  for loc in locs:  # posteriors between 0.3 and 0.95: the comparison has teeth
+    d = rng.normal(loc, 0.08, 12)
+    mine = study.bayesian_signed_rank(d, rope=rope, samples=40_000, seed=1)
     # baycomp's differences are y - x; "left" is y - x below -rope, i.e. d cheaper.
-    theirs = baycomp.SignedRankTest.probs(np.zeros(12), d, rope=rope, nsamples=50_000,
+    theirs = baycomp.SignedRankTest.probs(np.zeros(12), d, rope=rope, nsamples=20_000,
                                           random_state=2)
     if rope == 0:
       theirs = (theirs[0], 0.0, theirs[1])
-    np.testing.assert_allclose(mine, theirs, atol=0.012)
+    np.testing.assert_allclose(mine, theirs, atol=0.015)
     assert sum(mine) == pytest.approx(1.0)
 
 
@@ -410,3 +410,16 @@ def test_study_end_to_end_on_unseen_tables(tmp_path):
   assert (out / "report.md").read_text().startswith("## Verdict across tables")
   for i in range(3):
     assert (out / f"u{i}" / "report.md").exists()
+
+
+@pytest.mark.slow
+def test_docs_suite_page_lists_every_table_as_generated():
+  from pathlib import Path
+
+  from costjax.cli import suite
+
+  page = (Path(__file__).resolve().parents[1] / "docs" / "suite.md").read_text()
+  usable, _ = suite.available()
+  if len(usable) < len(suite.TABLES):
+    pytest.skip("the study extra is not installed")
+  assert "\n".join(suite.markdown_sections()) in page

@@ -18,7 +18,9 @@ from costjax.cli.errors import UserInputError, report
 
 DESCRIPTION = (
     "costjax: cost-sensitive classification from the command line. 'costjax compare' trains "
-    "cost-aware losses on one table and reports which recipe to use; 'costjax decide' turns "
+    "cost-aware losses on one table and reports which recipe to use; 'costjax study' does the "
+    "same over many tables (a built-in suite of real tables, or a manifest of your own) and "
+    "gives the answer across them; 'costjax decide' turns "
     "a model's predicted probabilities into cost-minimising decisions. Run 'costjax COMMAND "
     "--help' for a command's flags.")
 

@@ -55,7 +55,7 @@ import numpy as np
 
 from costjax.cli.errors import UserInputError
 
-# Settings of a study (the --quick ones are for a first look: about 5 minutes for the suite).
+# Settings of a study. --quick is a first look: the suite took 287 CPU-seconds (docs/results.md).
 FULL = {"seeds": 5, "epochs": 15, "lrs": "1e-3,1e-2", "max_rows": 3000, "arms": None}
 QUICK = {"seeds": 3, "epochs": 6, "lrs": "3e-3", "max_rows": 800,
          "arms": "ce,wce,ec,soft1"}
@@ -460,7 +460,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
   p.add_argument("--tables", default=None,
                  help="comma-separated subset of the built-in suite's tables")
   p.add_argument("--quick", action="store_true",
-                 help=f"a first look in about 5 minutes: {QUICK['seeds']} seeds, "
+                 help=f"a first look (about 5 CPU-minutes for the suite): {QUICK['seeds']} seeds, "
                  f"{QUICK['epochs']} epochs, learning rate {QUICK['lrs']}, at most "
                  f"{QUICK['max_rows']} rows, arms {QUICK['arms']} (default: "
                  f"{FULL['seeds']} seeds, {FULL['epochs']} epochs, learning rates "
@@ -812,9 +812,9 @@ def _pct(x) -> str:
   return "n/a" if x is None or not np.isfinite(x) else f"{100 * x:+.1f}%"
 
 
-def verdict_sentence(c: dict, n_tables: int) -> str:
+def verdict_sentence(c: dict) -> str:
   name = _recipe_name(c)
-  wtl = f"{c['wins']} wins, {c['ties']} ties, {c['losses']} losses over {n_tables} tables"
+  wtl = f"{c['wins']} wins, {c['ties']} ties, {c['losses']} losses over {c['num_tables']} tables"
   if c["verdict"] == "better":
     return (f"**{name}** is cheaper than cross-entropy + Bayes (temperature) across tables "
             f"(median {_pct(c['median_relative'])}; {wtl}; Holm p = {_p(c['holm_p'])}, "
@@ -846,7 +846,7 @@ def write_report(path: str, s: dict, *, plot: str, argv: str) -> None:
       "costs with that table's ROPE.")
   lines.append("")
   if counts["better"]:
-    lines += [f"- {verdict_sentence(c, n)}" for c in counts["better"]]
+    lines += [f"- {verdict_sentence(c)}" for c in counts["better"]]
   else:
     lines.append("- **No recipe is reliably cheaper than cross-entropy + Bayes (temperature) "
                  "across these tables.**")
