@@ -567,19 +567,11 @@ def _solve_jit(lp, lq, active, cost, eps, *, config: _Config) -> _Solution:
   eps_g = jnp.broadcast_to(jnp.asarray(eps, lp.dtype), ks).reshape(groups)
   # Compaction flattens the batch; an explicitly sharded batch axis cannot be
   # reshaped without naming the output sharding, so such batches skip it.
-  if any(_explicitly_sharded(x) for x in (lp, lq, active)):
+  if any(_checks._explicit_sharding(x) is not None for x in (lp, lq, active)):
     config = config._replace(stages=0)
   problems = _Problems(lp=to_groups(lp), lq=to_groups(lq), cost=cost_g, eps=eps_g)
   out = _solve_grouped(problems, to_groups(active), config)
   return jax.tree.map(from_groups, out)
-
-
-def _explicitly_sharded(x) -> bool:
-  try:
-    spec = jax.typeof(x).sharding.spec
-  except AttributeError:
-    return False
-  return any(s is not None for s in spec)
 
 
 def _kernel_ok(cost: jax.Array, eps: jax.Array) -> jax.Array:
