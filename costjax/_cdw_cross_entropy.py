@@ -60,7 +60,8 @@ def _log1m_softmax_parts(logits: jax.Array):
   # Every maximum gets one per-row value: LSE of the rest when it is the only
   # maximum, else m + log(total - 1) (another maximum keeps the sum >= 1).
   # (Per-row values and a select on `in_top` alone keep XLA from recomputing
-  # row reductions per element, which made an element-wise mask 10x slower.)
+  # row reductions per element, which made an element-wise mask much slower;
+  # docs/benchmarks.md, section "Closed-form losses vs optax cross-entropy".)
   unique = jnp.sum(in_top, axis=-1, keepdims=True) == 1
   top_value = jnp.where(unique, lse_rest, m + jnp.log(jnp.maximum(total - 1.0, 1.0)))
   lse_excl = jnp.where(in_top, top_value, m + jnp.log(jnp.maximum(total - e, 1.0)))
@@ -173,8 +174,10 @@ def _indicator_not_max(e: jax.Array) -> jax.Array:
 
   Exact with arithmetic only (``min(1, (1 - e) 2^{p+1})``): the next float below 1
   is ``1 - 2^-(p+1)``. XLA:CPU runs reductions over arithmetic expressions as
-  fast library kernels, but falls back to a ~3x slower loop for ones that
-  contain compares or selects, so masks here are numbers, not booleans.
+  fast library kernels, but splits off and writes out operands that contain
+  compares or selects, so masks here are numbers, not booleans (what XLA:CPU
+  does with these losses: ``docs/benchmarks.md``, section
+  "Closed-form losses vs optax cross-entropy").
   """
   scale = 2.0 ** (jnp.finfo(e.dtype).nmant + 1)
   return jax.lax.stop_gradient(jnp.minimum(1.0, (1.0 - e) * scale))

@@ -80,8 +80,10 @@ def _cdf_gap(logits: jax.Array, cdf_q: jax.Array):
   """``(p, F_p - F_q)`` with the last, always-zero, column set to 0.
 
   The softmax total is a matrix-vector product: as a fused sum, XLA:CPU wrote
-  ``1 / total`` out as a ``(..., K)`` array for its consumers (one third of the
-  loss's scratch memory; ``docs/benchmarks.md``, rule 11).
+  ``1 / total`` out as a ``(..., K)`` array for its consumers (a large share
+  of the loss's scratch memory, which XLA:CPU faults in on every call once it
+  is large: ``docs/benchmarks.md``, section
+  "Closed-form losses vs optax cross-entropy").
   """
   sm = _common.softmax_parts(logits, matvec_total=True)
   probs = sm.probs
@@ -175,9 +177,10 @@ def prefix_sum(x: jax.Array, *, totals_from_products: bool = False) -> jax.Array
   """``jnp.cumsum(x, axis=-1)`` through small triangular matrix products.
 
   On XLA:CPU ``jnp.cumsum`` lowers to a windowed reduction with ``O(K^2)``
-  work per row (about 20x an ``exp`` pass at ``K = 1000``), and
-  ``lax.associative_scan`` is no faster. Here the last axis is cut into blocks
-  of ``b ~ 40``; one ``(b, b)`` upper-triangular product gives the sums within
+  work per row (many times an ``exp`` pass at ``K = 1000``), and
+  ``lax.associative_scan`` is no faster (``docs/benchmarks.md``, section
+  "Closed-form losses vs optax cross-entropy"). Here the last axis is cut into
+  blocks of ``b ~ 40``; one ``(b, b)`` upper-triangular product gives the sums within
   blocks, and the exclusive prefix sums of the block totals (the same function,
   recursively) give the offsets: ``O(K b)`` multiply-adds that run as matrix
   products, and the reverse-mode derivative (a suffix sum) is again matrix
@@ -187,10 +190,10 @@ def prefix_sum(x: jax.Array, *, totals_from_products: bool = False) -> jax.Array
 
   ``totals_from_products`` (static) reads the block totals off the last
   column of the within-block products instead of summing the blocks again.
-  Measured on a 2-core CPU, that is faster where the prefix sum stands alone
-  (the cost structures: 82 against 116 ms at ``256 x 99,991``, the same at
-  ``256 x 100,000``) and slower inside ordinal EMD ``power=2``'s fused
-  gradient (27 against 21 ms at ``4096 x 1000``), which keeps the default.
+  On XLA:CPU that is faster where the prefix sum stands alone (the cost
+  structures) and slower inside ordinal EMD ``power=2``'s fused gradient,
+  which keeps the default (``docs/benchmarks.md``, sections
+  "Structured costs at huge K" and "Closed-form losses vs optax cross-entropy").
   """
   k = x.shape[-1]
   lead = x.shape[:-1]
@@ -214,9 +217,9 @@ def prefix_sum(x: jax.Array, *, totals_from_products: bool = False) -> jax.Array
 def _block_size(k: int) -> int:
   """Block length for :func:`prefix_sum`: a divisor of ``k``, else 40 (with padding).
 
-  Measured on XLA:CPU (B = 4096, K = 1000): blocks of 40 ran the within-block
-  product 1.7x faster than blocks of 25 and 1.5x faster than 20; multiples of 8
-  between 32 and 64 are preferred.
+  On XLA:CPU blocks near 40 ran the within-block product faster than blocks
+  of 20 or 25; multiples of 8 between 32 and 64 are preferred
+  (``docs/benchmarks.md``, section "Closed-form losses vs optax cross-entropy").
   """
   for lo, hi, step in ((32, 64, 8), (20, 80, 1)):
     divisors = [b for b in range(lo, hi + 1, step) if k % b == 0]

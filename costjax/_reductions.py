@@ -34,13 +34,13 @@ def argmin_block(num_classes: int) -> int | None:
 def argmin_last(x: jax.Array) -> jax.Array:
   """``jnp.argmin(x, axis=-1)`` as ``int32``, with its exact tie and NaN rules.
 
-  XLA:CPU runs an arg-min as a scalar loop (40 ms for ``256 x 100,000``
-  floats), but a plain ``min`` as a vectorised reduction. So: the minimum of
-  each block of ``c`` classes (one vectorised pass), the arg-min over the
-  ``K / c`` block minima, then the arg-min inside the winning block (``c``
-  gathered values per row): 2 to 4 ms for the same array. The first occurrence
-  of the row minimum lies in the first block whose minimum equals it, so ties
-  go to the lowest index.
+  XLA:CPU runs an arg-min as a scalar loop, but a plain ``min`` as a
+  vectorised reduction. So: the minimum of each block of ``c`` classes (one
+  vectorised pass), the arg-min over the ``K / c`` block minima, then the
+  arg-min inside the winning block (``c`` gathered values per row), several
+  times faster (``docs/benchmarks.md``, section "Structured costs at huge K").
+  The first occurrence of the row minimum lies in the first block whose
+  minimum equals it, so ties go to the lowest index.
 
   XLA:CPU's vectorised ``min`` skips NaN, while ``argmin`` returns the first
   NaN. So the blocks are also summed (NaN if a block holds a NaN, or both
@@ -84,12 +84,12 @@ def row_sum(x: jax.Array) -> jax.Array:
   """``jnp.sum(x, axis=-1)``, as ``x @ ones(K)`` for long rows on XLA:CPU.
 
   XLA:CPU fuses the elementwise producers of a row sum into a library
-  reduction that is slow per element on long rows (``sum(e * c)`` over
-  ``256 x 100,000``: ~50 ms), but never fuses producers into a ``dot``: the
-  product is then written by a parallel loop and summed by a GEMV (~10 ms in
-  all). Below ``LONG_ROW_CLASSES`` classes, or on other backends, the fused
-  reduction is as fast or faster (measured crossover near 16,000 classes), so
-  this is a plain ``jnp.sum`` there.
+  reduction that is slow per element on long rows, but never fuses producers
+  into a ``dot``: the product is then written by a parallel loop and summed by
+  a GEMV, faster in all. Below ``LONG_ROW_CLASSES`` classes, or on other
+  backends, the fused reduction is as fast or faster, so this is a plain
+  ``jnp.sum`` there (timings and the crossover: ``docs/benchmarks.md``,
+  section "Closed-form losses vs optax cross-entropy").
   """
   if jax.default_backend() != "cpu" or x.shape[-1] < LONG_ROW_CLASSES:
     return jnp.sum(x, axis=-1)

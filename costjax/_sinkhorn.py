@@ -75,6 +75,84 @@ class SinkhornOutput(NamedTuple):
   marginal_error: jax.Array
 
 
+class _Config(NamedTuple):
+  """Static configuration of one solver program (hashable: a jit static argument).
+
+  Attributes:
+    tol: a problem is done once the L1 error of its plan's row sums is ``<= tol``.
+    max_iterations: iteration cap per problem, epsilon-scaling levels included.
+    use_scan: run a fixed-length :func:`jax.lax.scan` of ``max_iterations``
+      steps instead of a :func:`jax.lax.while_loop` (checked mode).
+    stages: number of compacted tail loops (0: none; see :func:`_compact_sizes`).
+  """
+
+  tol: float
+  max_iterations: int
+  use_scan: bool
+  stages: int
+
+
+class _Problems(NamedTuple):
+  """``(G, ..., K)`` problems; group ``g`` has cost ``cost[g]`` and epsilon ``eps[g]``.
+
+  Attributes:
+    lp: ``(G, ..., K)`` log of the source ``p``.
+    lq: ``(G, ..., K)`` log of the sink ``q`` (``-inf`` on zeros).
+    cost: ``(G, K, K)`` cost matrices.
+    eps: ``(G,)`` epsilons.
+  """
+
+  lp: jax.Array
+  lq: jax.Array
+  cost: jax.Array
+  eps: jax.Array
+
+
+class _State(NamedTuple):
+  """Loop state of the solver; every field has the batch shape ``(G, ...)`` first.
+
+  Attributes:
+    f: ``(G, ..., K)`` source potential.
+    g: ``(G, ..., K)`` sink potential; once ``done``, ``f`` is its exact update.
+    g_next: ``(G, ..., K)`` update of ``g`` from ``f``, where the next
+      iteration starts (before over-relaxation).
+    err: L1 error of the plan's row sums at the last convergence test
+      (``inf`` before the first).
+    iters: iterations used, epsilon-scaling levels included.
+    done: converged, NaN error, out of iterations or inactive: frozen.
+    k: iterations at the target epsilon (after epsilon scaling).
+    omega: over-relaxation factor (1: plain Sinkhorn steps).
+    mark: error ``_RELAX_WINDOW`` iterations before ``_RELAX_START``, from
+      which the convergence rate is estimated.
+  """
+
+  f: jax.Array
+  g: jax.Array
+  g_next: jax.Array
+  err: jax.Array
+  iters: jax.Array
+  done: jax.Array
+  k: jax.Array
+  omega: jax.Array
+  mark: jax.Array
+
+
+class _Solution(NamedTuple):
+  """Solver result, all without gradient; fields have the batch shape first.
+
+  Attributes:
+    f: ``(..., K)`` source potential.
+    g: ``(..., K)`` sink potential.
+    err: L1 error of the plan's row sums (0 for inactive problems).
+    iters: iterations used (0 for inactive problems).
+  """
+
+  f: jax.Array
+  g: jax.Array
+  err: jax.Array
+  iters: jax.Array
+
+
 # --------------------------------------------------------------------------- #
 # Public API.
 # --------------------------------------------------------------------------- #
@@ -417,13 +495,15 @@ def _potentials(lp, lq, cost, eps, active, tol, max_iterations):
   if _checks.checks_on():
     # checkify cannot functionalise a while_loop under vmap (nor a custom_vmap):
     # a fixed-length scan gives the same result thanks to freezing.
-    return _solve_jit(lp, lq, active, cost, eps, tol=tol, max_iterations=max_iterations,
-                      use_scan=True, stages=0)
-  return _batched_solver(tol, max_iterations, _COMPACT_STAGES)(lp, lq, active, cost, eps)
+    config = _Config(tol=tol, max_iterations=max_iterations, use_scan=True, stages=0)
+    return _solve_jit(lp, lq, active, cost, eps, config=config)
+  config = _Config(tol=tol, max_iterations=max_iterations, use_scan=False,
+                   stages=_COMPACT_STAGES)
+  return _batched_solver(config)(lp, lq, active, cost, eps)
 
 
 @functools.cache
-def _batched_solver(tol: float, max_iterations: int, stages: int):
+def _batched_solver(config: _Config):
   """The solver as a ``custom_vmap`` function for one static configuration.
 
   Arguments ``(lp, lq, active, cost, eps)``: problems ``(*batch, K)``, ``cost``
@@ -436,8 +516,7 @@ def _batched_solver(tol: float, max_iterations: int, stages: int):
 
   @jax.custom_batching.custom_vmap
   def solver(lp, lq, active, cost, eps):
-    return _solve_jit(lp, lq, active, cost, eps, tol=tol, max_iterations=max_iterations,
-                      use_scan=False, stages=stages)
+    return _solve_jit(lp, lq, active, cost, eps, config=config)
 
   @solver.def_vmap
   def _rule(axis_size, in_batched, lp, lq, active, cost, eps):
@@ -446,13 +525,13 @@ def _batched_solver(tol: float, max_iterations: int, stages: int):
         for x, b in zip((lp, lq, active), in_batched[:3], strict=True)
     )
     cost, eps = (x if b else x[None] for x, b in zip((cost, eps), in_batched[3:], strict=True))
-    return solver(lp, lq, active, cost, eps), (True, True, True, True)
+    return solver(lp, lq, active, cost, eps), _Solution(f=True, g=True, err=True, iters=True)
 
   return solver
 
 
-@functools.partial(jax.jit, static_argnames=("tol", "max_iterations", "use_scan", "stages"))
-def _solve_jit(lp, lq, active, cost, eps, *, tol, max_iterations, use_scan, stages):
+@functools.partial(jax.jit, static_argnames=("config",))
+def _solve_jit(lp, lq, active, cost, eps, *, config: _Config) -> _Solution:
   """Regroups ``(*batch, K)`` problems by distinct ``(cost, eps)`` and solves them.
 
   The batch axes along which the cost or epsilon varies move first (merged into
@@ -488,20 +567,11 @@ def _solve_jit(lp, lq, active, cost, eps, *, tol, max_iterations, use_scan, stag
   eps_g = jnp.broadcast_to(jnp.asarray(eps, lp.dtype), ks).reshape(groups)
   # Compaction flattens the batch; an explicitly sharded batch axis cannot be
   # reshaped without naming the output sharding, so such batches skip it.
-  if any(_explicitly_sharded(x) for x in (lp, lq, active)):
-    stages = 0
-  out = _solve_grouped(to_groups(lp), to_groups(lq), to_groups(active), cost_g, eps_g,
-                       tol=tol, max_iterations=max_iterations, use_scan=use_scan,
-                       stages=stages)
-  return tuple(from_groups(x) for x in out)
-
-
-def _explicitly_sharded(x) -> bool:
-  try:
-    spec = jax.typeof(x).sharding.spec
-  except AttributeError:
-    return False
-  return any(s is not None for s in spec)
+  if any(_checks._explicit_sharding(x) is not None for x in (lp, lq, active)):
+    config = config._replace(stages=0)
+  problems = _Problems(lp=to_groups(lp), lq=to_groups(lq), cost=cost_g, eps=eps_g)
+  out = _solve_grouped(problems, to_groups(active), config)
+  return jax.tree.map(from_groups, out)
 
 
 def _kernel_ok(cost: jax.Array, eps: jax.Array) -> jax.Array:
@@ -581,7 +651,7 @@ def _compact_sizes(total: int, stages: int) -> tuple[int, ...]:
   return tuple(caps)
 
 
-def _solve_grouped(lp, lq, active, cost, eps, *, tol, max_iterations, use_scan, stages):
+def _solve_grouped(problems: _Problems, active: jax.Array, config: _Config) -> _Solution:
   """Sinkhorn on ``(G, n, K)`` problems; group ``g`` has cost ``cost[g]`` and ``eps[g]``.
 
   Kernel or log domain is decided once for all groups (a scalar predicate).
@@ -594,14 +664,14 @@ def _solve_grouped(lp, lq, active, cost, eps, *, tol, max_iterations, use_scan, 
   left, they are gathered into a small buffer and finished there, so the long
   tail of slow problems does not pay for the whole batch.
   """
+  cost, eps = problems.cost, problems.eps
   use_kernel = _kernel_ok(cost, eps)
   range_ = jnp.max(cost, axis=(-2, -1)) - jnp.min(cost, axis=(-2, -1))
   eps_start = jnp.maximum(eps, range_ / _SCALING_START_RATIO)
   levels = jnp.ceil(jnp.log(eps / eps_start) / np.log(_SCALING)).astype(jnp.int32)
-  levels = jnp.where(use_kernel, 0, jnp.clip(levels, 0, max_iterations // 2))
-  return _run(functools.partial(_make_updates, use_kernel=use_kernel), lp=lp, lq=lq,
-              cost=cost, eps=eps, active=active, eps_start=eps_start, levels=levels, tol=tol,
-              max_iterations=max_iterations, use_scan=use_scan, stages=stages)
+  levels = jnp.where(use_kernel, 0, jnp.clip(levels, 0, config.max_iterations // 2))
+  return _run(functools.partial(_make_updates, use_kernel=use_kernel), problems, active=active,
+              eps_start=eps_start, levels=levels, config=config)
 
 
 def _make_updates(cost, eps, *, use_kernel):
@@ -618,7 +688,7 @@ def _make_updates(cost, eps, *, use_kernel):
   return update_g, update_f
 
 
-def _body(state, *, updates, lp, lq, eps, tol, max_iterations):
+def _body(state: _State, *, updates, lp, lq, eps, config: _Config) -> _State:
   """One Sinkhorn iteration for every unfinished problem, adaptively over-relaxed.
 
   A problem still unconverged after ``_RELAX_START`` iterations estimates its
@@ -632,7 +702,9 @@ def _body(state, *, updates, lp, lq, eps, tol, max_iterations):
   Everything depends only on the problem's own history.
   """
   update_g, update_f = updates
-  f, g, g_next, err, iters, done, k, omega, mark = state
+  f, g, g_next, err, iters, done, k, omega, mark = (
+      state.f, state.g, state.g_next, state.err, state.iters, state.done, state.k,
+      state.omega, state.mark)
   plain = (omega == 1)[..., None]
   w = omega[..., None]
   g_new = jnp.where(plain, g_next, g + w * (g_next - g))
@@ -648,7 +720,7 @@ def _body(state, *, updates, lp, lq, eps, tol, max_iterations):
   iters = iters + (~done).astype(jnp.int32)
   k_new = k + 1
   # NaN errors (bad inputs) count as done so they never stall the batch.
-  finished = (err_new <= tol) | jnp.isnan(err_new) | (iters >= max_iterations)
+  finished = (err_new <= config.tol) | jnp.isnan(err_new) | (iters >= config.max_iterations)
   keep = done[..., None]
   f = jnp.where(keep, f, jnp.where(finished[..., None], f_plain, f_relaxed))
   g = jnp.where(keep, g, g_new)
@@ -662,12 +734,15 @@ def _body(state, *, updates, lp, lq, eps, tol, max_iterations):
   mark = jnp.where(done | (k_new != _RELAX_START - _RELAX_WINDOW), mark, err_new)
   k = jnp.where(done, k, k_new)
   done = done | finished
-  return f, g, g_next, err, iters, done, k, omega, mark
+  return _State(f=f, g=g, g_next=g_next, err=err, iters=iters, done=done, k=k, omega=omega,
+                mark=mark)
 
 
-def _run(make_updates, *, lp, lq, cost, eps, active, eps_start, levels, tol, max_iterations,
-         use_scan, stages):
+def _run(make_updates, problems: _Problems, *, active, eps_start, levels,
+         config: _Config) -> _Solution:
   """The loops of :func:`_solve_grouped`: epsilon scaling, batched, compacted."""
+  lp, lq, cost, eps = problems.lp, problems.lq, problems.cost, problems.eps
+  max_iterations = config.max_iterations
   bshape = lp.shape[:-1]  # (G, ...)
   eps_b = eps.reshape(eps.shape + (1,) * (len(bshape) - 1))  # broadcasts against (G, ...)
   updates = make_updates(cost, eps)
@@ -680,44 +755,47 @@ def _run(make_updates, *, lp, lq, cost, eps, active, eps_start, levels, tol, max
     e = jnp.maximum(eps_b, start * jnp.exp(log_decay * t.astype(eps.dtype)))
     return jnp.where((t < levels)[..., None], update_f(lq, update_g(lp, f, e), e), f)
 
-  n_levels = max_iterations // 2 if use_scan else jnp.max(levels)
+  n_levels = max_iterations // 2 if config.use_scan else jnp.max(levels)
   f = lax.fori_loop(0, n_levels, anneal, jnp.zeros_like(lp))
   t0 = levels
   iters = jnp.broadcast_to(t0, lp.shape[:-1])
-  state = (
-      f,
-      jnp.zeros_like(lq),
-      update_g(lp, f, eps_b),
-      jnp.full(lp.shape[:-1], jnp.inf, lp.dtype),
-      iters,
-      ~active | (iters >= max_iterations),
-      jnp.zeros(lp.shape[:-1], jnp.int32),  # iterations at eps (after epsilon scaling)
-      jnp.ones(lp.shape[:-1], lp.dtype),  # over-relaxation factor
-      jnp.full(lp.shape[:-1], jnp.inf, lp.dtype),  # error _RELAX_WINDOW iterations earlier
+  state = _State(
+      f=f,
+      g=jnp.zeros_like(lq),
+      g_next=update_g(lp, f, eps_b),
+      err=jnp.full(lp.shape[:-1], jnp.inf, lp.dtype),
+      iters=iters,
+      done=~active | (iters >= max_iterations),
+      k=jnp.zeros(lp.shape[:-1], jnp.int32),
+      omega=jnp.ones(lp.shape[:-1], lp.dtype),
+      mark=jnp.full(lp.shape[:-1], jnp.inf, lp.dtype),
   )
-  body = functools.partial(_body, tol=tol, max_iterations=max_iterations)
-  full = functools.partial(body, updates=updates, lp=lp, lq=lq, eps=eps_b)
-  caps = _compact_sizes(int(np.prod(bshape)), stages)
-  if use_scan:
+  full = functools.partial(_body, updates=updates, lp=lp, lq=lq, eps=eps_b, config=config)
+  caps = _compact_sizes(int(np.prod(bshape)), config.stages)
+  if config.use_scan:
     state, _ = lax.scan(lambda s, _: (full(s), None), state, None, length=max_iterations)
   else:
     left = caps[0] if caps else 0
-    state = lax.while_loop(lambda s: jnp.sum(~s[5]) > left, full, state)
+    state = lax.while_loop(lambda s: jnp.sum(~s.done) > left, full, state)
   if caps:
-    state = _finish_compacted(state, body, make_updates, lp, lq, cost, eps, caps)
-  f, g, _, err, iters = state[:5]
-  err = jnp.where(active, err, 0.0)
-  iters = jnp.where(active, iters, 0)
-  return f, g, err, iters
+    state = _finish_compacted(state, problems, make_updates, caps, config)
+  return _Solution(
+      f=state.f,
+      g=state.g,
+      err=jnp.where(active, state.err, 0.0),
+      iters=jnp.where(active, state.iters, 0),
+  )
 
 
-def _finish_compacted(state, body, make_updates, lp, lq, cost, eps, caps):
+def _finish_compacted(state: _State, problems: _Problems, make_updates, caps: tuple[int, ...],
+                      config: _Config) -> _State:
   """Runs the at most ``caps[0]`` unfinished problems in a ``caps[0]``-slot buffer.
 
   They iterate there until at most ``caps[1]`` are left, which move on to a
   smaller buffer in turn; the last buffer runs to the end. Results are
   scattered back, so every problem gets exactly its own iterates.
   """
+  lp, lq, cost, eps = problems.lp, problems.lq, problems.cost, problems.eps
   cap = caps[0]
   nb = lp.ndim - 1
   groups = lp.shape[0]
@@ -730,7 +808,7 @@ def _finish_compacted(state, body, make_updates, lp, lq, cost, eps, caps):
   # Every unfinished problem (at most cap) and finished ones as fillers: those
   # are frozen, so writing them back changes nothing. (top_k compiles faster
   # than nonzero and needs no validity mask.)
-  idx = lax.top_k((~flat(state[5])).astype(jnp.float32), cap)[1]  # float: fast on CPU
+  _, idx = lax.top_k((~flat(state.done)).astype(jnp.float32), cap)  # float: fast on CPU
   if groups == 1:  # one shared problem geometry: slots are (1, cap)
     shape, c_cost, c_eps = (1, cap), cost, eps
   else:  # every slot carries its own group's cost and epsilon: slots are (cap, 1)
@@ -740,21 +818,23 @@ def _finish_compacted(state, body, make_updates, lp, lq, cost, eps, caps):
   def take(x):
     return flat(x).at[idx].get(mode="promise_in_bounds").reshape(shape + x.shape[nb:])
 
-  sub = tuple(take(x) for x in state)
+  sub = jax.tree.map(take, state)
   c_lp, c_lq = take(lp), take(lq)
   updates = make_updates(c_cost, c_eps)
   left = caps[1] if len(caps) > 1 else 0
-  step = functools.partial(body, updates=updates, lp=c_lp, lq=c_lq, eps=c_eps[:, None])
-  sub = lax.while_loop(lambda s: jnp.sum(~s[5]) > left, step, sub)
+  step = functools.partial(_body, updates=updates, lp=c_lp, lq=c_lq, eps=c_eps[:, None],
+                           config=config)
+  sub = lax.while_loop(lambda s: jnp.sum(~s.done) > left, step, sub)
   if len(caps) > 1:
-    sub = _finish_compacted(sub, body, make_updates, c_lp, c_lq, c_cost, c_eps, caps[1:])
+    compacted = _Problems(lp=c_lp, lq=c_lq, cost=c_cost, eps=c_eps)
+    sub = _finish_compacted(sub, compacted, make_updates, caps[1:], config)
 
   def put(x, y):
     y = y.reshape((cap,) + y.shape[2:])  # slots are 2-D: (1, cap) or (cap, 1)
     out = flat(x).at[idx].set(y, mode="promise_in_bounds", unique_indices=True)
     return out.reshape(x.shape)
 
-  return tuple(put(x, y) for x, y in zip(state, sub, strict=True))
+  return jax.tree.map(put, state, sub)
 
 
 @jax.custom_batching.custom_vmap

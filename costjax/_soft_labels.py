@@ -96,7 +96,8 @@ def _target_table(cost: jax.Array, temperature: jax.typing.ArrayLike,
   are non-negative with an exact zero diagonal), so the softmax needs no
   max-subtraction pass: ``exp(-C / T) <= 1`` with a 1 on the diagonal, the
   same values. (XLA:CPU runs that extra row maximum over a fused expression
-  as a slow reduction: 40 ms at 256 x 100,000.)
+  as a slow reduction on long rows; ``docs/benchmarks.md``, section
+  "Structured costs at huge K".)
   """
   scaled = -cost / jnp.asarray(temperature, cost.dtype)
   if not zero_min:

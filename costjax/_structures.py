@@ -652,7 +652,8 @@ class TreeCost(_cost_ops.CostStructure):
       products with the ``(K, n_levels)`` level indicator, nothing sorted or
       permuted (:func:`_sum_max_by_level`);
     * otherwise one sort of the depths and two ``(..., K)`` permutations
-      (:func:`_sum_max_sorted`), about 3x slower.
+      (:func:`_sum_max_sorted`), much slower (``docs/benchmarks.md``, section
+      "Structured costs at huge K").
 
     ``finish`` (the identity, or an arg-min) runs inside the branch, so the
     ``(..., K)`` costs need not be the branch's output. Under ``vmap`` over
@@ -770,15 +771,15 @@ class TreeCost(_cost_ops.CostStructure):
 def _cumsum_last(x: jax.Array) -> jax.Array:
   """Inclusive cumulative sum along the last axis (:func:`costjax._ordinal.prefix_sum`).
 
-  XLA's CPU cumsum over 100,000 entries takes 2x longer.
+  XLA's CPU cumsum is slower over long rows (``docs/benchmarks.md``, section
+  "Structured costs at huge K").
   """
   return _ordinal.prefix_sum(x, totals_from_products=True)
 
 
 # Levels holding classes up to which _sum_max_by_level's matrix products
-# (4 B K levels multiply-adds) stay cheaper than a sort and two permutations.
-# Measured at 256 x 100,000 on a 2-core CPU: 64 ms (2 levels), 70 (8), 171
-# (64) against the sort's 190 to 235 ms (128 levels: 244 against 203).
+# (4 B K levels multiply-adds) stay cheaper than a sort and two permutations
+# (the crossover: docs/benchmarks.md, section "Structured costs at huge K").
 _MAX_LEVELS_BY_MATMUL = 64
 
 
@@ -809,7 +810,8 @@ def _sum_max_by_level(v: jax.Array, d: jax.Array, onehot: np.ndarray) -> jax.Arr
   if n == 1:  # every class on one level: a broadcast
     return d * coef + const
   # Back to the classes by products with the indicator's transpose: XLA:CPU
-  # runs the equivalent gathers from a (..., n_levels) table 5 to 10x slower.
+  # runs the equivalent gathers from a (..., n_levels) table several times
+  # slower (docs/benchmarks.md, section "Structured costs at huge K").
   back = lambda x: jnp.einsum("...l,kl->...k", x, ind, precision=hi)
   return d * back(coef) + back(const)
 
@@ -823,8 +825,10 @@ def _sum_max_sorted(v: jax.Array, d: jax.Array) -> jax.Array:
   below = _cumsum_last(vs)  # mass with d_i <= d_j (ties: either side is exact)
   cum_vd = _cumsum_last(vs * ds)
   # The d_i > d_j side. The total is the prefix sum's last entry: a separate
-  # row sum fused into the next pass ran as a slow reduction (rule 6 of
-  # docs/benchmarks.md) and made XLA write d broadcast to (..., K).
+  # row sum fused into the next pass ran as a slow reduction (a row reduction
+  # whose body is not a plain product; docs/benchmarks.md, section
+  # "Closed-form losses vs optax cross-entropy") and made XLA write d
+  # broadcast to (..., K).
   above_d = cum_vd[..., -1:] - cum_vd
   return _take_last(ds * below + above_d, inv)
 
@@ -947,7 +951,8 @@ class OrdinalCost(_cost_ops.CostStructure):
     cdf = _cumsum_last(weights)
     flat = cdf.reshape(-1, self._k)
     # The first j with F(j) >= S / 2, by binary search: O(log K) per example (a
-    # row count of F < S / 2 took 60% of the time at K = 100,000 on XLA:CPU).
+    # row count of F < S / 2 took most of the time at large K on XLA:CPU;
+    # docs/benchmarks.md, section "Structured costs at huge K").
     first = jax.vmap(lambda c: jnp.searchsorted(c, 0.5 * c[-1], side="left"))(flat)
     decision = jnp.minimum(first.reshape(cdf.shape[:-1]), self._k - 1).astype(jnp.int32)
     grid = self._grid(weights.ndim, weights.dtype)

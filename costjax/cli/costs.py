@@ -7,13 +7,11 @@ Interface (used by ``costjax compare``, ``costjax decide`` and the examples):
   is ``abs(i - j)``).
 * ``read_cost_csv(path, flag="--cost") -> CostTable`` — a validated ``(K, K)`` float32 matrix
   and its class names (``None`` when the file has no header).
-* ``load_cost_csv(path) -> np.ndarray`` — the matrix alone (as in ``examples/common.py``).
 * ``cost_matrix(spec, k, *, class_names=None) -> np.ndarray`` — a built-in name or a CSV path,
   checked to be ``k x k``; with ``class_names`` (the data's class order), a CSV header must list
   exactly those names in that order.
 * ``cost_classes(specs) -> (num_classes, class_names)`` — what the first CSV among ``specs``
   fixes (``(None, None)`` if all are built-in); several CSVs with headers must agree.
-* ``csv_num_classes(specs)`` — the class count alone (as in ``examples/common.py``).
 * ``parse_costs("a,b") -> ["a", "b"]``.
 
 Cost CSV format (rows are true classes, columns predicted ones, ``C[true, pred]``):
@@ -244,11 +242,6 @@ def read_cost_csv(path: str, flag: str = "--cost") -> CostTable:
   return CostTable(values.astype(np.float32), names, path)
 
 
-def load_cost_csv(path: str) -> np.ndarray:
-  """A ``K x K`` cost matrix from a CSV file (rows true, columns predicted)."""
-  return read_cost_csv(path).matrix
-
-
 def parse_costs(spec: str) -> list[str]:
   """``--cost a,b,c`` -> names/paths; several train together through ``jax.vmap``."""
   names = [s.strip() for s in spec.split(",") if s.strip()]
@@ -310,8 +303,3 @@ def cost_classes(specs: Sequence[str]) -> tuple[int | None, tuple[str, ...] | No
         raise UserInputError(f"--cost {s!r}: its header {list(t.class_names)} differs from "
                              f"another cost file's header {list(names)}.")
   return k, names
-
-
-def csv_num_classes(specs: Sequence[str]) -> int | None:
-  """The class count fixed by the CSV cost matrices among ``specs``, if any."""
-  return cost_classes(specs)[0]

@@ -122,7 +122,6 @@ SINKHORN_EPSILON = 0.1  # epsilon = 0.1 * max C for the CE + lambda * Sinkhorn a
 # Solver settings in training: the library defaults (tol=1e-3, max_iterations=2000), as
 # docs/guides/wasserstein.md recommends; an iteration cap can return values far below the
 # true ones, and the vmapped solver's compaction and over-relaxation keep the tail short.
-SINKHORN_KWARGS: dict = {}
 
 
 def _ce(logits, y, cost, hp):
@@ -133,8 +132,7 @@ def _ce(logits, y, cost, hp):
 def _sinkhorn_term(logits, y, cost, epsilon_rel):
   targets = cj.cost_soft_labels(y, cost, temperature=SINKHORN_TARGET_TEMPERATURE)
   # epsilon relative to the largest cost, so one value fits every matrix.
-  return cj.sinkhorn_loss(logits, targets, cost, epsilon=epsilon_rel * jnp.max(cost),
-                          **SINKHORN_KWARGS)
+  return cj.sinkhorn_loss(logits, targets, cost, epsilon=epsilon_rel * jnp.max(cost))
 
 
 def _sinkhorn(logits, y, cost, hp):
@@ -389,9 +387,3 @@ def split(result: ArmResult, group: list[Arm]) -> dict[str, ArmResult]:
         result.train_seconds,
         None if result.val_cost_curve_bayes is None else result.val_cost_curve_bayes[:, idx])
   return out
-
-
-def run_arm(arm: Arm, **kwargs) -> ArmResult:
-  """Compiles and runs one arm (no overlap)."""
-  prep = prepare_arm(arm, **kwargs)
-  return execute(prep, feed=kwargs["feed"], num_costs=len(kwargs["costs"]))
