@@ -86,6 +86,33 @@ class CostStructure(abc.ABC):
     jj = jnp.clip(j, 0, k - 1)
     return jnp.take_along_axis(r, jj[..., None], axis=-1)[..., 0]
 
+  def row_block(self, idx: jax.Array, cols: jax.Array) -> jax.Array:
+    """``C[idx[..., None], cols]``: the columns ``cols`` of the rows ``idx``.
+
+    Shape ``idx.shape + cols.shape``. ``cols`` is a 1-D integer array of
+    in-range classes (traced: a block of consecutive classes); ``idx`` are
+    sanitized indices (``K`` marks an invalid label: its entries are
+    unspecified but must not raise). The losses from features
+    (:func:`costjax.linear_expected_cost` and its siblings) read costs one
+    block of columns at a time through this method, so that no ``B x K``
+    array exists.
+
+    The default is built from :meth:`rows`: for a symmetric structure
+    ``C[i, j] = C[j, i]``, so it computes the ``len(cols)`` rows of the block's
+    classes (``O(len(cols) * K)`` memory, independent of the batch) and reads
+    the labels' columns; otherwise it computes the labels' rows
+    (``O(idx.size * K)`` memory) and reads the block's columns. Override it
+    with a direct formula (the built-in structures do) to make those losses
+    ``O(idx.size * len(cols))`` in time and memory.
+    """
+    k = self.num_classes
+    y = jnp.clip(jnp.asarray(idx), 0, k - 1)
+    if self.symmetric:
+      r = self.rows(cols)  # (n, K): row c is column c
+      out = jnp.take(r, y.reshape(-1), axis=1, mode="clip")  # (n, idx.size)
+      return out.T.reshape(y.shape + cols.shape)
+    return jnp.take(self.rows(y), cols, axis=-1, mode="clip")
+
   def check_values(self, fn_name: str) -> None:
     """Checked-mode (checkify) checks of the leaves; default none."""
     del fn_name
