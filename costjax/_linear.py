@@ -144,6 +144,10 @@ def _prepare(
       raise ValueError(f"{fn_name}: block_size must be a positive int; got {block_size!r}.")
     block = min(k, block_size)
   b = jnp.zeros((k,), dtype) if bias is None else bias.astype(dtype)
+  # Under explicit mesh axes, weights and bias sharded over classes are gathered:
+  # the scan slices blocks of classes at traced offsets. (Automatic sharding
+  # under jit leaves the placement to XLA.)
+  weights, b = _checks.replicate(weights), _checks.replicate(b)
   return _Inputs(
       features.reshape(-1, d), weights, b, labels.reshape(-1), cost, row_mask,
       batch_shape, dtype, out_dtype, block,
@@ -198,11 +202,19 @@ def _safe(m: jax.Array) -> jax.Array:
   return jnp.where(jnp.isfinite(m), m, jnp.zeros_like(m))
 
 
+def _replicated_like(x: jax.Array) -> Any:
+  """Replicated over the explicit mesh of ``x``, or ``None`` without one."""
+  sharding = _checks._explicit_sharding(x)
+  if sharding is None:
+    return None
+  return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+
+
 def _forward(cfg: _Config, h, w, b, y, cost, temperature):
   dtype = b.dtype
-  bsz = h.shape[0]
-  neg = jnp.full((bsz,), -jnp.inf, dtype)
-  zero = jnp.zeros((bsz,), dtype)
+  # Per-example carries shaped (and, under explicit mesh axes, sharded) like the labels.
+  neg = jnp.full_like(y, -jnp.inf, dtype=dtype)
+  zero = jnp.zeros_like(y, dtype=dtype)
   # m, s, picked, a, mc, zc, u
   init = (neg, zero, zero, zero, neg, zero, zero)
 
@@ -257,7 +269,6 @@ def _stats_bwd(cfg, res, g):
   h, w, b, y, cost, temperature, lse, ec, log_zc = res
   g_lse, g_pick, g_ec, g_zq = g
   dtype = b.dtype
-  d, k = w.shape
 
   def body(carry, i):
     dh, dw, db = carry
@@ -276,14 +287,16 @@ def _stats_bwd(cfg, res, g):
       gz = gz + g_zq[:, None] * q
     wb = jax.lax.dynamic_slice_in_dim(w, blk.start, cfg.block, axis=1)
     dh = dh + jnp.matmul(gz.astype(wb.dtype), wb.T, preferred_element_type=dtype)
-    dwb = jnp.matmul(h.T, gz.astype(h.dtype), preferred_element_type=dtype)
+    # A sum over the (possibly sharded) batch: replicated like dw.
+    dwb = jnp.matmul(h.T, gz.astype(h.dtype), preferred_element_type=dtype,
+                     out_sharding=_replicated_like(h))
     old = jax.lax.dynamic_slice_in_dim(dw, blk.start, cfg.block, axis=1)
     dw = jax.lax.dynamic_update_slice_in_dim(dw, old + dwb.astype(dw.dtype), blk.start, axis=1)
     old_b = jax.lax.dynamic_slice_in_dim(db, blk.start, cfg.block)
     db = jax.lax.dynamic_update_slice_in_dim(db, old_b + jnp.sum(gz, axis=0), blk.start, 0)
     return (dh, dw, db), None
 
-  init = (jnp.zeros(h.shape, dtype), jnp.zeros(w.shape, w.dtype), jnp.zeros((k,), dtype))
+  init = (jnp.zeros_like(h, dtype=dtype), jnp.zeros_like(w), jnp.zeros_like(b))
   (dh, dw, db), _ = jax.lax.scan(body, init, jnp.arange(_num_blocks(cfg), dtype=jnp.int32))
   zeros_cost = None if cost is None else jax.tree.map(jnp.zeros_like, cost)
   return (dh.astype(h.dtype), dw, db.astype(b.dtype), None, zeros_cost,
