@@ -363,3 +363,22 @@ def test_vocabulary_parallel_on_eight_devices():
                          for mesh in ("batch+classes", "2x4 mesh")}
   for name, deviation in report.items():
     assert deviation <= 2e-5, (name, deviation)
+
+
+def test_language_model_example_runs_and_learns():
+  root = Path(__file__).resolve().parents[1]
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  out = subprocess.run(
+      [sys.executable, str(root / "examples" / "linear_lm.py"), "--steps", "30", "--vocab",
+       "200", "--batch", "64", "--lr", "1e-2"],
+      env=env, cwd=root, capture_output=True, text=True, timeout=300,
+  )
+  assert out.returncode == 0, out.stderr[-3000:]
+  text = out.stdout
+  full, blockwise = (float(x) for x in re.search(
+      r"V=131,072 \(compile only\): materialized ([\d.]+) GiB, blockwise ([\d.]+) MiB",
+      text).groups())
+  assert blockwise / 1024 < 0.05 * full
+  losses = [float(x) for x in re.findall(r"soft-label loss ([\d.]+)", text)]
+  assert losses[-1] < losses[0] - 0.3, losses  # it learns
+  assert "held-out next-token accuracy" in text
