@@ -210,11 +210,27 @@ def _replicated_like(x: jax.Array) -> Any:
   return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
 
 
+def _match(new: Any, old: Any) -> Any:
+  """``new`` with the (explicit-mesh) sharding of ``old``, leaf by leaf: scan carries
+  must keep their type when, say, the labels are sharded and the features are not."""
+
+  def one(x, ref):
+    want = getattr(jax.typeof(ref), "sharding", None)
+    have = getattr(jax.typeof(x), "sharding", None)
+    if (want is None or have is None or getattr(want, "mesh", None) is None
+        or want.mesh.empty or want == have):
+      return x
+    return jax.sharding.reshard(x, want)
+
+  return jax.tree.map(one, new, old)
+
+
 def _forward(cfg: _Config, h, w, b, y, cost, temperature):
   dtype = b.dtype
   # Per-example carries shaped (and, under explicit mesh axes, sharded) like the labels.
-  neg = jnp.full_like(y, -jnp.inf, dtype=dtype)
-  zero = jnp.zeros_like(y, dtype=dtype)
+  # (``*_like`` of a concrete array drops its sharding: matched explicitly.)
+  neg = _match(jnp.full_like(y, -jnp.inf, dtype=dtype), y)
+  zero = _match(jnp.zeros_like(y, dtype=dtype), y)
   # m, s, picked, a, mc, zc, u
   init = (neg, zero, zero, zero, neg, zero, zero)
 
@@ -242,7 +258,7 @@ def _forward(cfg: _Config, h, w, b, y, cost, temperature):
       # -inf logits (masked classes) are left out here; the loss adds +inf for them.
       u = u * tscale + jnp.sum(jnp.where(jnp.isfinite(z), et * z, 0), axis=-1)
       mc = mc_new
-    return (m_new, s, picked, a, mc, zc, u), None
+    return _match((m_new, s, picked, a, mc, zc, u), carry), None
 
   (m, s, picked, a, mc, zc, u), _ = jax.lax.scan(
       body, init, jnp.arange(_num_blocks(cfg), dtype=jnp.int32)
@@ -294,9 +310,9 @@ def _stats_bwd(cfg, res, g):
     dw = jax.lax.dynamic_update_slice_in_dim(dw, old + dwb.astype(dw.dtype), blk.start, axis=1)
     old_b = jax.lax.dynamic_slice_in_dim(db, blk.start, cfg.block)
     db = jax.lax.dynamic_update_slice_in_dim(db, old_b + jnp.sum(gz, axis=0), blk.start, 0)
-    return (dh, dw, db), None
+    return _match((dh, dw, db), carry), None
 
-  init = (jnp.zeros_like(h, dtype=dtype), jnp.zeros_like(w), jnp.zeros_like(b))
+  init = _match((jnp.zeros_like(h, dtype=dtype), jnp.zeros_like(w), jnp.zeros_like(b)), (h, w, b))
   (dh, dw, db), _ = jax.lax.scan(body, init, jnp.arange(_num_blocks(cfg), dtype=jnp.int32))
   zeros_cost = None if cost is None else jax.tree.map(jnp.zeros_like, cost)
   return (dh.astype(h.dtype), dw, db.astype(b.dtype), None, zeros_cost,

@@ -54,6 +54,10 @@ def main():
       dev = [float(jnp.abs(v1 - v8))]
       dev += [float(jnp.max(jnp.abs(a - np.asarray(c)))) for a, c in zip(g1, g8, strict=True)]
       dev.append(float(jnp.max(jnp.abs(np.asarray(per_example) - f(h, w, bias, y)))))
+      # Features and labels closed over as constants, gradient for the weights only.
+      with jax.set_mesh(mesh):
+        gw = jax.jit(jax.grad(lambda w, f=f: jnp.mean(f(hs, w, bs, ys))))(ws)
+      dev.append(float(jnp.max(jnp.abs(np.asarray(gw) - g1[1]))))
       report[f"{name} {mesh_name}"] = max(dev)
   print(json.dumps(report))
 
