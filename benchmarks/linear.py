@@ -139,18 +139,22 @@ def memory_section(b, d, k, rng, block, report, key, only=None):
   report[key] = rows
 
 
-def time_section(b, d, k, rng, block, rounds, report, key):
+def time_section(b, d, k, rng, block, rounds, report, key, only=None):
   print(f"\n(c) value_and_grad time, interleaved minima over {rounds} rounds, "
         f"B={b}, D={d}, K={k:,}")
   args = inputs(b, d, k, rng)
   fns = {}
+  names = [n for n in losses(8, rng, block)
+           if n == "cross_entropy" or only is None or any(word in n for word in only)]
   for name, (blockwise, materialized) in losses(k, rng, block).items():
+    if name not in names:
+      continue
     fns[f"{name} | blockwise"] = step(blockwise)
     fns[f"{name} | materialized"] = step(materialized)
   best = interleaved(fns, args, rounds)
   ce = best["cross_entropy | blockwise"]
   rows = {}
-  for name in losses(8, rng, block):
+  for name in names:
     tb, tm = best[f"{name} | blockwise"], best[f"{name} | materialized"]
     rows[name] = {"blockwise_s": tb, "materialized_s": tm, "vs_materialized": tb / tm,
                   "vs_linear_ce": tb / ce}
@@ -181,6 +185,9 @@ def main(argv=None):
   ap.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
   ap.add_argument("--full-time", action="store_true",
                   help="also time B=2048, D=512, K=131,072 (about 1 TFLOP per step)")
+  ap.add_argument("--full-only", nargs="*", default=None, metavar="WORD",
+                  help="at the full size, time cross-entropy and only the losses whose name "
+                  "contains one of these words (e.g. OrdinalCost)")
   ap.add_argument("--rounds", type=int, default=5, help="timing rounds (small size)")
   ap.add_argument("--full-rounds", type=int, default=2, help="timing rounds (full size)")
   ap.add_argument("--time-size", type=int, nargs=3, default=(1024, 256, 32768),
@@ -211,7 +218,7 @@ def main(argv=None):
     time_section(*args.time_size, rng, args.block_size, args.rounds, report, "time")
     if args.full_time:
       time_section(2048, 512, 131072, rng, args.block_size, args.full_rounds, report,
-                   "time_full")
+                   "time_full", only=args.full_only)
   if args.blocks:
     b, d, k = (128, 32, 4096) if args.quick else args.time_size
     blocks_section(b, d, k, rng, args.blocks, args.rounds, report)
