@@ -209,17 +209,19 @@ def test_jit_vmap_and_unbatched():
   b = jnp.asarray(rng.normal(size=(SK,)), jnp.float32)
   y = jnp.asarray(rng.integers(0, SK, 5), jnp.int32)
 
+  tested = ["ce", "sl"]  # the plain and the cost-aware machinery (soft labels use both sums)
+
   @jax.jit
   def run(h, y, c):
     res = []
-    for loss in LOSSES:
+    for loss in tested:
       def one(h, y, loss=loss):
         return linear(loss, h, w, y, c, b, block_size=4)
       res.append((one(h, y), jax.vmap(one)(h, y), jax.vmap(jax.grad(one))(h, y),
                   jax.grad(lambda h, one=one: jnp.sum(one(h, y)))(h)))
     return res
 
-  for loss, (batched, mapped, vg, g) in zip(LOSSES, run(h, y, tree), strict=True):
+  for loss, (batched, mapped, vg, g) in zip(tested, run(h, y, tree), strict=True):
     eager = linear(loss, h, w, y, tree, b, block_size=4) if loss == "sl" else batched
     np.testing.assert_allclose(batched, eager, rtol=1e-6)
     np.testing.assert_allclose(mapped, batched, rtol=1e-5, atol=1e-6)
