@@ -496,12 +496,12 @@ class TreeCost(_cost_ops.CostStructure):
     """``C[idx[..., None], cols]`` by comparing ancestor chains on the block only.
 
     As :meth:`rows` with the ancestor table read at ``cols``: ``O(idx.size *
-    len(cols) * depth)`` time, ``O(idx.size * len(cols))`` memory.
+    len(cols) * depth)`` time, ``O(idx.size * len(cols))`` memory, plus the
+    ``(depth + 1, K)`` table itself (used at any depth here: the default,
+    ``len(cols)`` full rows per block, would cost ``O(K^2)`` per pass).
     """
     topo = self._topo
     k = self.num_classes
-    if topo.max_depth * k > _MAX_ANCESTOR_TABLE:
-      return super().row_block(idx, cols)
     w_flat = self._flat_weights()
     d = self._gather_classes(self._level_depths(w_flat))
     y = jnp.clip(jnp.asarray(idx), 0, k - 1)

@@ -80,6 +80,11 @@ def check_cost_structure_conformance(
         f"check_cost_structure_conformance expects a CostStructure; got "
         f"{type(structure).__name__}."
     )
+  leaves = jax.tree.leaves(structure)
+  if len(leaves) == 1 and leaves[0] is structure:
+    raise AssertionError(
+        f"pytree: {type(structure).__name__} is not a registered pytree; decorate the class "
+        "with @jax.tree_util.register_pytree_node_class (subclasses need it too).")
   k = structure.num_classes
   if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
     raise AssertionError(f"num_classes must be a Python int >= 1; got {k!r}.")

@@ -924,12 +924,20 @@ def test_conformance_suite_catches_a_broken_structure():
 
   c = np.random.default_rng(1).uniform(0, 3, (K, K)).astype(np.float32)
 
+  class Unregistered(DenseStructure):  # a subclass is not a pytree by inheritance
+    pass
+
+  with pytest.raises(AssertionError, match="not a registered pytree"):
+    check_cost_structure_conformance(Unregistered(c))
+
+  @jax.tree_util.register_pytree_node_class
   class ClaimsSymmetric(DenseStructure):
     symmetric = True
 
   with pytest.raises(AssertionError, match="symmetric is True"):
     check_cost_structure_conformance(ClaimsSymmetric(c))
 
+  @jax.tree_util.register_pytree_node_class
   class WrongBlock(DenseStructure):
     def row_block(self, idx, cols):  # reads C[cols, idx]: rows and columns swapped
       return jnp.moveaxis(jnp.take(self.matrix, cols, axis=0)[:, idx], 0, -1)
