@@ -231,11 +231,11 @@ def _forward(cfg: _Config, h, w, b, y, cost, temperature):
   # (``*_like`` of a concrete array drops its sharding: matched explicitly.)
   neg = _match(jnp.full_like(y, -jnp.inf, dtype=dtype), y)
   zero = _match(jnp.zeros_like(y, dtype=dtype), y)
-  # m, s, picked, a, mc, zc, u
-  init = (neg, zero, zero, zero, neg, zero, zero)
+  # m, s, picked, a, mc, zc, u, and for d/dT: uc = sum e_t z c, cq = sum e_t c
+  init = (neg, zero, zero, zero, neg, zero, zero, zero, zero)
 
   def body(carry, i):
-    m, s, picked, a, mc, zc, u = carry
+    m, s, picked, a, mc, zc, u, uc, cq = carry
     blk = _block(cfg, i)
     z = _logits(cfg, h, w, b, blk, dtype)
     m_new = jnp.maximum(m, jnp.max(z, axis=-1))
@@ -256,18 +256,24 @@ def _forward(cfg: _Config, h, w, b, y, cost, temperature):
       et = jnp.exp(t - mc_new[:, None])
       zc = zc * tscale + jnp.sum(et, axis=-1)
       # -inf logits (masked classes) are left out here; the loss adds +inf for them.
-      u = u * tscale + jnp.sum(jnp.where(jnp.isfinite(z), et * z, 0), axis=-1)
+      etz = jnp.where(jnp.isfinite(z), et * z, 0)
+      u = u * tscale + jnp.sum(etz, axis=-1)
+      # For the temperature's gradient: d/dT sum_j q_j z_j = Cov_q(z, c) / T^2.
+      uc = uc * tscale + jnp.sum(etz * c, axis=-1)
+      cq = cq * tscale + jnp.sum(et * c, axis=-1)
       mc = mc_new
-    return _match((m_new, s, picked, a, mc, zc, u), carry), None
+    return _match((m_new, s, picked, a, mc, zc, u, uc, cq), carry), None
 
-  (m, s, picked, a, mc, zc, u), _ = jax.lax.scan(
+  (m, s, picked, a, mc, zc, u, uc, cq), _ = jax.lax.scan(
       body, init, jnp.arange(_num_blocks(cfg), dtype=jnp.int32)
   )
   lse = _safe(m) + jnp.log(s)
   ec = a / s if cfg.expected_cost else zero
   log_zc = mc + jnp.log(zc) if cfg.soft_labels else zero
   zq = u / zc if cfg.soft_labels else zero
-  return (lse, picked, ec, zq), (lse, ec, log_zc)
+  # d zq / dT per example: (E_q[z c] - E_q[z] E_q[c]) / T^2.
+  dzq_dt = (uc / zc - zq * (cq / zc)) / (temperature * temperature) if cfg.soft_labels else zero
+  return (lse, picked, ec, zq), (lse, ec, log_zc, dzq_dt)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -277,12 +283,12 @@ def _stats(cfg: _Config, h, w, b, y, cost, temperature):
 
 
 def _stats_fwd(cfg, h, w, b, y, cost, temperature):
-  out, (lse, ec, log_zc) = _forward(cfg, h, w, b, y, cost, temperature)
-  return out, (h, w, b, y, cost, temperature, lse, ec, log_zc)
+  out, (lse, ec, log_zc, dzq_dt) = _forward(cfg, h, w, b, y, cost, temperature)
+  return out, (h, w, b, y, cost, temperature, lse, ec, log_zc, dzq_dt)
 
 
 def _stats_bwd(cfg, res, g):
-  h, w, b, y, cost, temperature, lse, ec, log_zc = res
+  h, w, b, y, cost, temperature, lse, ec, log_zc, dzq_dt = res
   g_lse, g_pick, g_ec, g_zq = g
   dtype = b.dtype
 
@@ -316,7 +322,7 @@ def _stats_bwd(cfg, res, g):
   (dh, dw, db), _ = jax.lax.scan(body, init, jnp.arange(_num_blocks(cfg), dtype=jnp.int32))
   zeros_cost = None if cost is None else jax.tree.map(jnp.zeros_like, cost)
   return (dh.astype(h.dtype), dw, db.astype(b.dtype), None, zeros_cost,
-          jnp.zeros_like(temperature))
+          jnp.sum(g_zq * dzq_dt).astype(temperature.dtype))
 
 
 _stats.defvjp(_stats_fwd, _stats_bwd)
@@ -329,7 +335,7 @@ def _run(fn_name, features, weights, labels, cost_matrix, bias, where, block_siz
       x.block, x.weights.shape[1], expected_cost, soft_labels,
       x.cost is not None and not _cost_ops.is_structure(x.cost),
   )
-  t = jax.lax.stop_gradient(jnp.asarray(temperature, x.dtype))
+  t = jnp.asarray(temperature, x.dtype)
   stats = _stats(cfg, x.features, x.weights, x.bias, x.labels, x.cost, t)
   return x, stats
 
@@ -523,15 +529,16 @@ def linear_soft_label_cross_entropy(
 
   As in :func:`soft_label_cross_entropy`, every target is positive, so a
   ``-inf`` bias entry gives the loss's mathematical value ``+inf`` with
-  finite gradients. The cost and ``temperature`` are constants here (no
-  gradient flows to them).
+  finite gradients. ``temperature`` is differentiable (two more running
+  sums give ``d/dT sum_j q_j z_j = Cov_q(z, C[y]) / T^2``); the cost is a
+  constant here (no gradient flows to a matrix or to a structure's leaves).
 
   Args:
     features: ``(..., D)`` floating array.
     weights: ``(D, K)`` classifier weights.
     labels: integer class indices of shape ``features.shape[:-1]``.
     cost_matrix: a ``(K, K)`` array or a :class:`CostStructure`.
-    temperature: target temperature ``T`` in cost units (traced).
+    temperature: target temperature ``T`` in cost units (traced, differentiable).
     bias: optional ``(K,)`` bias.
     block_size: classes per block (static; default 4096).
     where: optional per-example mask, shape ``features.shape[:-1]``.

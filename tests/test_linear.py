@@ -236,10 +236,19 @@ def test_check_grads_float64():
     w = jnp.asarray(rng.normal(size=(2, SK)))
     b = jnp.asarray(rng.normal(size=(SK,)))
     y = jnp.asarray([0, 4, 6])
-    def all_losses(h, w, b):
-      return jnp.stack([linear(loss, h, w, y, cost, b, block_size=3) for loss in LOSSES])
+    def all_losses(h, w, b, t, lam):
+      return jnp.stack([
+          cj.linear_cross_entropy(h, w, y, bias=b, block_size=3),
+          cj.linear_expected_cost(h, w, y, cost, bias=b, block_size=3),
+          cj.linear_cost_regularized_cross_entropy(h, w, y, cost, lam=lam, bias=b,
+                                                   block_size=3),
+          cj.linear_soft_label_cross_entropy(h, w, y, cost, temperature=t, bias=b,
+                                             block_size=3),
+      ])
 
-    check_grads(jax.jit(all_losses), (h, w, b), order=1, modes=["rev"], atol=1e-6, rtol=1e-6)
+    # Finite differences for features, weights, bias, the temperature and lam.
+    check_grads(jax.jit(all_losses), (h, w, b, jnp.asarray(1.7), jnp.asarray(0.6)), order=1,
+                modes=["rev"], atol=1e-6, rtol=1e-6)
 
 
 def test_bfloat16_inputs_accumulate_in_float32():
