@@ -56,7 +56,7 @@ def main():
       dev.append(float(jnp.max(jnp.abs(np.asarray(per_example) - f(h, w, bias, y)))))
       # Features and labels closed over as constants, gradient for the weights only.
       with jax.set_mesh(mesh):
-        gw = jax.jit(jax.grad(lambda w, f=f: jnp.mean(f(hs, w, bs, ys))))(ws)
+        gw = jax.jit(jax.grad(lambda w, f=f, hs=hs, bs=bs, ys=ys: jnp.mean(f(hs, w, bs, ys))))(ws)
       dev.append(float(jnp.max(jnp.abs(np.asarray(gw) - g1[1]))))
       report[f"{name} {mesh_name}"] = max(dev)
   print(json.dumps(report))
