@@ -68,6 +68,7 @@ if ((QUICK)); then
   run decisions 90 --quick
   run sinkhorn_training 120 --epochs 2 --repeats 1 --seeds 2
   run structured 90 --quick
+  run linear 90 --quick
 else
   run closed_forms 100 --json "$OUT/closed_forms.json"
   # POT is NumPy on the host: one example per case keeps it inside the budget.
@@ -75,13 +76,17 @@ else
   run decisions 80
   run sinkhorn_training 100 --epochs 20 --repeats 2 --seeds 10
   run structured 80
+  # Losses from features: memory at K = 131,072 and 2,097,152 (compile only), time at
+  # B = 1024, D = 256, K = 32,768 and at the full B = 2048, D = 512, K = 131,072.
+  run linear 150 --time-size 1024 256 32768 --full-time --full-rounds 3
 fi
 
 # Anything else in benchmarks/ (added later), in the time that is left.
 for script in benchmarks/*.py; do
   name="$(basename "$script" .py)"
   case "$name" in
-    closed_forms | sinkhorn | decisions | sinkhorn_training | structured | __init__) continue ;;
+    closed_forms | sinkhorn | decisions | sinkhorn_training | structured | linear | __init__)
+      continue ;;
   esac
   if ((QUICK)); then run "$name" 90 --quick; else run "$name" 90; fi
 done

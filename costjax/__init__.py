@@ -23,6 +23,7 @@ from costjax._conformal import cost_sets as cost_sets
 from costjax._conformal import set_cost as set_cost
 from costjax._cost_matrices import hierarchy_cost_matrix as hierarchy_cost_matrix
 from costjax._cost_matrices import ordinal_cost_matrix as ordinal_cost_matrix
+from costjax._cost_ops import CostStructure as CostStructure
 from costjax._decisions import bayes_decision as bayes_decision
 from costjax._decisions import confusion_matrix as confusion_matrix
 from costjax._decisions import decision_costs as decision_costs
@@ -33,6 +34,12 @@ from costjax._expected_cost import (
     cost_regularized_cross_entropy as cost_regularized_cross_entropy,
 )
 from costjax._expected_cost import expected_cost as expected_cost
+from costjax._linear import (
+    linear_cost_regularized_cross_entropy as linear_cost_regularized_cross_entropy,
+)
+from costjax._linear import linear_cross_entropy as linear_cross_entropy
+from costjax._linear import linear_expected_cost as linear_expected_cost
+from costjax._linear import linear_soft_label_cross_entropy as linear_soft_label_cross_entropy
 from costjax._ordinal import ordinal_emd as ordinal_emd
 from costjax._sinkhorn import SinkhornOutput as SinkhornOutput
 from costjax._sinkhorn import sinkhorn_loss as sinkhorn_loss
@@ -50,6 +57,7 @@ from costjax._weighted_cross_entropy import weighted_cross_entropy as weighted_c
 __version__ = "0.1.0"
 
 __all__ = (
+    "CostStructure",
     "EmbeddingCost",
     "OrdinalCost",
     "TreeCost",
@@ -72,6 +80,10 @@ __all__ = (
     "fit_temperature",
     "fit_vector_scaling",
     "hierarchy_cost_matrix",
+    "linear_cost_regularized_cross_entropy",
+    "linear_cross_entropy",
+    "linear_expected_cost",
+    "linear_soft_label_cross_entropy",
     "log1m_softmax",
     "mean_cost",
     "ordinal_cost_matrix",

@@ -49,11 +49,55 @@ SINKHORN_MAX_DENSE_CLASSES = 4096
 
 
 class CostStructure(abc.ABC):
-  """Base class of structured costs: a ``(K, K)`` cost matrix never materialised.
+  r"""Base class of structured costs: a ``(K, K)`` cost matrix never materialised.
 
-  Subclasses are JAX pytrees (array leaves traced, sizes and kinds static).
-  ``rows`` and ``vecmat`` are the two primitives every costjax function uses;
-  the defaults of the others are built from them.
+  The extension point of costjax: every function that accepts a
+  ``cost_matrix`` also accepts an instance of a subclass, and reads it only
+  through the methods below. :class:`TreeCost`, :class:`OrdinalCost` and
+  :class:`EmbeddingCost` are subclasses; see the guide "Writing your own cost
+  structure" for a complete example, and
+  :func:`costjax.testing.check_cost_structure_conformance` for the tests every
+  structure should pass.
+
+  **Required** (abstract): :attr:`num_classes` (a static Python int),
+  :meth:`dense` (the ``(K, K)`` matrix, for tests and small ``K``), and the two
+  primitives :meth:`rows` (``C[idx, :]``) and :meth:`vecmat`
+  (``v @ C``). Those alone make a structure work everywhere.
+
+  **Optional fast paths** (defaults built from the primitives):
+  :meth:`row_block` (``C[idx, cols]`` for a block of classes: the losses from
+  features; the default costs ``O(len(cols) * K)`` per block), :meth:`entries`,
+  :meth:`max_cost` (default: the maximum of :meth:`dense`), :meth:`bayes`
+  (Bayes decisions without ``v @ C``), :meth:`astype`, :meth:`check_values`
+  (checked-mode checks of the leaves), and the class attribute
+  :attr:`symmetric` (``True`` by default; set it to ``False`` when
+  ``C[i, j] != C[j, i]`` can happen).
+
+  **What jit, vmap, grad and sharding require:**
+
+  * Register the subclass as a pytree
+    (``@jax.tree_util.register_pytree_node_class`` with ``tree_flatten`` /
+    ``tree_unflatten``): arrays that may change between calls (weights,
+    embeddings, scales) are leaves; sizes, kinds and NumPy topology are
+    auxiliary data, static and hashable. ``tree_unflatten`` must not validate
+    or convert its leaves: under ``jax.vmap`` and ``jax.grad`` they are
+    tracers or stand-ins.
+  * Methods are pure ``jax.numpy`` functions of the leaves and arguments: no
+    Python control flow on array values, no host callbacks, no concrete
+    values (``float(x)``) of leaves or indices.
+  * Methods take arbitrary leading batch axes on ``idx`` / ``v`` and act on
+    the last axis only; broadcast explicitly (``jax.lax.broadcast_to_rank``)
+    so that code runs under ``jax.numpy_rank_promotion("raise")``. ``jax.vmap``
+    over examples then needs nothing more; ``jax.vmap`` over a stack of
+    structures works when every leaf has the stacked axis.
+  * Index ``K`` marks an invalid label in :meth:`rows`, :meth:`row_block` and
+    :meth:`entries`: the values returned for it are unspecified (callers make
+    the loss NaN) but it must not raise; clamping with ``jnp.clip`` is enough.
+  * Sharding: a batch sharded over devices reaches the methods as sharded
+    ``idx`` / ``v``; leaves are replicated. Elementwise and matrix-product
+    code needs nothing special; gathers from a leaf indexed by sharded labels
+    should go through an indexing that keeps the batch sharding (for example
+    ``table.at[idx].get(out_sharding=...)``, as the built-ins do).
   """
 
   symmetric: bool = True
@@ -72,12 +116,12 @@ class CostStructure(abc.ABC):
     """``C[idx, :]``, shape ``idx.shape + (K,)``, for indices in ``[0, K]``.
 
     Index ``K`` marks an invalid label: its row is unspecified but must not
-    raise (callers mask it to NaN).
+    raise (callers mask it to NaN). Required.
     """
 
   @abc.abstractmethod
   def vecmat(self, v: jax.Array) -> jax.Array:
-    """``sum_i v[..., i] C[i, :]``, shape ``v.shape``."""
+    """``sum_i v[..., i] C[i, :]``, shape ``v.shape`` (``v @ C``). Required."""
 
   def astype(self, dtype: Any) -> CostStructure:
     """The structure with floating leaves cast to ``dtype`` (default: unchanged)."""
@@ -94,6 +138,33 @@ class CostStructure(abc.ABC):
     r = self.rows(i)
     jj = jnp.clip(j, 0, k - 1)
     return jnp.take_along_axis(r, jj[..., None], axis=-1)[..., 0]
+
+  def row_block(self, idx: jax.Array, cols: jax.Array) -> jax.Array:
+    """``C[idx[..., None], cols]``: the columns ``cols`` of the rows ``idx``.
+
+    Shape ``idx.shape + cols.shape``. ``cols`` is a 1-D integer array of
+    in-range classes (traced: a block of consecutive classes); ``idx`` are
+    sanitized indices (``K`` marks an invalid label: its entries are
+    unspecified but must not raise). The losses from features
+    (:func:`costjax.linear_expected_cost` and its siblings) read costs one
+    block of columns at a time through this method, so that no ``B x K``
+    array exists.
+
+    The default is built from :meth:`rows`: for a symmetric structure
+    ``C[i, j] = C[j, i]``, so it computes the ``len(cols)`` rows of the block's
+    classes (``O(len(cols) * K)`` memory, independent of the batch) and reads
+    the labels' columns; otherwise it computes the labels' rows
+    (``O(idx.size * K)`` memory) and reads the block's columns. Override it
+    with a direct formula (the built-in structures do) to make those losses
+    ``O(idx.size * len(cols))`` in time and memory.
+    """
+    k = self.num_classes
+    y = jnp.clip(jnp.asarray(idx), 0, k - 1)
+    if self.symmetric:
+      r = self.rows(cols)  # (n, K): row c is column c
+      out = jnp.take(r, y.reshape(-1), axis=1, mode="clip")  # (n, idx.size)
+      return out.T.reshape(y.shape + cols.shape)
+    return jnp.take(self.rows(y), cols, axis=-1, mode="clip")
 
   def check_values(self, fn_name: str) -> None:
     """Checked-mode (checkify) checks of the leaves; default none."""

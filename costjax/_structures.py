@@ -492,6 +492,36 @@ class TreeCost(_cost_ops.CostStructure):
       return (d_y - lca_c) + (d - lca_c)
     return jnp.maximum(d_y, d) - lca_c
 
+  def row_block(self, idx: jax.Array, cols: jax.Array) -> jax.Array:
+    """``C[idx[..., None], cols]`` by comparing ancestor chains on the block only.
+
+    As :meth:`rows` with the ancestor table read at ``cols``: ``O(idx.size *
+    len(cols) * depth)`` time, ``O(idx.size * len(cols))`` memory, plus the
+    ``(depth + 1, K)`` table itself (used at any depth here: the default,
+    ``len(cols)`` full rows per block, would cost ``O(K^2)`` per pass).
+    """
+    topo = self._topo
+    k = self.num_classes
+    w_flat = self._flat_weights()
+    d = self._gather_classes(self._level_depths(w_flat))
+    y = jnp.clip(jnp.asarray(idx), 0, k - 1)
+    cols = jnp.asarray(cols)
+    table = jnp.asarray(topo.ancestor_table)  # (L + 1, K), -1 below each class
+    block_table = jnp.take(table, cols, axis=1, mode="clip")  # (L + 1, n)
+    lca = jnp.zeros((), w_flat.dtype)
+    d_anc = jnp.zeros(y.shape, w_flat.dtype)  # weighted depth of y's ancestor at level t
+    for t in range(1, table.shape[0]):
+      a_y = _gather(table[t], y)  # y's ancestor at level t, or -1
+      d_anc = d_anc + jnp.where(a_y >= 0, _gather(w_flat, jnp.maximum(a_y, 0)), 0)
+      a_y = jnp.where(a_y >= 0, a_y, -2)  # below y: matches no class (the table has -1)
+      same = _rank(block_table[t], y.ndim + 1) == a_y[..., None]
+      lca = jnp.where(same, d_anc[..., None], lca)
+    d_y = _gather(d, y)[..., None]
+    d_c = _rank(jnp.take(d, cols, mode="clip"), d_y.ndim)
+    if self.kind == "path_length":
+      return (d_y - lca) + (d_c - lca)
+    return jnp.maximum(d_y, d_c) - lca
+
   def _lca_depth_by_table(self, y: jax.Array, w_flat: jax.Array) -> jax.Array:
     """``d(lca(y, j))`` for all classes ``j``: compare ancestor chains level by level.
 
@@ -911,6 +941,11 @@ class OrdinalCost(_cost_ops.CostStructure):
     y = jnp.asarray(idx).astype(self._dtype)
     return self._pow(y[..., None] - self._grid(y.ndim + 1))
 
+  def row_block(self, idx: jax.Array, cols: jax.Array) -> jax.Array:
+    y = jnp.clip(jnp.asarray(idx), 0, self._k - 1).astype(self._dtype)
+    c = _rank(jnp.asarray(cols).astype(self._dtype), y.ndim + 1)
+    return self._pow(y[..., None] - c)
+
   def vecmat(self, v: jax.Array) -> jax.Array:
     j = self._grid(v.ndim, v.dtype)
     if self.power == 2:
@@ -1057,6 +1092,17 @@ class EmbeddingCost(_cost_ops.CostStructure):
     out = jnp.sum(ey * ey, axis=-1, keepdims=True) + _rank(n, y.ndim + 1) - 2 * (ey @ e.T)
     # Exact zeros on the diagonal (the expansion leaves rounding there).
     own = _rank(jnp.arange(self.num_classes), y.ndim + 1) == y[..., None]
+    return self.scale * jnp.where(own, 0, jnp.maximum(out, 0))
+
+  def row_block(self, idx: jax.Array, cols: jax.Array) -> jax.Array:
+    e = self.embeddings
+    y = jnp.clip(jnp.asarray(idx), 0, self.num_classes - 1)
+    cols = jnp.asarray(cols)
+    ey = _take_rows(e, y)  # (..., D)
+    ec = jnp.take(e, cols, axis=0, mode="clip")  # (n, D)
+    n_c = _rank(jnp.sum(ec * ec, axis=-1), y.ndim + 1)
+    out = jnp.sum(ey * ey, axis=-1, keepdims=True) + n_c - 2 * (ey @ ec.T)
+    own = _rank(cols, y.ndim + 1) == y[..., None]
     return self.scale * jnp.where(own, 0, jnp.maximum(out, 0))
 
   def vecmat(self, v: jax.Array) -> jax.Array:

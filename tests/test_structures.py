@@ -899,3 +899,50 @@ def test_tree_max_cost_below_a_long_trunk():
     tree = cj.TreeCost(parents, 2, kind=kind, edge_weights=w)
     np.testing.assert_allclose(tree.max_cost(), expect)
     np.testing.assert_allclose(tree.dense(), tree_oracle_dense(parents, w, 2, kind))
+
+
+# --------------------------------------------------------------------------- #
+# The public conformance suite (costjax.testing).
+# --------------------------------------------------------------------------- #
+
+
+@pytest.mark.parametrize("name", STRUCTURES + ["dense_asymmetric"])
+def test_builtin_structures_pass_the_conformance_suite(name):
+  from costjax.testing import check_cost_structure_conformance
+  from tests._dense_structure import DenseStructure
+
+  if name == "dense_asymmetric":  # only the required operations, symmetric = False
+    c = np.random.default_rng(0).uniform(0, 3, (K, K)).astype(np.float32)
+    check_cost_structure_conformance(DenseStructure(c))
+  else:
+    check_cost_structure_conformance(make_structure(name))
+
+
+def test_conformance_suite_catches_a_broken_structure():
+  from costjax.testing import check_cost_structure_conformance
+  from tests._dense_structure import DenseStructure
+
+  c = np.random.default_rng(1).uniform(0, 3, (K, K)).astype(np.float32)
+
+  class Unregistered(DenseStructure):  # a subclass is not a pytree by inheritance
+    pass
+
+  with pytest.raises(AssertionError, match="not a registered pytree"):
+    check_cost_structure_conformance(Unregistered(c))
+
+  @jax.tree_util.register_pytree_node_class
+  class ClaimsSymmetric(DenseStructure):
+    symmetric = True
+
+  with pytest.raises(AssertionError, match="symmetric is True"):
+    check_cost_structure_conformance(ClaimsSymmetric(c))
+
+  @jax.tree_util.register_pytree_node_class
+  class WrongBlock(DenseStructure):
+    def row_block(self, idx, cols):  # reads C[cols, idx]: rows and columns swapped
+      return jnp.moveaxis(jnp.take(self.matrix, cols, axis=0)[:, idx], 0, -1)
+
+  with pytest.raises(AssertionError, match="row_block"):
+    check_cost_structure_conformance(WrongBlock(c))
+  with pytest.raises(TypeError, match="expects a CostStructure"):
+    check_cost_structure_conformance(c)
