@@ -51,7 +51,7 @@ def _cap(values, ref: float) -> float:
 
 def plot_test_cost(path: str, rows: list[dict], title: str) -> None:
   plt = _plt()
-  arms = {}
+  arms: dict = {}
   for r in rows:
     arms.setdefault(r["arm"], {})[r["decoding"]] = r
   def best(a):

@@ -19,6 +19,7 @@ import dataclasses
 import math
 
 import numpy as np
+import numpy.typing as npt
 
 ALPHA = 0.05
 CE = "ce"
@@ -84,7 +85,7 @@ def select(scores: dict, grid, m: int, decoding: str) -> dict:
   }
 
 
-def wilcoxon_p(a, b) -> float:
+def wilcoxon_p(a: npt.ArrayLike, b: npt.ArrayLike) -> float:
   """Two-sided paired Wilcoxon signed-rank p-value over seeds.
 
   1.0 when every paired difference is 0 (nothing to tell apart); NaN with fewer than
@@ -101,7 +102,7 @@ def wilcoxon_p(a, b) -> float:
   return float(wilcoxon(a, b).pvalue)
 
 
-def holm(pvalues) -> list[float]:
+def holm(pvalues: npt.ArrayLike) -> list[float]:
   """Holm's step-down adjusted p-values (NaN stays NaN and is not counted)."""
   p = np.asarray(pvalues, np.float64)
   out = np.full(p.shape, np.nan)
@@ -114,7 +115,7 @@ def holm(pvalues) -> list[float]:
   return out.tolist()
 
 
-def mean_ci(x, level: float = 0.95) -> tuple[float, float]:
+def mean_ci(x: npt.ArrayLike, level: float = 0.95) -> tuple[float, float]:
   """Student t confidence interval of the mean over seeds (NaN with one seed).
 
   Costs are non-negative, so the lower end is clipped at 0.
@@ -176,7 +177,7 @@ def verdict(rows: list[Row], decoding_labels) -> Verdict:
   usable = [r for r in rows if np.isfinite(r.val_cost) and np.all(np.isfinite(r.test_cost))]
   pick = min(usable or rows, key=lambda r: r.val_cost)
   bases = [by_key[k] for k in REFERENCES]
-  comps = [{"baseline": b, "raw_p": wilcoxon_p(pick.test_cost, b.test_cost)}
+  comps: list[dict] = [{"baseline": b, "raw_p": wilcoxon_p(pick.test_cost, b.test_cost)}
            for b in bases if b.key != pick.key]
   for c, adj in zip(comps, holm([c["raw_p"] for c in comps]), strict=True):
     c["holm_p"] = adj
