@@ -25,7 +25,11 @@ work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 export UV_NO_PROGRESS=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 start=$SECONDS
-step() { echo "== [$((SECONDS - start)) s] $*"; }
+step() {  # wall seconds so far; CPU (user, sys) of this shell's finished child processes
+  local f="$work/.times.$BASHPID"
+  times >"$f"  # (a redirected builtin runs in this shell, not in a subshell)
+  echo "== [$((SECONDS - start)) s; CPU $(tail -n 1 "$f")] $*"
+}
 
 find_python() {  # VERSION -> an interpreter path, or VERSION itself for uv to find
   local p
