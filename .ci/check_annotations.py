@@ -8,10 +8,14 @@ Each parameter and each return needs an annotation; mypy then checks them.
 from __future__ import annotations
 
 import inspect
+import pathlib
 import sys
 
-import costjax
-import costjax.cli.stats
+# This checkout's package, whatever else the environment has installed.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+import costjax  # noqa: E402
+import costjax.cli.stats  # noqa: E402
 
 
 def missing(fn: object, where: str) -> list[str]:
