@@ -106,16 +106,17 @@ lane_b() {
   # ---- 3. minimum versions: the library's unit tests that need neither the `cli` extra
   # nor a subprocess, on the oldest versions it allows.
   step "B: Python 3.10, the oldest versions the library allows: unit tests"
-  env_for min310 "$py310" -c .ci/min-versions.txt "$wheel" pytest hypothesis chex \
-    scikit-learn pot
+  env_for min310 "$py310" -c .ci/min-versions.txt "$wheel" pytest pytest-xdist hypothesis \
+    chex scikit-learn pot
   smoke min310 --library-only --pins "$root/.ci/min-versions.txt"
   # From the tree (the tests import tests/ and conftest.py). -o addopts= leaves out the
   # doctests (their printed digits follow the newest NumPy). jax_compat gives jax 0.6 the
   # tests' spelling jax.enable_x64. Deselected: a test whose oracle, SciPy 1.11's bounded
   # scalar minimiser, stops 2e-4 away from the optimum of a flat NLL (T ~ 534; costjax's
-  # fit is the same as with the newest versions, and its NLL is lower).
+  # fit is the same as with the newest versions, and its NLL is lower). Two workers: the
+  # longest step, it gets both cores once lane A is done.
   PYTHONPATH="$root/.ci" "$work/min310/bin/python" -m pytest -q -p jax_compat \
-    -p no:cacheprovider -o addopts= -m "not slow" \
+    -p no:cacheprovider -o addopts= -m "not slow" -n 2 \
     --deselect tests/test_calibration.py::test_temperature_probability_labels_and_where_match_scipy \
     tests/test_losses.py tests/test_decisions.py tests/test_cost_matrices.py \
     tests/test_calibration.py
