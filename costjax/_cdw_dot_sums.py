@@ -122,6 +122,7 @@ def _rows(logits: jax.Array, weights: jax.Array, with_odds: bool) -> _Rows:
   ``log1p(-p)``.
   """
   c = block_width(logits.shape[-1])
+  assert c is not None  # use_dot_sums chose this kernel: K has a block width
   m, top, second = jax.tree.map(jax.lax.stop_gradient, _top_two(logits, c))
   m = jnp.where(jnp.isfinite(m), m, jnp.zeros_like(m))
   # The maxima are the classes with z == m. (A class within rounding of the
@@ -187,6 +188,7 @@ def _cdw_dot_sums_jvp(primals, tangents):
   tangent = jnp.zeros_like(r.value)
   probs = r.probs
   if with_logits:
+    assert r.odds_sum is not None  # with_odds=with_logits
     top_wp = r.top_weight * r.top_prob  # w_t p_t (0 for tied rows)
     off_top = (weights * probs / (1.0 - probs) - probs * r.odds_sum
                - top_wp * (r.below * r.inv_rest))

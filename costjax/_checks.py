@@ -336,7 +336,7 @@ def sanitize_indices(labels: jax.Array, num_classes: int, fn_name: str) -> jax.A
     first = jnp.argmin(flat_valid) if flat.size else jnp.int32(0)
     where = jnp.unravel_index(first, labels.shape) if labels.ndim else ()
     bad = flat[first] if flat.size else jnp.int32(0)
-    index_args = {f"i{n}": w for n, w in enumerate(where)}
+    index_args: dict[str, Any] = {f"i{n}": w for n, w in enumerate(where)}
     trailing = "," if len(index_args) == 1 else ""
     index_fmt = "(" + ", ".join("{" + k + "}" for k in index_args) + trailing + ")"
     checkify.check(

@@ -74,7 +74,7 @@ def cost_sets(
   return gaps <= jax.lax.broadcast_to_rank(threshold, gaps.ndim)
 
 
-def _labels_for_sets(sets, labels, fn_name):
+def _labels_for_sets(sets, labels, fn_name) -> tuple[jax.Array, bool]:
   """Validates labels against ``sets`` (..., K); returns (labels, is_index)."""
   labels = jnp.asarray(labels)
   if labels.ndim == sets.ndim and not jnp.issubdtype(labels.dtype, jnp.integer):
@@ -136,7 +136,7 @@ def set_cost(
   if sets.shape[-1] != k:
     shape = (
         f"num_classes={k}" if _cost_ops.is_structure(cost_matrix)
-        else f"cost_matrix.shape={jnp.shape(cost_matrix)}"
+        else f"cost_matrix.shape={jnp.shape(cost_matrix)}"  # type: ignore[arg-type]
     )
     raise ValueError(
         f"{name}: sets must have K = {k} classes on the last axis to match the cost matrix; "

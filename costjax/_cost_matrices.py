@@ -12,7 +12,8 @@ from costjax import _trees
 
 
 def ordinal_cost_matrix(
-    num_classes: int, *, power: jax.typing.ArrayLike = 1.0, dtype=jnp.float32
+    num_classes: int, *, power: jax.typing.ArrayLike = 1.0,
+    dtype: jax.typing.DTypeLike = jnp.float32,
 ) -> jax.Array:
   r"""Ordinal cost matrix ``C[i, j] = |i - j| ** power``.
 

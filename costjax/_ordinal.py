@@ -117,7 +117,7 @@ def _emd_tangent(logits, cdf_q, power, dlogits, dcdf_q):
   value, slope = _phi(diff, power)
   suffix = jnp.sum(slope, axis=-1, keepdims=True) - prefix_sum(slope) + slope
   mean_u = _reductions.matvec_sum(probs * suffix)[..., None]  # as the total above
-  tangent = 0.0
+  tangent: jax.Array | float = 0.0
   if not isinstance(dlogits, SymbolicZero):
     dlogits = jnp.where(jnp.isfinite(logits), dlogits, jnp.zeros_like(dlogits))
     tangent = jnp.sum(probs * (suffix - mean_u) * dlogits, axis=-1)
@@ -134,7 +134,7 @@ def _emd_static(logits: jax.Array, cdf_q: jax.Array, power: int) -> jax.Array:
 
 
 def _emd_static_jvp(power, primals, tangents):
-  value, tangent, _ = _emd_tangent(*primals, power, *tangents)
+  value, tangent, _ = _emd_tangent(*primals, power, *tangents)  # type: ignore[call-arg]
   if isinstance(tangent, float):
     tangent = jnp.zeros_like(value)
   return value, tangent

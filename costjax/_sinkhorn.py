@@ -640,7 +640,7 @@ def _sink_error(lq, g, g_next, eps):
 
 def _compact_sizes(total: int, stages: int) -> tuple[int, ...]:
   """Static slot counts of the compacted tail loops (each ``_COMPACT_FRACTION`` smaller)."""
-  caps = []
+  caps: list[int] = []
   size = total
   while len(caps) < stages:
     cap = max(_COMPACT_MIN, -(-size // _COMPACT_FRACTION))

@@ -106,7 +106,7 @@ class _SlotPlan:
     """Gathers per batch row (for tests: stays below two per element)."""
     n = sum(int(idx.size) for idx, _ in self.buckets)
     if self.chunks is not None:
-      n += int(self.chunks[0].size) + self.chunk_plan.reads
+      n += int(self.chunks[0].size) + self.chunk_plan.reads  # type: ignore[union-attr]
     return n + (0 if self.inverse is None else self.num_segments)
 
 
@@ -117,7 +117,7 @@ def _slots(x: jax.Array, idx: np.ndarray, mask: np.ndarray) -> jax.Array:
     if not mask[f].all():
       g = jnp.where(jnp.asarray(mask[f]), g, 0)
     out = g if out is None else out + g
-  return out
+  return out  # type: ignore[return-value]  # idx has at least one row
 
 
 def _slot_sum(x: jax.Array, plan: _SlotPlan, compose: np.ndarray | None = None) -> jax.Array:
@@ -130,7 +130,7 @@ def _slot_sum(x: jax.Array, plan: _SlotPlan, compose: np.ndarray | None = None) 
   parts = [_slots(x, fix(idx), mask) for idx, mask in plan.buckets]
   if plan.chunks is not None:
     idx, mask = plan.chunks
-    parts.append(_slot_sum(_slots(x, fix(idx), mask), plan.chunk_plan))
+    parts.append(_slot_sum(_slots(x, fix(idx), mask), plan.chunk_plan))  # type: ignore[arg-type]
   if plan.num_empty:
     parts.append(jnp.zeros(x.shape[:-1] + (plan.num_empty,), x.dtype, out_sharding=_like(x)))
   out = parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
@@ -418,11 +418,11 @@ class TreeCost(_cost_ops.CostStructure):
 
   # -- pytree -------------------------------------------------------------- #
 
-  def tree_flatten(self):
+  def tree_flatten(self) -> tuple[tuple[Any, ...], Any]:
     return (self.edge_weights,), (self._topo, self.kind)
 
   @classmethod
-  def tree_unflatten(cls, aux, children):
+  def tree_unflatten(cls, aux: Any, children: Any) -> TreeCost:
     obj = object.__new__(cls)
     obj._topo, obj.kind = aux
     (obj.edge_weights,) = children
@@ -576,7 +576,8 @@ class TreeCost(_cost_ops.CostStructure):
     depth = topo.max_depth
     mass: list[Any] = [None] * max(depth, 1)
     if depth > 1:
-      below = _slot_sum(v, topo.slot_plans[depth], topo.class_at_level[depth])
+      deepest = topo.slot_plans[depth]
+      below = _slot_sum(v, deepest, topo.class_at_level[depth])  # type: ignore[arg-type]
     for t in range(depth - 1, 0, -1):
       cls = topo.class_at_level[t]
       has = cls >= 0
@@ -587,7 +588,7 @@ class TreeCost(_cost_ops.CostStructure):
           own = jnp.where(_rank(has, own.ndim), own, 0)
         m = m + own
       mass[t] = m
-      below = _slot_sum(m, topo.slot_plans[t])
+      below = _slot_sum(m, topo.slot_plans[t])  # type: ignore[arg-type]
     m_class = v
     pos = topo.upper_class_pos
     if pos is not None and depth > 1:
@@ -772,7 +773,7 @@ class TreeCost(_cost_ops.CostStructure):
     table = topo.ancestor_table  # (L + 1, K), -1 below each class
     w_flat = self._flat_weights()
     d_flat = jnp.concatenate(self._level_depths(w_flat))
-    lca = 0
+    lca: jax.Array | int = 0
     for t in range(1, topo.max_depth + 1):
       a = table[t]
       same = (a[:, None] == a[None, :]) & (a[:, None] >= 0)
@@ -910,11 +911,11 @@ class OrdinalCost(_cost_ops.CostStructure):
     self.power = int(power)
     self._dtype = jnp.dtype(dtype)
 
-  def tree_flatten(self):
+  def tree_flatten(self) -> tuple[tuple[Any, ...], Any]:
     return (), (self._k, self.power, self._dtype)
 
   @classmethod
-  def tree_unflatten(cls, aux, children):
+  def tree_unflatten(cls, aux: Any, children: Any) -> OrdinalCost:
     del children
     obj = object.__new__(cls)
     obj._k, obj.power, obj._dtype = aux
@@ -1061,11 +1062,11 @@ class EmbeddingCost(_cost_ops.CostStructure):
     if not _is_tracer(embeddings) and not _is_tracer(scale):
       check_cost_structure(self)
 
-  def tree_flatten(self):
+  def tree_flatten(self) -> tuple[tuple[Any, ...], Any]:
     return (self.embeddings, self.scale), None
 
   @classmethod
-  def tree_unflatten(cls, aux, children):
+  def tree_unflatten(cls, aux: Any, children: Any) -> EmbeddingCost:
     del aux
     obj = object.__new__(cls)
     obj.embeddings, obj.scale = children

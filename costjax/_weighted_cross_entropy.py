@@ -127,7 +127,9 @@ def _check_class_weights(
   return w
 
 
-def cost_class_weights(cost_matrix: jax.typing.ArrayLike) -> jax.Array:
+def cost_class_weights(
+    cost_matrix: jax.typing.ArrayLike | _cost_ops.CostStructure,
+) -> jax.Array:
   r"""Cost-proportionate class weights from a cost matrix.
 
   .. math::

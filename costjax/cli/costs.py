@@ -92,7 +92,7 @@ def asymmetric_cost(k: int, expensive: float = 20.0) -> np.ndarray:
   """
   c = 1.0 - np.eye(k, dtype=np.float32)
   if k == 10:
-    pairs = DIGIT_EXPENSIVE_PAIRS
+    pairs = list(DIGIT_EXPENSIVE_PAIRS)
   else:
     off = [(i, j) for i in range(k) for j in range(k) if i != j]
     pick = np.random.default_rng(0).choice(len(off), size=max(1, k - 1), replace=False)

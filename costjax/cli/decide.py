@@ -486,7 +486,8 @@ def write_outputs(out: str, inp: Inputs, res: Result, args) -> dict:
 
   names = list(inp.class_names)
   os.makedirs(out, exist_ok=True)
-  cols = {"argmax": _names(res.argmax, names), "bayes": _names(res.bayes, names)}
+  cols: dict[str, object] = {"argmax": _names(res.argmax, names),
+                             "bayes": _names(res.bayes, names)}
   if res.sets is not None:
     named = np.array(names, dtype=object)
     cols["set"] = ["|".join(named[row]) for row in res.sets]
@@ -505,7 +506,8 @@ def write_outputs(out: str, inp: Inputs, res: Result, args) -> dict:
       f"- cost: `{inp.cost_source}` (K = {len(names)}; classes {', '.join(names[:20])}"
       f"{' ...' if len(names) > 20 else ''})",
   ]
-  absent = [n for n, c in zip(names, np.bincount(inp.val.labels, minlength=len(names)),
+  val_counts = np.bincount(inp.val.labels, minlength=len(names))  # type: ignore[arg-type]
+  absent = [n for n, c in zip(names, val_counts,
                               strict=True) if c == 0]
   if absent:
     lines.append(f"- classes without validation examples: {', '.join(absent[:20])}"
@@ -625,7 +627,8 @@ def write_plot(out: str, inp: Inputs, res: Result) -> str:
     raw_logits = inp.test.logits
   else:
     # No test labels: the same plot on validation (where the calibration was fitted).
-    y, which = inp.val.labels, "validation (in-sample: the test file has no labels)"
+    y = inp.val.labels  # type: ignore[assignment]  # validation labels are required
+    which = "validation (in-sample: the test file has no labels)"
     pred = res.val_risk.argmin(-1)
     expected = res.val_risk.min(-1)
     raw_logits = inp.val.logits

@@ -77,7 +77,8 @@ def _cpu_collectives() -> None:
   """Cross-process collectives on CPU devices need an implementation (gloo); older JAX
   versions default to none."""
   try:
-    if jax.config.jax_cpu_collectives_implementation in (None, "", "none"):
+    current = jax.config.jax_cpu_collectives_implementation  # type: ignore[attr-defined]
+    if current in (None, "", "none"):
       jax.config.update("jax_cpu_collectives_implementation", "gloo")
   except AttributeError:  # a JAX without the option
     pass

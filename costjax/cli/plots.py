@@ -54,7 +54,7 @@ def _cap(values, ref: float) -> float:
 
 def plot_test_cost(path: str, rows: list[dict], title: str) -> None:
   plt = _plt()
-  arms = {}
+  arms: dict = {}
   const = next((r for r in rows if r["arm"] == "constant"), None)
   rows = [r for r in rows if r["decoding"] in DECODINGS]
   for r in rows:

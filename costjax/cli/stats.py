@@ -31,6 +31,7 @@ import dataclasses
 import math
 
 import numpy as np
+import numpy.typing as npt
 
 ALPHA = 0.05  # two-sided level of the corrected t-test (after Holm)
 PROB = 0.95  # posterior probability the Bayesian test must reach
@@ -304,7 +305,7 @@ def wilcoxon_p(a, b) -> float:
   return float(wilcoxon(a, b).pvalue)
 
 
-def holm(pvalues) -> list[float]:
+def holm(pvalues: npt.ArrayLike) -> list[float]:
   """Holm's step-down adjusted p-values (NaN stays NaN and is not counted)."""
   p = np.asarray(pvalues, np.float64)
   out = np.full(p.shape, np.nan)
@@ -317,7 +318,7 @@ def holm(pvalues) -> list[float]:
   return out.tolist()
 
 
-def mean_ci(x, level: float = 0.95) -> tuple[float, float]:
+def mean_ci(x: npt.ArrayLike, level: float = 0.95) -> tuple[float, float]:
   """Student t confidence interval of the mean over seeds (NaN with one seed).
 
   Costs are non-negative, so the lower end is clipped at 0.
