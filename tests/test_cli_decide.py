@@ -107,6 +107,13 @@ def test_recovers_temperature_and_bayes_lowers_cost(tmp_path, synthetic):
   assert ab["cost_on_decided"] == pytest.approx(c[yt, bayes][decided].mean(), rel=1e-6)
   assert ab["mean_cost"] == pytest.approx(np.where(abstain, 1.5, c[yt, bayes]).mean(), rel=1e-6)
   assert ab["accuracy_on_decided"] == pytest.approx((bayes == yt)[decided].mean())
+  raw_risk = softmax(zt) @ c  # the same rule on the raw outputs, its own row
+  raw_ab = raw_risk.min(-1) > 1.5
+  rab = summary["test"]["bayes_raw_abstain"]
+  assert rab["coverage"] == pytest.approx(1 - raw_ab.mean())
+  assert rab["mean_cost"] == pytest.approx(np.where(raw_ab, 1.5, c[yt, raw]).mean(), rel=1e-6)
+  harm = np.where(abstain, 1.5, c[yt, bayes]) - np.where(raw_ab, 1.5, c[yt, raw])
+  assert summary["calibration_minus_raw"][0] == pytest.approx(harm.mean(), rel=1e-5)
   assert summary["verdict"].startswith("**Verdict:** Bayes after temperature scaling")
   assert "reliably lowers the mean test cost against argmax" in summary["verdict"]
   # Sets: the oracle rule at the reported threshold, and realized cost near/below alpha.

@@ -382,6 +382,7 @@ class Result:
   seconds: dict
   val_risk: np.ndarray  # (N_val, K) decision costs of the calibrated validation outputs
   bayes_raw: np.ndarray  # (N,) int, Bayes decisions on the raw (uncalibrated) outputs
+  bayes_raw_abstain: np.ndarray  # (N,) int, the same with abstention (-1)
 
 
 @functools.cache
@@ -525,7 +526,8 @@ def compute(inp: Inputs, *, alpha: float | None = None, abstain_cost: float | No
   x = jnp.float32(np.inf if abstain_cost is None else abstain_cost)
   argmax, plain, best, bayes, _ = (np.asarray(a) for a in decode(zt, scale, bias, c, x))
   k = c.shape[0]
-  raw = np.asarray(decode(zt, jnp.ones(k, zt.dtype), jnp.zeros(k, zt.dtype), c, x)[1])
+  raw_out = decode(zt, jnp.ones(k, zt.dtype), jnp.zeros(k, zt.dtype), c, x)
+  raw, raw_abstain = np.asarray(raw_out[1]), np.asarray(raw_out[3])
   val_risk = np.asarray(decode(zv, scale, bias, c, x)[-1])
   sets = threshold = None
   if alpha is not None:
@@ -533,7 +535,8 @@ def compute(inp: Inputs, *, alpha: float | None = None, abstain_cost: float | No
                               jnp.float32(alpha))
     threshold, sets = float(threshold), np.asarray(sets)
   seconds["decisions"] = time.perf_counter() - t0
-  return Result(info, argmax, bayes, plain, best, sets, threshold, seconds, val_risk, raw)
+  return Result(info, argmax, bayes, plain, best, sets, threshold, seconds, val_risk, raw,
+                raw_abstain)
 
 
 def bootstrap_means(values: np.ndarray, *, resamples: int, seed: int,
@@ -667,8 +670,10 @@ def write_outputs(out: str, inp: Inputs, res: Result, args) -> dict:
           ("bayes_raw", "Bayes on the raw outputs", res.bayes_raw),
           ("bayes_calibrated", f"Bayes after {chosen}{same}", res.bayes_plain)]
   if x is not None:
-    rows.append(("bayes_abstain", f"Bayes after {chosen}, abstaining where the expected cost "
-                 f"exceeds {x:g}", res.bayes))
+    rows.append(("bayes_raw_abstain", f"Bayes on the raw outputs, abstaining where the expected "
+                 f"cost exceeds {x:g}", res.bayes_raw_abstain))
+    rows.append(("bayes_abstain", f"Bayes after {chosen}{same}, abstaining where the expected "
+                 f"cost exceeds {x:g}", res.bayes))
   final_key = rows[-1][0]
   final_label = rows[-1][1].replace(same, "") if same else rows[-1][1]
   if y is not None:
@@ -688,7 +693,8 @@ def write_outputs(out: str, inp: Inputs, res: Result, args) -> dict:
     summary["test"] = {}
     # One set of resamples for every comparison (and the set cost below): paired throughout.
     stack = [per[0] - cost_i for cost_i in per[1:]]
-    stack.append(per[2] - per[1])  # calibrated minus raw Bayes
+    # The decoding written to the bayes column minus the same rule on the raw outputs.
+    stack.append(per[-1] - per[-2] if x is not None else per[2] - per[1])
     if res.sets is not None:
       realized = np.where(res.sets, c[y], np.inf).min(axis=1)
       stack.append(realized)
@@ -720,7 +726,8 @@ def write_outputs(out: str, inp: Inputs, res: Result, args) -> dict:
     harm = interval(len(rows) - 1)
     summary["calibration_minus_raw"] = harm
     if cal["chosen"] != "none" and harm[1] > 0:
-      lines += ["", f"**Warning:** on test, {chosen} made the Bayes decisions costlier than on "
+      lines += ["", f"**Warning:** on test, {chosen} made the Bayes decisions"
+                f"{' with abstention' if x is not None else ''} costlier than on "
                 f"the raw outputs, by {_fmt(harm[0])} per example (paired 95% interval "
                 f"[{_fmt(harm[1])}, {_fmt(harm[2])}]); the validation set may not resemble the "
                 "test set. Consider --calibration none."]
