@@ -253,3 +253,13 @@ def check_offline_math(site: Path) -> None:
   assert katex_errors(katex_js, [{"tex": "\\frac{1", "display": False, "page": "x"}])
   errors = katex_errors(katex_js, items)
   assert not errors, f"KaTeX cannot render {len(errors)} formula(s): {errors[:5]}"
+  browser = shutil.which("chromium") or shutil.which("chromium-browser")
+  if browser is not None:  # a real browser, offline (file://): every formula typeset
+    page = site / "theory" / "index.html"
+    proc = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000",
+         "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    dom = proc.stdout
+    formulas = dom.count('class="arithmatex"')
+    assert formulas > 20, proc.stderr[-2000:]
+    assert dom.count('class="katex"') == formulas and "katex-error" not in dom
