@@ -9,27 +9,33 @@ Inputs (validated completely before anything is written):
   (N,) (required for ``--val``, optional for ``--test``), read with ``allow_pickle=False``; or
   ``.csv`` with one column per class, named by the class, plus an optional ``label`` column
   (``--label-column``). CSV values are probabilities unless ``--csv-values logits``.
-  Probabilities must be non-negative and sum to 1 per row (tolerance 1e-3).
+  Probabilities must be non-negative and sum to 1 per row (tolerance 1e-3); logits that look
+  like probabilities (all in [0, 1], rows summing to 1) are refused.
 * ``--cost``: a cost CSV (rows true, columns predicted; optional header of class names and row
   names, see ``costjax.cli.costs``) or a built-in name. With a header, CSV class columns must
   be exactly the header's classes (any column order) and labels are matched by name; without
   one, ``.npz`` integer labels are class indices and CSV class columns are taken in sorted
   order (numerically when they are all integers).
 
-What it does: fits temperature scaling (``costjax.fit_temperature``) and vector scaling
-(``costjax.fit_vector_scaling``) on validation and keeps the one with the lower held-out NLL
-(each fitted on a random half of the validation set and scored on the other half, then the
-winner refitted on all of it); decodes the test outputs by argmax of the raw outputs and by
-``costjax.bayes_decision`` of the calibrated ones (with ``--abstain-cost X``, Chow's rule:
-``abstain`` where the cheapest decision is expected to cost more than ``X``); with
-``--alpha A``, cost-controlled prediction sets (``costjax.calibrate_cost_sets`` on
-validation, ``costjax.cost_sets`` on test) whose expected best-choice cost is at most ``A``.
+What it does: scores three calibrations of the validation outputs by held-out NLL (2-fold
+cross-fitting: each half scored under the fit on the other half) -- none (the raw outputs),
+temperature scaling (``costjax.fit_temperature``) and vector scaling
+(``costjax.fit_vector_scaling``) -- and keeps the simplest whose held-out NLL is within one
+standard error of the lowest (``--calibration auto``; the report says which and why, with the
+numbers), refitted on all of validation. It decodes the test outputs by argmax of the raw
+outputs, by ``costjax.bayes_decision`` of the raw outputs and of the calibrated ones (with
+``--abstain-cost X``, Chow's rule: ``abstain`` where the cheapest decision is expected to cost
+more than ``X``); with ``--alpha A``, cost-controlled prediction sets
+(``costjax.calibrate_cost_sets`` on validation, ``costjax.cost_sets`` on test) whose expected
+best-choice cost is at most ``A``.
 
-Outputs in ``--out``: ``predictions.csv`` (columns ``argmax``, ``bayes``, ``set`` with
-``--alpha`` as ``a|b|c``, ``expected_cost``, and ``label`` when the test file has labels),
-``report.md`` (calibration, and with test labels the mean cost of each decoding with a paired
-bootstrap 95% interval on the saving against argmax) and ``expected_cost.png`` (predicted
-expected cost of the Bayes decision against the realized cost, in quantile bins).
+Outputs in ``--out``: ``predictions.csv`` (the ``--id-column`` if given, ``argmax``,
+``bayes_raw``, ``bayes``, ``set`` with ``--alpha`` as ``a|b|c``, ``expected_cost``, and
+``label`` when the test file has labels), ``report.md`` (calibration; with test labels the
+mean cost of each decoding, coverage and cost on decided rows under abstention, a paired
+bootstrap 95% interval on the saving against argmax, and a one-sentence verdict) and
+``expected_cost.png`` (predicted expected cost of the Bayes decision against the realized
+cost, in quantile bins). See docs/guides/decide.md.
 
 Python API: ``add_parser(subparsers)`` registers the subcommand; ``run(args)`` runs it;
 ``load_inputs(...)`` and ``compute(...)`` are the validation and computation steps.
@@ -67,8 +73,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
   p = subparsers.add_parser(
       "decide", help="cost-aware decisions for any model's outputs (logits or probabilities)",
       description=(
-          "Calibrate any model's outputs on a validation file (temperature or vector scaling, "
-          "whichever has the lower held-out NLL), decode a test file by argmax and by the "
+          "Calibrate any model's outputs on a validation file (none, temperature or vector "
+          "scaling, chosen by held-out NLL), decode a test file by argmax and by the "
           "minimum-expected-cost (Bayes) rule, optionally with abstention (--abstain-cost) and "
           "cost-controlled prediction sets (--alpha), and write predictions.csv, report.md and "
           "expected_cost.png to --out."),
@@ -94,10 +100,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                  help="cost of abstaining: the Bayes column says 'abstain' where the best "
                  "decision is expected to cost more")
   p.add_argument("--calibration", choices=("auto", "temperature", "vector", "none"),
-                 default="auto", help="auto keeps the one with the lower held-out NLL")
+                 default="auto",
+                 help="auto chooses among none, temperature and vector scaling by held-out NLL "
+                 "(2-fold cross-fitting; the simplest within one standard error of the best)")
   p.add_argument("--csv-values", choices=("probs", "logits"), default="probs",
                  help="what the class columns of a .csv file hold")
   p.add_argument("--label-column", default="label", help="label column of a .csv file")
+  p.add_argument("--id-column", default=None,
+                 help="row id passed through to predictions.csv (its first column): a column "
+                 "of a .csv file or a 1-D array of a .npz file; required in --test, dropped "
+                 "from --val")
   p.add_argument("--bootstrap", type=int, default=1000,
                  help="paired bootstrap resamples for the intervals")
   p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and the NLL split")
@@ -118,6 +130,7 @@ class Outputs:
   labels: np.ndarray | None  # (N,) int32 class indices
   kind: str  # "logits" or "probs"
   source: str
+  ids: np.ndarray | None = None  # (N,) passed through from --id-column
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,20 +142,26 @@ class Inputs:
   cost_source: str
 
 
-def _raw_npz(path: str, flag: str):
+def _raw_npz(path: str, flag: str, id_column: str | None = None):
   where = f"{flag} {path!r}"
   arrays = _data.read_npz(path, where, one_of=("logits", "probs"))
   if "logits" in arrays and "probs" in arrays:
     raise UserInputError(f"{where}: the .npz file has both 'logits' and 'probs'; keep one.")
   kind = "logits" if "logits" in arrays else "probs"
-  return arrays[kind], kind, arrays.get("y"), None, where
+  ids = arrays.get(id_column) if id_column is not None else None
+  return arrays[kind], kind, arrays.get("y"), None, where, ids
 
 
-def _raw_csv(path: str, flag: str, label_column: str, csv_values: str):
+def _raw_csv(path: str, flag: str, label_column: str, csv_values: str,
+             id_column: str | None = None):
   import pandas as pd
 
   where = f"{flag} {path!r}"
   df = _data.read_csv(path, where, label_column)
+  ids = None
+  if id_column is not None and id_column in df.columns:
+    ids = df[id_column].to_numpy()
+    df = df.drop(columns=[id_column])
   labels = None
   if label_column in df.columns:
     col = df[label_column]
@@ -159,19 +178,20 @@ def _raw_csv(path: str, flag: str, label_column: str, csv_values: str):
   if bad:
     raise UserInputError(f"{where}: class columns must be numeric; column(s) {bad[:5]} are "
                          f"not (a label column must be named {label_column!r}, see "
-                         "--label-column).")
+                         "--label-column; an id column is passed through with --id-column).")
   values = df.to_numpy(np.float64)
-  return values, csv_values, labels, names, where
+  return values, csv_values, labels, names, where, ids
 
 
-def _read_raw(path: str, flag: str, label_column: str, csv_values: str):
+def _read_raw(path: str, flag: str, label_column: str, csv_values: str,
+              id_column: str | None = None):
   if not os.path.isfile(path):
     raise UserInputError(f"{flag} {path!r}: no such file.")
   ext = os.path.splitext(path)[1].lower()
   if ext == ".npz":
-    return _raw_npz(path, flag)
+    return _raw_npz(path, flag, id_column)
   if ext == ".csv":
-    return _raw_csv(path, flag, label_column, csv_values)
+    return _raw_csv(path, flag, label_column, csv_values, id_column)
   raise UserInputError(f"{flag} {path!r}: unsupported file type {ext!r}; use .npz (logits or "
                        "probs, and y) or .csv (one column per class, plus a label column).")
 
@@ -197,6 +217,15 @@ def _check_values(values: np.ndarray, kind: str, where: str) -> np.ndarray:
     raise UserInputError(f"{where}: {kind}[{i}, {j}] = {values[i, j]}; every value must be "
                          f"finite ({int(bad.sum())} non-finite value(s)).")
   if kind == "logits":
+    looks_like_probs = (values.shape[1] > 1 and values.min() >= 0 and values.max() <= 1
+                        and bool(np.all(np.abs(values.sum(axis=1) - 1) <= PROB_TOLERANCE)))
+    if looks_like_probs:
+      fix = ("drop --csv-values logits (CSV values are probabilities by default)"
+             if where.endswith(".csv'") else "save them as an array 'probs' instead")
+      raise UserInputError(
+          f"{where}: these logits look like probabilities (every value in [0, 1] and every row "
+          f"sums to 1 within {PROB_TOLERANCE:g}); read as logits, softmax would flatten them "
+          f"towards uniform; {fix}.")
     return values.astype(np.float32)
   neg = values < 0
   if neg.any():
@@ -237,11 +266,24 @@ def _order_columns(values, names, class_names, cost_source, where):
   return values[:, order], tuple(class_names)
 
 
+def _stray_columns(values: np.ndarray, cols: list[str], kind: str, k: int) -> list[str]:
+  """Columns of a CSV file that look like they are not classes (ids, indices, scores)."""
+  idish = [c for c in cols if c.lower() in ("id", "index", "row", "row_id", "rowid")
+           or c.startswith("Unnamed:")]
+  if idish:
+    return idish
+  if kind == "probs" and len(cols) > k and values.ndim == 2:
+    keep_sums = values.sum(axis=1, keepdims=True) - values  # row sums without column j
+    fits = np.all(np.abs(keep_sums - 1) <= PROB_TOLERANCE, axis=0)
+    return [c for c, f in zip(cols, fits, strict=True) if f]
+  return []
+
+
 def load_inputs(val: str, test: str, cost: str, *, label_column: str = "label",
-                csv_values: str = "probs") -> Inputs:
+                csv_values: str = "probs", id_column: str | None = None) -> Inputs:
   """Reads and validates the three files; raises :class:`UserInputError` on bad input."""
-  rv = _read_raw(val, "--val", label_column, csv_values)
-  rt = _read_raw(test, "--test", label_column, csv_values)
+  rv = _read_raw(val, "--val", label_column, csv_values, id_column)
+  rt = _read_raw(test, "--test", label_column, csv_values, id_column)
   if cost in _costs.BUILTIN_COSTS:
     k = np.asarray(rv[0]).shape[-1] if np.asarray(rv[0]).ndim == 2 else 0
     table = _costs.CostTable(_costs.builtin_cost(cost, k), None, cost)
@@ -252,21 +294,34 @@ def load_inputs(val: str, test: str, cost: str, *, label_column: str = "label",
 
   # Column order (CSV) -> class order; a CSV without a cost header defines the names.
   ordered = []
-  for values, kind, labels, cols, where in (rv, rt):
+  for values, kind, labels, cols, where, ids in (rv, rt):
     values = np.asarray(values)
+    if cols is not None and names is not None:
+      # Match by name first, so a stray column is named rather than counted as a class.
+      extra = [c for c in cols if c not in names]
+      if extra and not [c for c in names if c not in cols]:
+        raise UserInputError(
+            f"{where}: column(s) {extra[:5]} are not classes of --cost {cost!r} "
+            f"{list(names)[:12]}; drop them, or pass an id column with --id-column NAME.")
+      values, _ = _order_columns(values, cols, names, cost, where)
     if values.ndim == 2 and values.shape[1] != k:
+      stray = _stray_columns(values, cols, kind, k) if cols is not None else []
+      if stray and values.shape[1] > k:
+        raise UserInputError(
+            f"{where}: column(s) {stray[:5]} do not look like classes ({values.shape[1]} "
+            f"columns {cols[:12]} but the cost matrix --cost {cost!r} is {k} x {k}); drop "
+            "them, or pass an id column with --id-column NAME.")
       raise UserInputError(
           f"{where}: {values.shape[1]} classes ({kind} of shape {values.shape}) but the cost "
-          f"matrix --cost {cost!r} is {k} x {k}.")
-    if cols is not None:
-      if names is not None:
-        values, _ = _order_columns(values, cols, names, cost, where)
-      else:
-        order = _natural_order(cols)
-        values, _ = _order_columns(values, cols, order, cost, where)
-        cols = order
-    ordered.append((values, kind, labels, cols, where))
-  (v_vals, v_kind, v_lab, v_cols, v_where), (t_vals, t_kind, t_lab, t_cols, t_where) = ordered
+          f"matrix --cost {cost!r} is {k} x {k}"
+          + (f" (columns {cols[:12]})" if cols is not None else "") + ".")
+    if cols is not None and names is None:
+      order = _natural_order(cols)
+      values, _ = _order_columns(values, cols, order, cost, where)
+      cols = order
+    ordered.append((values, kind, labels, cols, where, ids))
+  ((v_vals, v_kind, v_lab, v_cols, v_where, _),
+   (t_vals, t_kind, t_lab, t_cols, t_where, t_ids)) = ordered
   if names is None:
     if v_cols is not None and t_cols is not None and v_cols != t_cols:
       raise UserInputError(f"{t_where}: class columns {t_cols[:12]} differ from those of "
@@ -276,6 +331,14 @@ def load_inputs(val: str, test: str, cost: str, *, label_column: str = "label",
 
   v_logits = _check_values(v_vals, v_kind, v_where)
   t_logits = _check_values(t_vals, t_kind, t_where)
+  if id_column is not None:
+    if t_ids is None:
+      raise UserInputError(f"{t_where}: --id-column {id_column!r} is not in the test file (a "
+                           "column of a .csv file, a 1-D array of a .npz file).")
+    t_ids = np.asarray(t_ids)
+    if t_ids.ndim != 1 or len(t_ids) != len(t_logits):
+      raise UserInputError(f"{t_where}: the id {id_column!r} must be 1-D with one per row; got "
+                           f"shape {t_ids.shape} for {len(t_logits)} rows.")
   if v_lab is None:
     raise UserInputError(f"{v_where}: the validation file has no labels (an array 'y' in a "
                          f".npz file, a {label_column!r} column in a .csv file); calibration "
@@ -285,7 +348,7 @@ def load_inputs(val: str, test: str, cost: str, *, label_column: str = "label",
   t_y = None
   if t_lab is not None:
     t_y, _ = _labels(t_lab, len(t_logits), t_where, k, names, "the validation classes")
-  return Inputs(Outputs(v_logits, v_y, v_kind, val), Outputs(t_logits, t_y, t_kind, test),
+  return Inputs(Outputs(v_logits, v_y, v_kind, val), Outputs(t_logits, t_y, t_kind, test, t_ids),
                 table.matrix, names, cost)
 
 
@@ -318,6 +381,8 @@ class Result:
   threshold: float | None
   seconds: dict
   val_risk: np.ndarray  # (N_val, K) decision costs of the calibrated validation outputs
+  bayes_raw: np.ndarray  # (N,) int, Bayes decisions on the raw (uncalibrated) outputs
+  bayes_raw_abstain: np.ndarray  # (N,) int, the same with abstention (-1)
 
 
 @functools.cache
@@ -337,10 +402,10 @@ def _programs(vector_tolerance: float = VECTOR_TOLERANCE):
     return cj.VectorScaling(scale, bias).apply(z)
 
   @jax.jit
-  def nll(z, y, scale, bias, mask):
+  def nll(z, y, scale, bias):
+    """Per-example negative log-likelihood of the calibrated outputs, ``(N,)``."""
     a = affine(z, scale, bias)
-    per = jax.nn.logsumexp(a, axis=-1) - jnp.take_along_axis(a, y[:, None], axis=-1)[:, 0]
-    return jnp.sum(jnp.where(mask, per, 0.0)) / jnp.sum(mask)
+    return jax.nn.logsumexp(a, axis=-1) - jnp.take_along_axis(a, y[:, None], axis=-1)[:, 0]
 
   @jax.jit
   def decode(z, scale, bias, c, abstain_cost):
@@ -362,11 +427,42 @@ def _programs(vector_tolerance: float = VECTOR_TOLERANCE):
   return nll, decode, sets, fit_t, fit_v
 
 
+METHODS = ("none", "temperature", "vector")  # from simplest to most flexible
+METHOD_LABELS = {"none": "no calibration (raw outputs)", "temperature": "temperature scaling",
+                 "vector": "vector scaling"}
+
+
+def choose_calibration(heldout: dict[str, np.ndarray]) -> tuple[str, str]:
+  """The one-standard-error rule on per-example held-out NLLs; returns ``(method, reason)``.
+
+  ``heldout[m]`` holds each validation example's NLL under method ``m`` fitted without it. The
+  method with the lowest mean is the best; the simplest method (in :data:`METHODS` order) whose
+  mean is within one standard error of the paired difference from the best is chosen, so a
+  calibration is applied only where it helps by more than the noise of the comparison.
+  """
+  means = {m: float(np.mean(v)) for m, v in heldout.items()}
+  best = min(METHODS, key=lambda m: (means[m], METHODS.index(m)))
+  n = len(heldout[best])
+  se = {m: float(np.std(heldout[m] - heldout[best], ddof=1) / math.sqrt(n)) if n > 1 else 0.0
+        for m in METHODS}
+  chosen = next(m for m in METHODS if means[m] - means[best] <= se[m])
+  nums = ", ".join(f"{METHOD_LABELS[m].split(' (')[0]} {means[m]:.4f}" for m in METHODS)
+  if chosen == best:
+    reason = (f"it has the lowest held-out NLL ({nums}; 2-fold cross-fitting on validation)")
+  else:
+    reason = (f"its held-out NLL {means[chosen]:.4f} is within one standard error "
+              f"({se[chosen]:.4f}) of the lowest, {METHOD_LABELS[best]}'s {means[best]:.4f}, "
+              f"so the simpler one is kept ({nums}; 2-fold cross-fitting on validation)")
+  return chosen, reason
+
+
 def calibrate(logits, labels, *, method: str = "auto", seed: int = 0):
   """Fits temperature and/or vector scaling; returns ``(scale, bias, info)``.
 
-  Calibrated logits are ``logits * scale + bias``. ``auto`` fits both on a random half of the
-  validation set, scores the NLL on the other half, and refits the better one on all of it.
+  Calibrated logits are ``logits * scale + bias``. ``auto`` scores *none*, temperature and
+  vector scaling by held-out NLL with 2-fold cross-fitting (each half's NLL under the fit on the
+  other half) and picks by :func:`choose_calibration`; the chosen method is refitted on all of
+  validation.
   """
   import jax.numpy as jnp
 
@@ -376,34 +472,37 @@ def calibrate(logits, labels, *, method: str = "auto", seed: int = 0):
   n, k = z.shape
   one, zero = jnp.ones(k, z.dtype), jnp.zeros(k, z.dtype)
   everything = jnp.ones(n, bool)
-  info: dict = {"method": method, "nll_uncalibrated": float(nll(z, y, one, zero, everything))}
+  raw_nll = np.asarray(nll(z, y, one, zero), np.float64)
+  info: dict = {"method": method, "nll_uncalibrated": float(raw_nll.mean())}
   if method == "auto":
     if n < 4:
-      method = "temperature"
-      info["note"] = ("fewer than 4 validation examples: temperature scaling without a "
-                      "held-out check")
+      method = "none"
+      info["reason"] = ("fewer than 4 validation examples, too few to check a calibration on "
+                        "held-out data, so the raw outputs are kept")
     else:
-      half = np.zeros(n, bool)
-      half[np.random.default_rng(seed).permutation(n)[: n // 2]] = True
-      fit_mask = jnp.asarray(half)
-      held = ~fit_mask
-      t_half = fit_t(z, y, where=fit_mask)
-      v_half = fit_v(z, y, where=fit_mask)
-      info["heldout_nll_temperature"] = float(nll(z, y, one / t_half, zero, held))
-      info["heldout_nll_vector"] = float(nll(z, y, v_half.scale, v_half.bias, held))
-      info["heldout_nll_uncalibrated"] = float(nll(z, y, one, zero, held))
-      better_v = info["heldout_nll_vector"] < info["heldout_nll_temperature"]
-      method = "vector" if better_v else "temperature"
+      fold = np.zeros(n, bool)
+      fold[np.random.default_rng(seed).permutation(n)[: n // 2]] = True
+      held = {"none": raw_nll, "temperature": np.empty(n), "vector": np.empty(n)}
+      for fit_on in (fold, ~fold):
+        mask = jnp.asarray(fit_on)
+        t_half = fit_t(z, y, where=mask)
+        v_half = fit_v(z, y, where=mask)
+        held["temperature"][~fit_on] = np.asarray(nll(z, y, one / t_half, zero))[~fit_on]
+        held["vector"][~fit_on] = np.asarray(nll(z, y, v_half.scale, v_half.bias))[~fit_on]
+      for m, key in (("none", "uncalibrated"), ("temperature", "temperature"),
+                     ("vector", "vector")):
+        info[f"heldout_nll_{key}"] = float(held[m].mean())
+      method, info["reason"] = choose_calibration(held)
   info["chosen"] = method
   if method == "none":
     return one, zero, info
   t = fit_t(z, y, where=everything)
   info["temperature"] = float(t)
-  info["nll_temperature"] = float(nll(z, y, one / t, zero, everything))
+  info["nll_temperature"] = float(np.mean(nll(z, y, one / t, zero)))
   if method == "temperature":
     return one / t, zero, info
   vs = fit_v(z, y, where=everything)
-  info["nll_vector"] = float(nll(z, y, vs.scale, vs.bias, everything))
+  info["nll_vector"] = float(np.mean(nll(z, y, vs.scale, vs.bias)))
   info["vector_scale"] = np.asarray(vs.scale).tolist()
   info["vector_bias"] = np.asarray(vs.bias).tolist()
   return vs.scale, vs.bias, info
@@ -426,6 +525,9 @@ def compute(inp: Inputs, *, alpha: float | None = None, abstain_cost: float | No
   # Without --abstain-cost the abstention threshold is +inf: never abstain.
   x = jnp.float32(np.inf if abstain_cost is None else abstain_cost)
   argmax, plain, best, bayes, _ = (np.asarray(a) for a in decode(zt, scale, bias, c, x))
+  k = c.shape[0]
+  raw_out = decode(zt, jnp.ones(k, zt.dtype), jnp.zeros(k, zt.dtype), c, x)
+  raw, raw_abstain = np.asarray(raw_out[1]), np.asarray(raw_out[3])
   val_risk = np.asarray(decode(zv, scale, bias, c, x)[-1])
   sets = threshold = None
   if alpha is not None:
@@ -433,7 +535,8 @@ def compute(inp: Inputs, *, alpha: float | None = None, abstain_cost: float | No
                               jnp.float32(alpha))
     threshold, sets = float(threshold), np.asarray(sets)
   seconds["decisions"] = time.perf_counter() - t0
-  return Result(info, argmax, bayes, plain, best, sets, threshold, seconds, val_risk)
+  return Result(info, argmax, bayes, plain, best, sets, threshold, seconds, val_risk, raw,
+                raw_abstain)
 
 
 def bootstrap_means(values: np.ndarray, *, resamples: int, seed: int,
@@ -481,12 +584,42 @@ def _fmt(x: float) -> str:
   return f"{x:.4g}"
 
 
+def calibration_label(cal: dict) -> str:
+  """What was done to the outputs before the calibrated Bayes decisions, in words."""
+  if cal["chosen"] == "temperature":
+    return f"temperature scaling (T = {cal['temperature']:.4g})"
+  if cal["chosen"] == "vector":
+    return "vector scaling"
+  return "no calibration"
+
+
+def verdict(label: str, saving: tuple[float, float, float], n: int, resamples: int,
+            seed: int) -> str:
+  """One sentence: does ``label`` reliably lower the cost against argmax?"""
+  mean, lo, hi = saving
+  ci = (f"paired 95% interval [{_fmt(lo)}, {_fmt(hi)}] (bootstrap over the {n} test rows, "
+        f"{resamples} resamples, seed {seed})")
+  if lo > 0:
+    return (f"**Verdict:** {label} reliably lowers the mean test cost against argmax, by "
+            f"{_fmt(mean)} per example; {ci}.")
+  if hi < 0:
+    return (f"**Verdict:** {label} raises the mean test cost against argmax, by "
+            f"{_fmt(-mean)} per example ({ci}); keep argmax.")
+  return (f"**Verdict:** {label} does not reliably lower the mean test cost against argmax: "
+          f"the saving is {_fmt(mean)} per example and its {ci} includes 0.")
+
+
 def write_outputs(out: str, inp: Inputs, res: Result, args) -> dict:
   import pandas as pd
 
   names = list(inp.class_names)
   os.makedirs(out, exist_ok=True)
-  cols = {"argmax": _names(res.argmax, names), "bayes": _names(res.bayes, names)}
+  cols = {}
+  id_column = getattr(args, "id_column", None)
+  if id_column is not None:
+    cols[id_column] = inp.test.ids
+  cols.update({"argmax": _names(res.argmax, names), "bayes_raw": _names(res.bayes_raw, names),
+               "bayes": _names(res.bayes, names)})
   if res.sets is not None:
     named = np.array(names, dtype=object)
     cols["set"] = ["|".join(named[row]) for row in res.sets]
@@ -513,66 +646,103 @@ def write_outputs(out: str, inp: Inputs, res: Result, args) -> dict:
                  "fitted from no data; vector scaling drives them towards 0)")
   lines += [
       "", "## Calibration (fitted on validation)", "",
-      "| method | validation NLL (all, in-sample) | held-out NLL (fit on one half, scored on "
-      "the other) |", "|---|---|---|",
+      "| method | validation NLL (all, in-sample) | held-out NLL (2-fold: each half scored "
+      "under the fit on the other) |", "|---|---|---|",
   ]
-  for key, label in (("uncalibrated", "none"), ("temperature", "temperature scaling"),
-                     ("vector", "vector scaling")):
+  for key, m in (("uncalibrated", "none"), ("temperature", "temperature"),
+                 ("vector", "vector")):
     ins = cal.get(f"nll_{key}")
     held = cal.get(f"heldout_nll_{key}")
-    lines.append(f"| {label} | {'—' if ins is None else _fmt(ins)} | "
+    lines.append(f"| {METHOD_LABELS[m]} | {'—' if ins is None else _fmt(ins)} | "
                  f"{'—' if held is None else _fmt(held)} |")
-  lines += ["", f"Chosen: **{cal['chosen']}**"
-            + (f" (T = {cal['temperature']:.4g})" if cal["chosen"] == "temperature" else "")
-            + (" (lower held-out NLL)" if cal["method"] == "auto" and "note" not in cal else "")
-            + ".", ""]
-  if "note" in cal:
-    lines += [cal["note"] + ".", ""]
+  chosen = calibration_label(cal)
+  if cal["method"] == "auto":
+    lines += ["", f"Chosen: **{chosen}**, because {cal['reason']}.", ""]
+  else:
+    lines += ["", f"Chosen: **{chosen}**, as asked (--calibration {cal['method']}; no held-out "
+              "comparison).", ""]
 
   summary: dict = {"calibration": cal, "seconds": res.seconds}
   c = inp.cost
+  x = args.abstain_cost
+  same = " (the same decisions as the raw row)" if cal["chosen"] == "none" else ""
+  rows = [("argmax", "argmax of the raw outputs", res.argmax),
+          ("bayes_raw", "Bayes on the raw outputs", res.bayes_raw),
+          ("bayes_calibrated", f"Bayes after {chosen}{same}", res.bayes_plain)]
+  if x is not None:
+    rows.append(("bayes_raw_abstain", f"Bayes on the raw outputs, abstaining where the expected "
+                 f"cost exceeds {x:g}", res.bayes_raw_abstain))
+    rows.append(("bayes_abstain", f"Bayes after {chosen}{same}, abstaining where the expected "
+                 f"cost exceeds {x:g}", res.bayes))
+  final_key = rows[-1][0]
+  final_label = rows[-1][1].replace(same, "") if same else rows[-1][1]
   if y is not None:
-    arg_cost = c[y, res.argmax]
-    plain_cost = c[y, res.bayes_plain]
-    rows = [("argmax (raw outputs)", res.argmax, arg_cost),
-            ("Bayes (calibrated)", res.bayes_plain, plain_cost)]
-    if args.abstain_cost is not None:
-      ab = res.bayes < 0
-      ab_cost = np.where(ab, args.abstain_cost, c[y, np.maximum(res.bayes, 0)])
-      rows.append((f"Bayes with abstention (abstain costs {args.abstain_cost:g})",
-                   res.bayes, ab_cost))
+    per = [np.where(pred < 0, np.inf if x is None else x, c[y, np.maximum(pred, 0)])
+           for _, _, pred in rows]
     lines += ["## Test cost", "",
-              f"Mean cost per example (rows true, columns predicted). The saving is the mean "
-              f"cost of argmax minus that of the decoding, with a paired bootstrap 95% interval "
-              f"({args.bootstrap} resamples over test examples, seed {args.seed}).", "",
-              "| decoding | mean cost | accuracy | saving vs argmax [95% CI] |",
-              "|---|---|---|---|"]
+              "Mean cost per example (rows true, columns predicted). Coverage is the share of "
+              "test rows decided (not abstained on); "
+              + ("without --abstain-cost every row is decided. " if x is None else
+                 f"the mean cost charges each abstention {x:g}; the cost and accuracy on "
+                 "decided rows leave abstentions out. ")
+              + "The saving is the mean cost of argmax minus that of the "
+              f"decoding, with a paired bootstrap 95% interval ({args.bootstrap} resamples over "
+              f"test rows, seed {args.seed}).", "",
+              "| decoding | coverage | mean cost | cost on decided rows | accuracy on decided "
+              "rows | saving vs argmax [95% CI] |", "|---|---|---|---|---|---|"]
     summary["test"] = {}
-    # One set of resamples for every decoding (and the set cost below): paired throughout.
-    stack = [arg_cost - cost_i for _, _, cost_i in rows[1:]]
+    # One set of resamples for every comparison (and the set cost below): paired throughout.
+    stack = [per[0] - cost_i for cost_i in per[1:]]
+    # The decoding written to the bayes column minus the same rule on the raw outputs.
+    stack.append(per[-1] - per[-2] if x is not None else per[2] - per[1])
     if res.sets is not None:
       realized = np.where(res.sets, c[y], np.inf).min(axis=1)
       stack.append(realized)
     boot = bootstrap_means(np.stack(stack), resamples=args.bootstrap, seed=args.seed)
     lo_hi = np.percentile(boot, [2.5, 97.5], axis=1)
-    for r, (label, pred, cost_i) in enumerate(rows):
-      mean = float(np.mean(cost_i))
-      acc = float(np.mean(pred == y))
-      if r == 0:
-        ci = "—"
-        s = None
-      else:
-        s = (float(np.mean(stack[r - 1])), float(lo_hi[0, r - 1]), float(lo_hi[1, r - 1]))
-        ci = f"{_fmt(s[0])} [{_fmt(s[1])}, {_fmt(s[2])}]"
-      lines.append(f"| {label} | {_fmt(mean)} | {acc:.4f} | {ci} |")
-      summary["test"][label] = {"mean_cost": mean, "accuracy": acc, "saving": s}
-    if args.abstain_cost is not None:
-      lines += ["", f"Abstained on {int((res.bayes < 0).sum())} of {len(y)} test examples "
-                f"({np.mean(res.bayes < 0):.1%})."]
+
+    def interval(i):
+      return float(np.mean(stack[i])), float(lo_hi[0, i]), float(lo_hi[1, i])
+
+    for r, ((key, label, pred), cost_i) in enumerate(zip(rows, per, strict=True)):
+      decided = pred >= 0
+      coverage = float(decided.mean())
+      on_decided = float(cost_i[decided].mean()) if decided.any() else float("nan")
+      acc = float(np.mean(pred[decided] == y[decided])) if decided.any() else float("nan")
+      s = None if r == 0 else interval(r - 1)
+      ci = "—" if s is None else f"{_fmt(s[0])} [{_fmt(s[1])}, {_fmt(s[2])}]"
+      lines.append(f"| {label} | {coverage:.1%} | {_fmt(float(cost_i.mean()))} | "
+                   f"{_fmt(on_decided)} | {acc:.4f} | {ci} |")
+      summary["test"][key] = {"label": label, "mean_cost": float(cost_i.mean()),
+                              "coverage": coverage, "cost_on_decided": on_decided,
+                              "accuracy_on_decided": acc, "saving": s}
+    if x is not None:
+      ab = res.bayes < 0
+      lines += ["", f"Abstained on {int(ab.sum())} of {len(y)} test rows (coverage "
+                f"{1 - ab.mean():.1%})."]
+    sentence = verdict(final_label, summary["test"][final_key]["saving"], len(y),
+                       args.bootstrap, args.seed)
+    lines += ["", sentence]
+    harm = interval(len(rows) - 1)
+    summary["calibration_minus_raw"] = harm
+    if cal["chosen"] != "none" and harm[1] > 0:
+      lines += ["", f"**Warning:** on test, {chosen} made the Bayes decisions"
+                f"{' with abstention' if x is not None else ''} costlier than on "
+                f"the raw outputs, by {_fmt(harm[0])} per example (paired 95% interval "
+                f"[{_fmt(harm[1])}, {_fmt(harm[2])}]); the validation set may not resemble the "
+                "test set. Consider --calibration none."]
     lines.append("")
-  elif args.abstain_cost is not None:
-    lines += [f"Abstained on {int((res.bayes < 0).sum())} of {len(res.bayes)} test examples.",
-              ""]
+  else:
+    differ = float(np.mean(res.bayes != res.argmax))
+    sentence = (f"**Verdict:** none possible: the test file has no labels, so the saving against "
+                f"argmax cannot be measured; {final_label} differs from argmax on {differ:.1%} "
+                "of the test rows.")
+    lines += ["## Test decisions", ""]
+    if x is not None:
+      lines += [f"Abstained on {int((res.bayes < 0).sum())} of {len(res.bayes)} test rows "
+                f"(coverage {np.mean(res.bayes >= 0):.1%}).", ""]
+    lines += [sentence, ""]
+  summary["verdict"] = sentence
   if res.sets is not None:
     size = res.sets.sum(axis=1)
     lines += ["## Cost-controlled prediction sets", "",
@@ -689,7 +859,7 @@ def run(args) -> dict:
   t0 = time.perf_counter()
   check_flags(args)
   inp = load_inputs(args.val, args.test, args.cost, label_column=args.label_column,
-                    csv_values=args.csv_values)
+                    csv_values=args.csv_values, id_column=getattr(args, "id_column", None))
   t_read = time.perf_counter() - t0
   quiet = getattr(args, "quiet", False)
   _say(quiet, f"read {len(inp.val.logits)} validation and {len(inp.test.logits)} test "
@@ -703,6 +873,7 @@ def run(args) -> dict:
        f"writing the report ({args.bootstrap} bootstrap resamples) ...")
   summary = write_outputs(args.out, inp, res, args)
   res.seconds["total"] = time.perf_counter() - t0
+  _say(quiet, summary["verdict"].replace("**", ""))
   _say(quiet, f"wrote {args.out}/predictions.csv, report.md, expected_cost.png "
        f"({res.seconds['total']:.1f} s)")
   return summary
