@@ -90,9 +90,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                  "(one column per class + label)")
   p.add_argument("--test", required=True,
                  help="test outputs to decode: .npz (logits or probs, optional y) or .csv")
-  p.add_argument("--cost", required=True,
+  p.add_argument("--cost", default=None,
                  help="cost CSV (rows true, columns predicted; optional header of class "
-                 "names) or a built-in: " + ", ".join(_costs.BUILTIN_COSTS))
+                 "names) or a built-in: " + ", ".join(_costs.BUILTIN_COSTS) + " (required "
+                 "unless --cost-columns gives every row's costs)")
+  p.add_argument("--cost-columns", default=None, metavar="TEMPLATE",
+                 help="per-row costs from columns of the --val and --test CSV files: TEMPLATE "
+                 "holds {true} and {pred} (e.g. cost_{true}_{pred}), replaced by class names; "
+                 "a pair without a column costs 0. Calibration stays NLL-based; decisions, "
+                 "sets, costs and savings use each row's own matrix")
+  p.add_argument("--cost-scale", default=None, metavar="COLUMN",
+                 help="per-row costs: the --cost matrix times each row's value of COLUMN in "
+                 "the --val and --test CSV files (e.g. a transaction amount)")
   p.add_argument("--alpha", type=float, default=None,
                  help="target expected cost of prediction sets (conformal risk control); "
                  "adds a 'set' column")
@@ -131,15 +140,25 @@ class Outputs:
   kind: str  # "logits" or "probs"
   source: str
   ids: np.ndarray | None = None  # (N,) passed through from --id-column
+  costs: np.ndarray | None = None  # (N, K, K) per-row costs (--cost-columns / --cost-scale)
 
 
 @dataclasses.dataclass(frozen=True)
 class Inputs:
   val: Outputs
   test: Outputs
-  cost: np.ndarray  # (K, K) float32
+  cost: np.ndarray  # (K, K) float32 (per-row costs: the mean of the test rows' matrices)
   class_names: tuple[str, ...]
   cost_source: str
+
+  @property
+  def per_row(self) -> bool:
+    return self.test.costs is not None
+
+  def costs_of(self, which: str) -> np.ndarray:
+    """``(N, K, K)`` per-row costs, or the shared ``(K, K)`` matrix."""
+    out = getattr(self, which)
+    return self.cost if out.costs is None else out.costs
 
 
 def _raw_npz(path: str, flag: str, id_column: str | None = None):
@@ -149,15 +168,20 @@ def _raw_npz(path: str, flag: str, id_column: str | None = None):
     raise UserInputError(f"{where}: the .npz file has both 'logits' and 'probs'; keep one.")
   kind = "logits" if "logits" in arrays else "probs"
   ids = arrays.get(id_column) if id_column is not None else None
-  return arrays[kind], kind, arrays.get("y"), None, where, ids
+  return arrays[kind], kind, arrays.get("y"), None, where, ids, None
 
 
 def _raw_csv(path: str, flag: str, label_column: str, csv_values: str,
-             id_column: str | None = None):
+             id_column: str | None = None, cost_columns=None):
   import pandas as pd
 
   where = f"{flag} {path!r}"
   df = _data.read_csv(path, where, label_column)
+  cost_df = None
+  if cost_columns is not None:  # per-row cost columns: set aside, never class columns
+    names = cost_columns(df)
+    cost_df = df[[c for c in df.columns if str(c) in names]]
+    df = df.drop(columns=list(cost_df.columns))
   ids = None
   if id_column is not None and id_column in df.columns:
     ids = df[id_column].to_numpy()
@@ -180,18 +204,21 @@ def _raw_csv(path: str, flag: str, label_column: str, csv_values: str,
                          f"not (a label column must be named {label_column!r}, see "
                          "--label-column; an id column is passed through with --id-column).")
   values = df.to_numpy(np.float64)
-  return values, csv_values, labels, names, where, ids
+  return values, csv_values, labels, names, where, ids, cost_df
 
 
 def _read_raw(path: str, flag: str, label_column: str, csv_values: str,
-              id_column: str | None = None):
+              id_column: str | None = None, cost_columns=None):
   if not os.path.isfile(path):
     raise UserInputError(f"{flag} {path!r}: no such file.")
   ext = os.path.splitext(path)[1].lower()
   if ext == ".npz":
+    if cost_columns is not None:
+      raise UserInputError(f"{flag} {path!r}: --cost-columns and --cost-scale read columns of "
+                           ".csv files; this is a .npz file.")
     return _raw_npz(path, flag, id_column)
   if ext == ".csv":
-    return _raw_csv(path, flag, label_column, csv_values, id_column)
+    return _raw_csv(path, flag, label_column, csv_values, id_column, cost_columns)
   raise UserInputError(f"{flag} {path!r}: unsupported file type {ext!r}; use .npz (logits or "
                        "probs, and y) or .csv (one column per class, plus a label column).")
 
@@ -279,12 +306,34 @@ def _stray_columns(values: np.ndarray, cols: list[str], kind: str, k: int) -> li
   return []
 
 
-def load_inputs(val: str, test: str, cost: str, *, label_column: str = "label",
-                csv_values: str = "probs", id_column: str | None = None) -> Inputs:
-  """Reads and validates the three files; raises :class:`UserInputError` on bad input."""
-  rv = _read_raw(val, "--val", label_column, csv_values, id_column)
-  rt = _read_raw(test, "--test", label_column, csv_values, id_column)
-  if cost in _costs.BUILTIN_COSTS:
+def load_inputs(val: str, test: str, cost: str | None, *, label_column: str = "label",
+                csv_values: str = "probs", id_column: str | None = None,
+                cost_columns: str | None = None, cost_scale: str | None = None) -> Inputs:
+  """Reads and validates the three files; raises :class:`UserInputError` on bad input.
+
+  ``cost_columns`` (a template with ``{true}`` and ``{pred}``) or ``cost_scale`` (a column
+  scaling ``cost``) read every row's own cost matrix from the CSV files
+  (:mod:`costjax.cli.rowcosts`); ``cost`` may then be None with ``cost_columns``.
+  """
+  from costjax.cli import rowcosts
+
+  rowcosts.check_flags(cost_columns, cost_scale)
+  if cost is None and cost_columns is None:
+    raise UserInputError("--cost is required (unless --cost-columns gives every row's costs).")
+  set_aside = None
+  if cost_columns is not None:
+    def set_aside(df):
+      return rowcosts.matching_columns(df.columns, cost_columns)
+  elif cost_scale is not None:
+    def set_aside(df):
+      return [cost_scale]
+  rv = _read_raw(val, "--val", label_column, csv_values, id_column, set_aside)
+  rt = _read_raw(test, "--test", label_column, csv_values, id_column, set_aside)
+  if cost is None:  # --cost-columns alone: the class columns name the classes
+    k = np.asarray(rv[0]).shape[-1] if np.asarray(rv[0]).ndim == 2 else 0
+    table = _costs.CostTable(np.zeros((k, k), np.float32), None, "--cost-columns")
+    cost = f"--cost-columns {cost_columns!r}"
+  elif cost in _costs.BUILTIN_COSTS:
     k = np.asarray(rv[0]).shape[-1] if np.asarray(rv[0]).ndim == 2 else 0
     table = _costs.CostTable(_costs.builtin_cost(cost, k), None, cost)
   else:
@@ -294,7 +343,7 @@ def load_inputs(val: str, test: str, cost: str, *, label_column: str = "label",
 
   # Column order (CSV) -> class order; a CSV without a cost header defines the names.
   ordered = []
-  for values, kind, labels, cols, where, ids in (rv, rt):
+  for values, kind, labels, cols, where, ids, _ in (rv, rt):
     values = np.asarray(values)
     if cols is not None and names is not None:
       # Match by name first, so a stray column is named rather than counted as a class.
@@ -348,8 +397,20 @@ def load_inputs(val: str, test: str, cost: str, *, label_column: str = "label",
   t_y = None
   if t_lab is not None:
     t_y, _ = _labels(t_lab, len(t_logits), t_where, k, names, "the validation classes")
-  return Inputs(Outputs(v_logits, v_y, v_kind, val), Outputs(t_logits, t_y, t_kind, test, t_ids),
-                table.matrix, names, cost)
+  v_c = t_c = None
+  matrix = table.matrix
+  if cost_columns is not None or cost_scale is not None:
+    per = []
+    for raw, where in ((rv, v_where), (rt, t_where)):
+      frame = raw[6]
+      if cost_columns is not None:
+        per.append(rowcosts.from_columns(frame, cost_columns, names, source=where))
+      else:
+        per.append(rowcosts.from_scale(frame, cost_scale, table.matrix, source=where))
+    v_c, t_c = per
+    matrix = t_c.astype(np.float64).mean(axis=0).astype(np.float32)
+  return Inputs(Outputs(v_logits, v_y, v_kind, val, costs=v_c),
+                Outputs(t_logits, t_y, t_kind, test, t_ids, costs=t_c), matrix, names, cost)
 
 
 def _labels(raw, n, where, k, names, classes_from):
@@ -417,9 +478,9 @@ def _programs(vector_tolerance: float = VECTOR_TOLERANCE):
     return jnp.argmax(z, axis=-1), plain, best, with_abstain, risk
 
   @jax.jit
-  def sets(zv, yv, zt, scale, bias, c, alpha):
-    threshold = cj.calibrate_cost_sets(affine(zv, scale, bias), yv, c, alpha=alpha)
-    return threshold, cj.cost_sets(affine(zt, scale, bias), c, threshold=threshold)
+  def sets(zv, yv, zt, scale, bias, cv, ct, alpha):
+    threshold = cj.calibrate_cost_sets(affine(zv, scale, bias), yv, cv, alpha=alpha)
+    return threshold, cj.cost_sets(affine(zt, scale, bias), ct, threshold=threshold)
 
   fit_t = jax.jit(cj.fit_temperature)
   # Gradient norm 1e-4 on the mean NLL: the NLL agrees with 1e-6 to ~1e-6 at a third of the cost.
@@ -519,19 +580,22 @@ def compute(inp: Inputs, *, alpha: float | None = None, abstain_cost: float | No
   scale, bias, info = calibrate(inp.val.logits, inp.val.labels, method=calibration, seed=seed)
   seconds["calibration"] = time.perf_counter() - t0
   t0 = time.perf_counter()
-  c = jnp.asarray(inp.cost)
+  # Per-row costs: each row is decided with its own matrix (the library's functions take
+  # (N, K, K) stacks); otherwise one (K, K) matrix for every row.
+  c = jnp.asarray(inp.costs_of("test"))
+  cv = jnp.asarray(inp.costs_of("val"))
   zt = jnp.asarray(inp.test.logits)
   zv = jnp.asarray(inp.val.logits)
   # Without --abstain-cost the abstention threshold is +inf: never abstain.
   x = jnp.float32(np.inf if abstain_cost is None else abstain_cost)
   argmax, plain, best, bayes, _ = (np.asarray(a) for a in decode(zt, scale, bias, c, x))
-  k = c.shape[0]
+  k = c.shape[-1]
   raw_out = decode(zt, jnp.ones(k, zt.dtype), jnp.zeros(k, zt.dtype), c, x)
   raw, raw_abstain = np.asarray(raw_out[1]), np.asarray(raw_out[3])
-  val_risk = np.asarray(decode(zv, scale, bias, c, x)[-1])
+  val_risk = np.asarray(decode(zv, scale, bias, cv, x)[-1])
   sets = threshold = None
   if alpha is not None:
-    threshold, sets = sets_fn(zv, jnp.asarray(inp.val.labels), zt, scale, bias, c,
+    threshold, sets = sets_fn(zv, jnp.asarray(inp.val.labels), zt, scale, bias, cv, c,
                               jnp.float32(alpha))
     threshold, sets = float(threshold), np.asarray(sets)
   seconds["decisions"] = time.perf_counter() - t0
@@ -574,6 +638,13 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray | None = None, *, resamples: i
 # --------------------------------------------------------------------------- #
 # Writing.
 # --------------------------------------------------------------------------- #
+
+
+def row_costs(cost: np.ndarray, y: np.ndarray) -> np.ndarray:
+  """``(N, K)``: each row's cost of every prediction, from one ``(K, K)`` matrix or per-row
+  ``(N, K, K)`` costs."""
+  cost = np.asarray(cost, np.float64)
+  return cost[y] if cost.ndim == 2 else cost[np.arange(len(y)), y]
 
 
 def _names(idx: np.ndarray, class_names) -> list[str]:
@@ -638,6 +709,12 @@ def write_outputs(out: str, inp: Inputs, res: Result, args) -> dict:
       f"- cost: `{inp.cost_source}` (K = {len(names)}; classes {', '.join(names[:20])}"
       f"{' ...' if len(names) > 20 else ''})",
   ]
+  if inp.per_row:
+    how = (f"columns `{args.cost_columns}`" if getattr(args, "cost_columns", None) else
+           f"the matrix times each row's `{args.cost_scale}`")
+    lines.append(f"- per-row costs: every row of both files has its own cost matrix ({how}); "
+                 "calibration is fitted by NLL, and the decisions, sets, expected costs and "
+                 "test costs below use each row's own matrix")
   absent = [n for n, c in zip(names, np.bincount(inp.val.labels, minlength=len(names)),
                               strict=True) if c == 0]
   if absent:
@@ -662,8 +739,7 @@ def write_outputs(out: str, inp: Inputs, res: Result, args) -> dict:
     lines += ["", f"Chosen: **{chosen}**, as asked (--calibration {cal['method']}; no held-out "
               "comparison).", ""]
 
-  summary: dict = {"calibration": cal, "seconds": res.seconds}
-  c = inp.cost
+  summary: dict = {"calibration": cal, "seconds": res.seconds, "per_row_costs": inp.per_row}
   x = args.abstain_cost
   same = " (the same decisions as the raw row)" if cal["chosen"] == "none" else ""
   rows = [("argmax", "argmax of the raw outputs", res.argmax),
@@ -677,8 +753,15 @@ def write_outputs(out: str, inp: Inputs, res: Result, args) -> dict:
   final_key = rows[-1][0]
   final_label = rows[-1][1].replace(same, "") if same else rows[-1][1]
   if y is not None:
-    per = [np.where(pred < 0, np.inf if x is None else x, c[y, np.maximum(pred, 0)])
+    ry = row_costs(inp.costs_of("test"), y)  # (N, K)
+    rows_n = np.arange(len(y))
+    per = [np.where(pred < 0, np.inf if x is None else x, ry[rows_n, np.maximum(pred, 0)])
            for _, _, pred in rows]
+    # Savings (Correa Bahnsen; costjax.savings_score): against the cheapest single class
+    # for every test row, chosen on the test rows.
+    best_constant = float(ry.mean(axis=0).min())
+    summary["best_constant_cost"] = best_constant
+    summary["best_constant_class"] = names[int(ry.mean(axis=0).argmin())]
     lines += ["## Test cost", "",
               "Mean cost per example (rows true, columns predicted). Coverage is the share of "
               "test rows decided (not abstained on); "
@@ -687,16 +770,20 @@ def write_outputs(out: str, inp: Inputs, res: Result, args) -> dict:
                  "decided rows leave abstentions out. ")
               + "The saving is the mean cost of argmax minus that of the "
               f"decoding, with a paired bootstrap 95% interval ({args.bootstrap} resamples over "
-              f"test rows, seed {args.seed}).", "",
-              "| decoding | coverage | mean cost | cost on decided rows | accuracy on decided "
-              "rows | saving vs argmax [95% CI] |", "|---|---|---|---|---|---|"]
+              f"test rows, seed {args.seed}). Savings score: 1 - mean cost / the mean cost of "
+              f"the best constant prediction ({summary['best_constant_class']!r} for every "
+              f"row, {_fmt(best_constant)} per example; `costjax.savings_score`): 1 is "
+              "perfect, 0 no better than one class for every row.", "",
+              "| decoding | coverage | mean cost per example | cost on decided rows | accuracy "
+              "on decided rows | savings score | saving vs argmax [95% CI] |",
+              "|---|---|---|---|---|---|---|"]
     summary["test"] = {}
     # One set of resamples for every comparison (and the set cost below): paired throughout.
     stack = [per[0] - cost_i for cost_i in per[1:]]
     # The decoding written to the bayes column minus the same rule on the raw outputs.
     stack.append(per[-1] - per[-2] if x is not None else per[2] - per[1])
     if res.sets is not None:
-      realized = np.where(res.sets, c[y], np.inf).min(axis=1)
+      realized = np.where(res.sets, ry, np.inf).min(axis=1)
       stack.append(realized)
     boot = bootstrap_means(np.stack(stack), resamples=args.bootstrap, seed=args.seed)
     lo_hi = np.percentile(boot, [2.5, 97.5], axis=1)
@@ -711,11 +798,12 @@ def write_outputs(out: str, inp: Inputs, res: Result, args) -> dict:
       acc = float(np.mean(pred[decided] == y[decided])) if decided.any() else float("nan")
       s = None if r == 0 else interval(r - 1)
       ci = "—" if s is None else f"{_fmt(s[0])} [{_fmt(s[1])}, {_fmt(s[2])}]"
+      sav = (1.0 - float(cost_i.mean()) / best_constant) if best_constant > 0 else float("nan")
       lines.append(f"| {label} | {coverage:.1%} | {_fmt(float(cost_i.mean()))} | "
-                   f"{_fmt(on_decided)} | {acc:.4f} | {ci} |")
+                   f"{_fmt(on_decided)} | {acc:.4f} | {_fmt(sav)} | {ci} |")
       summary["test"][key] = {"label": label, "mean_cost": float(cost_i.mean()),
                               "coverage": coverage, "cost_on_decided": on_decided,
-                              "accuracy_on_decided": acc, "saving": s}
+                              "accuracy_on_decided": acc, "savings_score": sav, "saving": s}
     if x is not None:
       ab = res.bayes < 0
       lines += ["", f"Abstained on {int(ab.sum())} of {len(y)} test rows (coverage "
@@ -787,19 +875,20 @@ def write_plot(out: str, inp: Inputs, res: Result) -> str:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  c = inp.cost
   if inp.test.labels is not None:
+    c = inp.costs_of("test")
     y, which = inp.test.labels, "test"
     expected = res.expected_cost
     pred = res.bayes_plain
     raw_logits = inp.test.logits
   else:
     # No test labels: the same plot on validation (where the calibration was fitted).
+    c = inp.costs_of("val")
     y, which = inp.val.labels, "validation (in-sample: the test file has no labels)"
     pred = res.val_risk.argmin(-1)
     expected = res.val_risk.min(-1)
     raw_logits = inp.val.logits
-  k = c.shape[0]
+  k = c.shape[-1]
   raw_risk = np.asarray(_programs()[1](jnp.asarray(raw_logits), jnp.ones(k), jnp.zeros(k),
                                        jnp.asarray(c), jnp.float32(np.inf))[-1])
   raw_pred = raw_risk.argmin(-1)
@@ -808,7 +897,7 @@ def write_plot(out: str, inp: Inputs, res: Result) -> str:
   top = 0.0
   for label, e, p, mk in (("calibrated", expected, pred, "o"),
                           ("raw outputs", raw_risk.min(-1), raw_pred, "s")):
-    ex, re, se = _reliability(e, c[y, p], bins)
+    ex, re, se = _reliability(e, row_costs(c, y)[np.arange(len(y)), p], bins)
     ax.errorbar(ex, re, yerr=1.96 * se, marker=mk, ms=4, capsize=2, lw=1,
                 label=f"Bayes, {label}")
     top = max(top, ex.max(), (re + 1.96 * se).max())
@@ -836,6 +925,11 @@ def write_plot(out: str, inp: Inputs, res: Result) -> str:
 
 
 def check_flags(args) -> None:
+  from costjax.cli import rowcosts
+
+  rowcosts.check_flags(getattr(args, "cost_columns", None), getattr(args, "cost_scale", None))
+  if args.cost is None and getattr(args, "cost_columns", None) is None:
+    raise UserInputError("--cost is required (unless --cost-columns gives every row's costs).")
   if args.alpha is not None and not (math.isfinite(args.alpha) and args.alpha > 0):
     raise UserInputError(f"--alpha must be a positive number; got {args.alpha}.")
   if args.abstain_cost is not None and not (math.isfinite(args.abstain_cost)
@@ -859,7 +953,9 @@ def run(args) -> dict:
   t0 = time.perf_counter()
   check_flags(args)
   inp = load_inputs(args.val, args.test, args.cost, label_column=args.label_column,
-                    csv_values=args.csv_values, id_column=getattr(args, "id_column", None))
+                    csv_values=args.csv_values, id_column=getattr(args, "id_column", None),
+                    cost_columns=getattr(args, "cost_columns", None),
+                    cost_scale=getattr(args, "cost_scale", None))
   t_read = time.perf_counter() - t0
   quiet = getattr(args, "quiet", False)
   _say(quiet, f"read {len(inp.val.logits)} validation and {len(inp.test.logits)} test "
