@@ -174,17 +174,16 @@ def _progress(args, total: int):
   return mode
 
 
-def run(args) -> dict:
-  """Runs ``costjax compare``; returns the results dictionary (as written to results.json)."""
-  check_arguments(args)
+def load_table(args):
+  """The table and its costs, validated: ``(ds, costs (M, K, K), cost names)``.
+
+  With ``--cost-columns`` / ``--cost-scale``, ``ds.row_costs`` holds every row's matrix,
+  ``M = 1`` and ``costs`` is their mean (for the report); ``check_arguments`` must run first.
+  """
   import numpy as np
 
   from costjax.cli import costs as costs_mod
   from costjax.cli import data as data_mod
-  from costjax.cli import distributed, plots, report, scoring, stats, training
-
-  t_start = time.perf_counter()
-  # Validate every input before anything is initialized or written.
   from costjax.cli import rowcosts
 
   cost_specs = [] if args.cost is None else costs_mod.parse_costs(args.cost)
@@ -218,6 +217,18 @@ def run(args) -> dict:
     costs = np.stack([costs_mod.cost_matrix(c, ds.num_classes, class_names=ds.class_names)
                       for c in cost_specs]).astype(np.float32)
     cost_names = [os.path.basename(c) for c in cost_specs]
+  return ds, costs, cost_names
+
+
+def run(args) -> dict:
+  """Runs ``costjax compare``; returns the results dictionary (as written to results.json)."""
+  check_arguments(args)
+  from costjax.cli import data as data_mod
+  from costjax.cli import distributed, plots, report, scoring, stats, training
+
+  t_start = time.perf_counter()
+  # Validate every input before anything is initialized or written.
+  ds, costs, cost_names = load_table(args)
   if len(set(cost_names)) != len(cost_names):
     raise UserInputError(f"--cost {args.cost!r}: the same matrix name appears twice.")
   arms = training.select_arms(args.arms, ordinal=ds.ordinal)

@@ -179,7 +179,7 @@ def _raw_csv(path: str, flag: str, label_column: str, csv_values: str,
   df = _data.read_csv(path, where, label_column)
   cost_df = None
   if cost_columns is not None:  # per-row cost columns: set aside, never class columns
-    names = cost_columns(df)
+    names = cost_columns(df, where)
     cost_df = df[[c for c in df.columns if str(c) in names]]
     df = df.drop(columns=list(cost_df.columns))
   ids = None
@@ -322,10 +322,15 @@ def load_inputs(val: str, test: str, cost: str | None, *, label_column: str = "l
     raise UserInputError("--cost is required (unless --cost-columns gives every row's costs).")
   set_aside = None
   if cost_columns is not None:
-    def set_aside(df):
-      return rowcosts.matching_columns(df.columns, cost_columns)
+    def set_aside(df, where):
+      found = rowcosts.matching_columns(df.columns, cost_columns)
+      if not found:
+        raise UserInputError(f"{where}: --cost-columns {cost_columns!r} matches no column "
+                             f"(columns: {[str(c) for c in df.columns][:20]}).")
+      return found
   elif cost_scale is not None:
-    def set_aside(df):
+    def set_aside(df, where):
+      del where
       return [cost_scale]
   rv = _read_raw(val, "--val", label_column, csv_values, id_column, set_aside)
   rt = _read_raw(test, "--test", label_column, csv_values, id_column, set_aside)
