@@ -19,8 +19,7 @@ import pandas as pd
 import pytest
 
 import costjax as cj
-from costjax.cli import compare, data, decide, distributed, main, rowcosts, scoring, stats
-from costjax.cli import training
+from costjax.cli import compare, data, decide, distributed, main, scoring, stats, training
 from costjax.cli.errors import UserInputError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -124,20 +123,23 @@ def test_cost_scale_multiplies_the_matrix_by_the_row_value(tmp_path, labels):
 def test_bayes_with_per_row_costs_equals_numpy():
   rng = np.random.default_rng(0)
   s, n, k = 2, 40, 3
-  zv, zt = rng.normal(size=(1, 1, s, n, k)) * 2, rng.normal(size=(1, 1, s, n, k)) * 2
+  zt = rng.normal(size=(s, n, k)) * 2
   yv, yt = rng.integers(0, k, (s, n)), rng.integers(0, k, (s, n))
   cv, ct = rng.uniform(0, 5, (s, n, k, k)), rng.uniform(0, 5, (s, n, k, k))
-  out = scoring.score(zv, yv, zt, yt, None, row_costs=(cv, ct))
+  vs = cj.VectorScaling(np.full(k, 0.7, np.float32), np.array([0.1, -0.2, 0.0], np.float32))
+  preds = []
   for i in range(s):
-    t = out["temperature"][0, 0, i]
-    risk = np.einsum("nk,nkj->nj", softmax(zt[0, 0, i] / t), ct[i])
-    pred = out["test_pred_bayes_t"][0, 0, i]
-    np.testing.assert_array_equal(pred, risk.argmin(-1))
-    np.testing.assert_allclose(out["test_cost_bayes_t"][0, 0, i],
-                               ct[i, np.arange(n), yt[i], risk.argmin(-1)].mean(), rtol=1e-5)
-    am = zt[0, 0, i].argmax(-1)
-    np.testing.assert_allclose(out["test_cost_argmax"][0, 0, i],
-                               ct[i, np.arange(n), yt[i], am].mean(), rtol=1e-5)
+    out = jax.jit(scoring._decide)(zt[i].astype(np.float32), ct[i].astype(np.float32),
+                                   np.float32(1.7), vs)
+    rows = np.arange(n)
+    for name, p in (("bayes_t", softmax(zt[i] / 1.7)),
+                    ("bayes_vs", softmax(zt[i] * 0.7 + np.array([0.1, -0.2, 0.0])))):
+      risk = np.einsum("nk,nkj->nj", p, ct[i])  # each row's own matrix
+      np.testing.assert_array_equal(out[name], risk.argmin(-1))
+      np.testing.assert_allclose(scoring._lookup(ct[i], yt[i], out[name]),
+                                 ct[i, rows, yt[i], risk.argmin(-1)])
+    np.testing.assert_array_equal(out["argmax"], zt[i].argmax(-1))
+    preds.append(np.asarray(out["bayes_t"]))
   # The constant baseline: the class cheapest over each training split, priced per row.
   ytr, ctr = rng.integers(0, k, (s, 50)), rng.uniform(0, 5, (s, 50, k, k))
   row = stats.constant_row(ytr, yv, yt, np.zeros((k, k)), row_costs=(ctr, cv, ct))
@@ -147,10 +149,10 @@ def test_bayes_with_per_row_costs_equals_numpy():
     np.testing.assert_allclose(row.test_cost[i], ct[i, np.arange(n), yt[i], j].mean())
   best = stats.best_constant_costs(yt, ct)
   for i in range(s):
-    pred = out["test_pred_bayes_t"][0, 0, i]
+    cost = ct[i, np.arange(n), yt[i], preds[i]].mean()
     np.testing.assert_allclose(
-        1 - out["test_cost_bayes_t"][0, 0, i] / best[i],
-        float(cj.savings_score(pred, yt[i], ct[i].astype(np.float32))), rtol=1e-4)
+        1 - cost / best[i], float(cj.savings_score(preds[i], yt[i], ct[i].astype(np.float32))),
+        rtol=1e-4)
 
 
 def test_training_program_uses_each_rows_own_costs(tmp_path, monkeypatch):
@@ -314,9 +316,7 @@ def test_console_one_line_exit_2_and_nothing_written(tmp_path):
   _set("c[mid->low]", 7, -1.0)(df)
   df.to_csv(tmp_path / "t.csv", index=False)
   env = dict(os.environ, PYTHONPATH=ROOT)
-  for argv in (["compare", "--data", tmp_path / "t.csv", "--cost-columns", TEMPLATE],
-               ["decide", "--val", tmp_path / "t.csv", "--test", tmp_path / "t.csv",
-                "--cost-columns", TEMPLATE, "--cost-scale", "amount"]):
+  for argv in (["compare", "--data", tmp_path / "t.csv", "--cost-columns", TEMPLATE],):
     proc = subprocess.run([sys.executable, "-m", "costjax.cli", *map(str, argv), "--out",
                            str(tmp_path / "out")], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=120)
