@@ -69,8 +69,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
   g.add_argument("--cost", default=None,
                  help="comma-separated built-ins (forum, ordinal, asymmetric, random) or CSV "
                  "files (rows true, columns predicted; optional header of class names); "
-                 "several train together through jax.vmap (default: asymmetric; with "
-                 "--cost-columns optional, and then it only fixes the classes)")
+                 "several train together through jax.vmap; optional with --cost-columns, "
+                 "where it only fixes the classes (default: asymmetric)")
   g.add_argument("--cost-columns", default=None, metavar="TEMPLATE",
                  help="per-row costs from columns of the --data CSV: TEMPLATE holds {true} "
                  "and {pred} (e.g. cost_{true}_{pred}), replaced by class names; a pair "
