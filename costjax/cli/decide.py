@@ -16,6 +16,12 @@ Inputs (validated completely before anything is written):
   be exactly the header's classes (any column order) and labels are matched by name; without
   one, ``.npz`` integer labels are class indices and CSV class columns are taken in sorted
   order (numerically when they are all integers).
+* ``--cost-columns TEMPLATE`` / ``--cost-scale COLUMN`` (``costjax.cli.rowcosts``): every row
+  of the ``.csv`` files has its own cost matrix, read from the columns ``TEMPLATE`` names
+  (``{true}`` and ``{pred}`` replaced by class names; ``--cost`` then optional) or the
+  ``--cost`` matrix times the row's ``COLUMN``. These columns are set aside before the class
+  columns are matched. Calibration stays NLL-based; decisions, abstention, sets and every
+  reported cost use each row's own matrix.
 
 What it does: scores three calibrations of the validation outputs by held-out NLL (2-fold
 cross-fitting: each half scored under the fit on the other half) -- none (the raw outputs),
@@ -30,9 +36,11 @@ more than ``X``); with ``--alpha A``, cost-controlled prediction sets
 best-choice cost is at most ``A``.
 
 Outputs in ``--out``: ``predictions.csv`` (the ``--id-column`` if given, ``argmax``,
-``bayes_raw``, ``bayes``, ``set`` with ``--alpha`` as ``a|b|c``, ``expected_cost``, and
+``bayes_raw``, ``bayes``, ``set`` with ``--alpha`` as ``a|b|c``, ``expected_cost`` (of the
+calibrated Bayes decision, under the row's own matrix with per-row costs), and
 ``label`` when the test file has labels), ``report.md`` (calibration; with test labels the
-mean cost of each decoding, coverage and cost on decided rows under abstention, a paired
+mean cost per example and savings score of each decoding, coverage and cost on decided rows
+under abstention, a paired
 bootstrap 95% interval on the saving against argmax, and a one-sentence verdict) and
 ``expected_cost.png`` (predicted expected cost of the Bayes decision against the realized
 cost, in quantile bins). See docs/guides/decide.md.
