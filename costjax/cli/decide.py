@@ -338,7 +338,9 @@ def load_inputs(val: str, test: str, cost: str | None, *, label_column: str = "l
       return found
   elif cost_scale is not None:
     def set_aside(df, where):
-      del where
+      if cost_scale not in [str(c) for c in df.columns]:
+        raise UserInputError(f"{where}: --cost-scale column {cost_scale!r} is not in the "
+                             f"table (columns: {[str(c) for c in df.columns][:20]}).")
       return [cost_scale]
   rv = _read_raw(val, "--val", label_column, csv_values, id_column, set_aside)
   rt = _read_raw(test, "--test", label_column, csv_values, id_column, set_aside)
