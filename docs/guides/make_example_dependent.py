@@ -237,7 +237,7 @@ def plot(costs, savings, ci, labels) -> None:
   import matplotlib.pyplot as plt
 
   keys = list(costs)
-  fig, ax = plt.subplots(figsize=(6.4, 2.8))
+  fig, ax = plt.subplots(figsize=(7.2, 2.8))
   vals = [savings[k] for k in keys]
   err = np.array([[savings[k] - ci[k][0], ci[k][1] - savings[k]] for k in keys]).T
   ax.barh(range(len(keys)), vals, xerr=err, capsize=4, color=["#999", "#7a9cc6", "#2c5d9e"])
