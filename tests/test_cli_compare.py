@@ -127,7 +127,8 @@ def _table_rows(report: str) -> dict[tuple[str, str], list[str]]:
   out = {}
   for line in report.splitlines():
     cells = [c.strip() for c in line.strip().strip("|").split("|")]
-    if len(cells) == 11 and cells[0] not in ("arm", "---"):
+    decodings = ("argmax", "Bayes (temperature)", "Bayes (vector scaling)", "none")
+    if len(cells) == 11 and cells[1] in decodings:  # not a 10-class matrix's rows
       out[(cells[0], cells[1])] = cells
   return out
 
