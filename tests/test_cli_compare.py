@@ -127,7 +127,8 @@ def _table_rows(report: str) -> dict[tuple[str, str], list[str]]:
   out = {}
   for line in report.splitlines():
     cells = [c.strip() for c in line.strip().strip("|").split("|")]
-    if len(cells) == 10 and cells[0] not in ("arm", "---"):
+    decodings = ("argmax", "Bayes (temperature)", "Bayes (vector scaling)", "none")
+    if len(cells) == 11 and cells[1] in decodings:  # not a 10-class matrix's rows
       out[(cells[0], cells[1])] = cells
   return out
 
@@ -145,6 +146,7 @@ def test_report_numbers_equal_results_json_and_csv(digits_run):
     lo, hi = r["test_cost_ci95"]
     assert cells[5] == f"[{lo:.4f}, {hi:.4f}]"
     assert cells[6] == f"{r['test_acc_mean']:.3f}"
+    assert cells[7] == f"{r['test_savings_mean']:.3f}"
   with open(out / "results.csv", newline="") as f:
     csv_rows = list(csv.DictReader(f))
   assert len(csv_rows) == len(res["rows"])

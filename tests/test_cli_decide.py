@@ -27,7 +27,7 @@ def args_for(tmp_path, val, test, cost, **kw):
   p = argparse.ArgumentParser()
   decide.add_arguments(p)
   argv = ["--val", str(val), "--test", str(test), "--cost", str(cost),
-          "--out", str(tmp_path / "out"), "--bootstrap", "300"]
+          "--out", str(kw.pop("out", tmp_path / "out")), "--bootstrap", "300"]
   for k, v in kw.items():
     argv += [f"--{k.replace('_', '-')}", str(v)]
   return p.parse_args(argv)
@@ -42,7 +42,8 @@ def softmax(z):
 def read_predictions(out, names):
   df = pd.read_csv(out / "predictions.csv", dtype=str, keep_default_na=False)
   index = {n: i for i, n in enumerate(names)}
-  return df, {c: np.array([index.get(v, -1) for v in df[c]]) for c in ("argmax", "bayes")}
+  return df, {c: np.array([index.get(v, -1) for v in df[c]])
+              for c in ("argmax", "bayes_raw", "bayes")}
 
 
 @pytest.fixture(scope="module")
@@ -90,10 +91,31 @@ def test_recovers_temperature_and_bayes_lowers_cost(tmp_path, synthetic):
   arg_cost = c[yt, pred["argmax"]].mean()
   bayes_cost = c[yt, bayes].mean()
   assert bayes_cost < 0.9 * arg_cost
-  rep = summary["test"]["Bayes (calibrated)"]
+  rep = summary["test"]["bayes_calibrated"]
+  assert rep["label"].startswith("Bayes after temperature scaling (T = ")
   assert rep["mean_cost"] == pytest.approx(bayes_cost, rel=1e-6)
   saving, lo, hi = rep["saving"]
   assert saving == pytest.approx(arg_cost - bayes_cost, rel=1e-6) and 0 < lo < saving < hi
+  # Bayes on the raw (over-confident) outputs: its own row, from the raw softmax.
+  raw = (softmax(zt) @ c).argmin(-1)
+  np.testing.assert_array_equal(pred["bayes_raw"], raw)
+  assert summary["test"]["bayes_raw"]["mean_cost"] == pytest.approx(c[yt, raw].mean(), rel=1e-6)
+  # Abstention: coverage, cost on decided rows, and cost with each abstention charged 1.5.
+  ab = summary["test"]["bayes_abstain"]
+  decided = ~abstain
+  assert ab["coverage"] == pytest.approx(decided.mean())
+  assert ab["cost_on_decided"] == pytest.approx(c[yt, bayes][decided].mean(), rel=1e-6)
+  assert ab["mean_cost"] == pytest.approx(np.where(abstain, 1.5, c[yt, bayes]).mean(), rel=1e-6)
+  assert ab["accuracy_on_decided"] == pytest.approx((bayes == yt)[decided].mean())
+  raw_risk = softmax(zt) @ c  # the same rule on the raw outputs, its own row
+  raw_ab = raw_risk.min(-1) > 1.5
+  rab = summary["test"]["bayes_raw_abstain"]
+  assert rab["coverage"] == pytest.approx(1 - raw_ab.mean())
+  assert rab["mean_cost"] == pytest.approx(np.where(raw_ab, 1.5, c[yt, raw]).mean(), rel=1e-6)
+  harm = np.where(abstain, 1.5, c[yt, bayes]) - np.where(raw_ab, 1.5, c[yt, raw])
+  assert summary["calibration_minus_raw"][0] == pytest.approx(harm.mean(), rel=1e-5)
+  assert summary["verdict"].startswith("**Verdict:** Bayes after temperature scaling")
+  assert "reliably lowers the mean test cost against argmax" in summary["verdict"]
   # Sets: the oracle rule at the reported threshold, and realized cost near/below alpha.
   thr = summary["sets"]["threshold"]
   sets = risk - risk.min(-1, keepdims=True) <= thr
@@ -103,25 +125,157 @@ def test_recovers_temperature_and_bayes_lowers_cost(tmp_path, synthetic):
   assert realized.mean() <= 1.0 + 3 * realized.std() / np.sqrt(len(yt))
   assert 1 < sets.sum(-1).mean() < 6
   report = (tmp_path / "out" / "report.md").read_text()
-  assert "| Bayes (calibrated) |" in report and "realized set cost" in report
+  assert "realized set cost" in report
+  # Accuracy only on the rows decided, never with abstentions counted as errors.
+  assert "| accuracy on decided rows |" in report and "| accuracy |" not in report
+  for row in ("argmax of the raw outputs", "Bayes on the raw outputs",
+              "Bayes after temperature scaling (T = ",
+              ", abstaining where the expected cost exceeds 1.5 |", summary["verdict"],
+              f"Abstained on {abstain.sum()} of 3000 test rows"):
+    assert row in report
+  assert "Chosen: **temperature scaling (T = " in report and "as asked (--calibration " in report
   assert os.path.getsize(tmp_path / "out" / "expected_cost.png") > 5000
 
 
-def test_auto_calibration_reports_both_and_test_labels_are_optional(tmp_path, synthetic):
+def test_auto_calibration_reports_all_three_and_test_labels_are_optional(tmp_path, synthetic):
   d, z, y, c = synthetic
   summary = decide.run(args_for(tmp_path, d / "val.npz", d / "test_nolabel.npz", d / "c.csv"))
   cal = summary["calibration"]
-  assert cal["chosen"] in ("temperature", "vector")
   for key in ("heldout_nll_temperature", "heldout_nll_vector", "heldout_nll_uncalibrated"):
     assert np.isfinite(cal[key])
-  winner = min(("temperature", "vector"), key=lambda m: cal[f"heldout_nll_{m}"])
-  assert cal["chosen"] == winner
-  # Both calibrations repair the over-confidence on held-out data.
+  # Both calibrations repair the over-confidence on held-out data; the simpler one is kept.
   assert cal["heldout_nll_temperature"] < cal["heldout_nll_uncalibrated"] - 0.3
+  assert cal["chosen"] == "temperature"
   df = pd.read_csv(tmp_path / "out" / "predictions.csv")
-  assert list(df.columns) == ["argmax", "bayes", "expected_cost"] and len(df) == 3000
+  assert list(df.columns) == ["argmax", "bayes_raw", "bayes", "expected_cost"]
+  assert len(df) == 3000
   report = (tmp_path / "out" / "report.md").read_text()
   assert "## Test cost" not in report and "validation (in-sample" in report
+  assert "**Verdict:** none possible: the test file has no labels" in report
+
+
+def write_outputs_files(d, name, logits, y):
+  np.savez(d / f"{name}.npz", logits=logits.astype(np.float32), y=y)
+  return d / f"{name}.npz"
+
+
+@pytest.mark.parametrize("case", ["none", "temperature", "vector"])
+def test_auto_chooses_the_calibration_that_helps_and_says_why(tmp_path, case):
+  """Constructed outputs: calibrated (none), 3x over-confident (temperature), per-class scale
+  and shift (vector). The generating model is known, so the right choice is too."""
+  rng = np.random.default_rng(7)
+  k, n = 4, 2400
+  z = 1.5 * rng.normal(size=(n, k))
+  y = (softmax(z).cumsum(-1) > rng.random((n, 1))).argmax(-1)
+  scale, shift = np.array([1.0, 0.4, 2.5, 1.0]), np.array([1.5, -1.0, 0.0, 0.5])
+  shown = {"none": z, "temperature": 3 * z, "vector": z * scale + shift}[case]
+  val = write_outputs_files(tmp_path, "val", shown[:1200], y[:1200])
+  test = write_outputs_files(tmp_path, "test", shown[1200:], y[1200:])
+  np.savetxt(tmp_path / "c.csv", costs.asymmetric_cost(k), delimiter=",")
+  summary = decide.run(args_for(tmp_path, val, test, tmp_path / "c.csv"))
+  cal = summary["calibration"]
+  assert cal["chosen"] == case
+  held = {m: cal[f"heldout_nll_{key}"] for m, key in
+          (("none", "uncalibrated"), ("temperature", "temperature"), ("vector", "vector"))}
+  report = (tmp_path / "out" / "report.md").read_text()
+  label = {"none": "no calibration", "temperature": "temperature scaling (T = ",
+           "vector": "vector scaling"}[case]
+  assert f"Chosen: **{label}" in report
+  for m, v in held.items():  # the numbers behind the choice are in the sentence
+    assert f"{decide.METHOD_LABELS[m].split(' (')[0]} {v:.4f}" in report
+  if case != "none":
+    assert held[case] < held["none"] - 0.1
+  if case == "none":
+    # The raw row and the "after no calibration" row hold the same decisions, and say so.
+    assert "Bayes after no calibration (the same decisions as the raw row)" in report
+    t = summary["test"]
+    assert t["bayes_raw"]["mean_cost"] == t["bayes_calibrated"]["mean_cost"]
+
+
+def test_choose_calibration_one_standard_error_rule():
+  rng = np.random.default_rng(0)
+  base = rng.exponential(1.0, 500)
+  noise = rng.normal(0, 0.2, 500)
+  noise -= noise.mean()
+  # Temperature is best by less than one standard error of the paired difference: keep none.
+  held = {"none": base, "temperature": base - 0.002 + noise, "vector": base + 0.5}
+  chosen, reason = decide.choose_calibration(held)
+  se = np.std(held["none"] - held["temperature"], ddof=1) / np.sqrt(500)
+  assert (held["none"].mean() - held["temperature"].mean()) < se
+  assert chosen == "none"
+  assert reason.startswith(f"its held-out NLL {base.mean():.4f} is within one standard error "
+                           f"({se:.4f}) of the lowest, temperature scaling's")
+  # Better by many standard errors: chosen, with the plain reason.
+  held["temperature"] = base - 0.2 + 0.01 * noise
+  chosen, reason = decide.choose_calibration(held)
+  assert chosen == "temperature" and reason.startswith("it has the lowest held-out NLL (")
+
+
+def test_verdict_sentences():
+  args = ("Bayes after vector scaling", 400, 1000, 0)
+  assert "reliably lowers" in decide.verdict(args[0], (0.2, 0.1, 0.3), *args[1:])
+  v = decide.verdict(args[0], (-0.2, -0.3, -0.1), *args[1:])
+  assert "raises the mean test cost against argmax, by 0.2 per example" in v
+  assert v.endswith("; keep argmax.")
+  v = decide.verdict(args[0], (0.05, -0.1, 0.2), *args[1:])
+  assert "does not reliably lower" in v and "[-0.1, 0.2]" in v and v.endswith("includes 0.")
+  assert "bootstrap over the 400 test rows, 1000 resamples, seed 0" in v
+
+
+def test_harmful_calibration_is_shown_and_warned(tmp_path, synthetic):
+  """Validation 3x over-confident, test calibrated: temperature scaling fitted on validation
+  flattens the test outputs, so Bayes on the raw outputs wins and the report must say so."""
+  d, z, y, c = synthetic
+  np.savez(tmp_path / "shifted_test.npz", logits=z[3000:], y=y[3000:])
+  summary = decide.run(args_for(tmp_path, d / "val.npz", tmp_path / "shifted_test.npz",
+                                d / "c.csv"))
+  assert summary["calibration"]["chosen"] == "temperature"
+  t = summary["test"]
+  assert t["bayes_calibrated"]["mean_cost"] > t["bayes_raw"]["mean_cost"]
+  mean, lo, hi = summary["calibration_minus_raw"]
+  assert mean == pytest.approx(t["bayes_calibrated"]["mean_cost"] - t["bayes_raw"]["mean_cost"])
+  assert lo > 0
+  report = (tmp_path / "out" / "report.md").read_text()
+  assert "**Warning:** on test, temperature scaling (T = " in report
+  assert "made the Bayes decisions costlier than on the raw outputs" in report
+  assert "Consider --calibration none." in report
+
+
+def _breast_cancer_files(d, seed):
+  from sklearn.datasets import load_breast_cancer
+  from sklearn.linear_model import LogisticRegression
+  from sklearn.model_selection import train_test_split
+  from sklearn.pipeline import make_pipeline
+  from sklearn.preprocessing import StandardScaler
+
+  x, y = load_breast_cancer(return_X_y=True)  # 0 = malignant, 1 = benign
+  x_tr, x_rest, y_tr, y_rest = train_test_split(x, y, test_size=0.6, random_state=seed,
+                                                stratify=y)
+  x_va, x_te, y_va, y_te = train_test_split(x_rest, y_rest, test_size=0.5, random_state=seed,
+                                            stratify=y_rest)
+  model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(x_tr, y_tr)
+  for name, xs, ys in (("val", x_va, y_va), ("test", x_te, y_te)):
+    df = pd.DataFrame(model.predict_proba(xs), columns=["malignant", "benign"])
+    df["label"] = np.array(["malignant", "benign"])[ys]
+    df.to_csv(d / f"{name}.csv", index=False)
+  # Calling a malignant tumour benign costs 10; the reverse 1.
+  (d / "cost.csv").write_text(",malignant,benign\nmalignant,0,10\nbenign,1,0\n")
+  return d / "val.csv", d / "test.csv", d / "cost.csv"
+
+
+@pytest.mark.parametrize("seed", [0, 5])  # splits where auto picks temperature / vector
+def test_breast_cancer_auto_does_not_lose_to_no_calibration(tmp_path, seed):
+  val, test, cost = _breast_cancer_files(tmp_path, seed)
+  auto = decide.run(args_for(tmp_path, val, test, cost))
+  assert auto["calibration"]["chosen"] != "none"
+  none = decide.run(args_for(tmp_path, val, test, cost, calibration="none"))
+  assert none["calibration"]["chosen"] == "none"
+  # The raw row of the auto run is what --calibration none decides.
+  assert auto["test"]["bayes_raw"]["mean_cost"] == none["test"]["bayes_calibrated"]["mean_cost"]
+  mean, lo, hi = auto["calibration_minus_raw"]
+  assert mean == pytest.approx(auto["test"]["bayes_calibrated"]["mean_cost"]
+                               - none["test"]["bayes_calibrated"]["mean_cost"], abs=1e-6)
+  assert lo <= 0  # any loss against --calibration none is within its interval's noise
 
 
 # --------------------------------------------------------------------------- #
@@ -228,6 +382,20 @@ def make_bad(d, kind):
     df = pd.DataFrame(z, columns=["0", "1", "2"])
     df["label"] = y
     df.to_csv(val, index=False)
+  elif kind in ("stray id column", "stray score column", "stray column with header"):
+    val = d / "val.csv"
+    df = pd.DataFrame(p, columns=["0", "1", "2"])
+    if kind == "stray column with header":
+      (d / "c.csv").write_text("cat,dog,emu\n0,1,1\n1,0,1\n1,1,0\n")
+      df.columns = ["cat", "dog", "emu"]
+      df["id"] = np.arange(40)
+      df["label"] = np.array(["cat", "dog", "emu"])[y]
+    else:
+      df["id" if kind == "stray id column" else "score"] = np.arange(40) * 0.01 + 7
+      df["label"] = y
+    df.to_csv(val, index=False)
+  elif kind == "npz probs saved as logits":
+    np.savez(val, logits=p, y=y)
   else:
     raise AssertionError(kind)
   return val, test, cost
@@ -239,7 +407,8 @@ BAD = {
     "K mismatch": r"--test .*test.npz.*4 classes .* cost matrix .* is 3 x 3",
     "columns not in header": r"--val .*val.csv.*class columns .* do not match .*missing \['emu'\]"
                              r".*not in the cost matrix \['eel'\]",
-    "probs not summing to 1": r"--val .*must sum to 1 .*row 7 sums to 1.01",
+    "probs not summing to 1": r"--val .*must sum to 1 per row \(tolerance 0.001\); row 7 sums "
+                              r"to 1.01",
     "negative probability": r"--val .*probs\[2, 0\] = -.* is negative",
     "NaN in logits": r"--test .*logits\[5, 1\] = nan",
     "inf in probs": r"--val .*probs\[3, 2\] = inf",
@@ -249,6 +418,14 @@ BAD = {
     "label not in header": r"--val .*\['yak'\] .* not classes of --cost header",
     "both logits and probs": r"--val .*both 'logits' and 'probs'",
     "csv logits without flag": r"val.csv.* is negative\. .*pass --csv-values logits",
+    "stray id column": r"--val .*val.csv.*column\(s\) \['id'\] do not look like classes \(4 "
+                       r"columns .* is 3 x 3\); drop them, or pass an id column with --id-column",
+    "stray score column": r"--val .*column\(s\) \['score'\] do not look like classes",
+    "stray column with header": r"--val .*column\(s\) \['id'\] are not classes of --cost .*"
+                                r"\['cat', 'dog', 'emu'\]; drop them, or pass .*--id-column",
+    "npz probs saved as logits": r"--val .*val.npz.*these logits look like probabilities \(every "
+                                 r"value in \[0, 1\] and every row sums to 1 within 0.001\).*"
+                                 r"save them as an array 'probs' instead",
 }
 
 
@@ -270,6 +447,50 @@ def test_bad_input_cli_exit_status_and_one_line(tmp_path):
   assert proc.returncode == 2
   assert proc.stderr.startswith("error: --val") and proc.stderr.count("\n") == 1
   assert not (tmp_path / "out").exists()
+
+
+def test_csv_probabilities_given_as_logits_are_refused(tmp_path):
+  val, test, cost = make_bad(tmp_path, "stray id column")
+  df = pd.read_csv(val).drop(columns=["id"])
+  df.to_csv(val, index=False)
+  with pytest.raises(UserInputError, match=r"--val .*val.csv.*these logits look like "
+                     r"probabilities .*drop --csv-values logits \(CSV values are probabilities"):
+    decide.run(args_for(tmp_path, val, test, cost, csv_values="logits"))
+  assert not (tmp_path / "out").exists()
+
+
+def test_id_column_passes_through_to_predictions(tmp_path):
+  rng = np.random.default_rng(4)
+  z = rng.normal(size=(60, 3))
+  y = np.arange(60) % 3
+  np.savetxt(tmp_path / "c.csv", 1 - np.eye(3), delimiter=",")
+  ids = np.array([f"patient-{i:03d}" for i in rng.permutation(60)])
+  df = pd.DataFrame(softmax(z), columns=["0", "1", "2"])
+  df.insert(0, "record", ids)  # any position, any name
+  df["label"] = y
+  df.to_csv(tmp_path / "v.csv", index=False)
+  decide.run(args_for(tmp_path, tmp_path / "v.csv", tmp_path / "v.csv", tmp_path / "c.csv",
+                      id_column="record", calibration="none"))  # none: nothing to compile
+  out = pd.read_csv(tmp_path / "out" / "predictions.csv", dtype=str)
+  assert list(out.columns)[0] == "record"
+  np.testing.assert_array_equal(out["record"], ids)
+  np.testing.assert_array_equal(out["argmax"].astype(int), z.argmax(-1))
+  # .npz: a 1-D array of that name.
+  np.savez(tmp_path / "t.npz", logits=z, record=np.arange(60) * 7)
+  decide.run(args_for(tmp_path, tmp_path / "v.csv", tmp_path / "t.npz", tmp_path / "c.csv",
+                      id_column="record", out=tmp_path / "out2", calibration="none"))
+  out = pd.read_csv(tmp_path / "out2" / "predictions.csv")
+  np.testing.assert_array_equal(out["record"], np.arange(60) * 7)
+  # Missing in the test file, or of the wrong shape: one-line errors, nothing written.
+  for test, msg in ((tmp_path / "t.npz", r"--test .*t.npz.*--id-column 'rid' is not in the "
+                     r"test file"), (tmp_path / "t2.npz", r"--test .*the id 'rid' must be 1-D "
+                     r"with one per row; got shape \(59,\) for 60 rows")):
+    np.savez(tmp_path / "t2.npz", logits=z, rid=np.arange(59))
+    np.savez(tmp_path / "v.npz", logits=z, y=y)  # the id is not needed in --val
+    with pytest.raises(UserInputError, match=msg):
+      decide.run(args_for(tmp_path, tmp_path / "v.npz", test, tmp_path / "c.csv",
+                          id_column="rid", out=tmp_path / "out3"))
+  assert not (tmp_path / "out3").exists()
 
 
 def test_bad_flags(tmp_path):

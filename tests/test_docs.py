@@ -194,3 +194,72 @@ def test_mkdocs_build_strict(tmp_path):
   )
   assert proc.returncode == 0, proc.stdout + proc.stderr
   assert (tmp_path / "site" / "api" / "index.html").exists()
+  check_offline_math(tmp_path / "site")
+
+
+KATEX = "javascripts/vendor/katex/"
+_ARITHMATEX = re.compile(r'<(span|div) class="arithmatex">(.*?)</\1>', re.S)
+_KATEX_JS = """
+const katex = require(process.argv[1]);
+const items = JSON.parse(require('fs').readFileSync(0, 'utf8'));
+const bad = [];
+for (const it of items) {
+  try { katex.renderToString(it.tex, {displayMode: it.display, throwOnError: true}); }
+  catch (e) { bad.push(it.page + ': ' + e.message); }
+}
+console.log(JSON.stringify(bad));
+"""
+
+
+def katex_errors(katex_js: Path, items: list[dict]) -> list[str]:
+  """Renders each ``{"tex", "display", "page"}`` with KaTeX under Node.js; the parse errors."""
+  import json
+
+  proc = subprocess.run(["node", "-e", _KATEX_JS, str(katex_js)], input=json.dumps(items),
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr
+  return json.loads(proc.stdout)
+
+
+def check_offline_math(site: Path) -> None:
+  """The built site renders math offline: vendored KaTeX on every page, no CDN, valid TeX."""
+  import html
+  import shutil
+
+  pages = sorted(site.rglob("*.html"))
+  items = []
+  for page in pages:
+    text = page.read_text()
+    for url in re.findall(r'(?:src|href)="(https?://[^"]+)"', text):
+      assert "cdn" not in url and "mathjax" not in url.lower(), f"{page}: loads {url}"
+    assert "mathjax" not in text.lower(), f"{page} still mentions MathJax"
+    if page.name == "index.html" and "<article" in text:
+      rel = os.path.relpath(site / KATEX, page.parent).replace(os.sep, "/")
+      for name in ("katex.min.js", "contrib/auto-render.min.js"):
+        assert f'<script src="{rel}/{name}"' in text, f"{page}: {name} not loaded"
+      assert f'href="{rel}/katex.min.css"' in text, f"{page}: katex.min.css not linked"
+    for _, body in _ARITHMATEX.findall(text):
+      tex = html.unescape(body).strip()
+      items.append({"page": str(page.relative_to(site)), "tex": tex[2:-2],
+                    "display": tex.startswith("\\[")})
+  for name in ("katex.min.js", "contrib/auto-render.min.js", "katex.min.css",
+               "fonts/KaTeX_Main-Regular.woff2"):
+    assert (site / KATEX / name).is_file(), f"{KATEX}{name} is not in the built site"
+  assert len(items) > 50, f"only {len(items)} formulas found: did the math markup change?"
+  if shutil.which("node") is None:
+    return  # the references are checked; parsing every formula needs Node.js
+  katex_js = site / KATEX / "katex.min.js"
+  # The check itself works: a broken formula is caught.
+  assert katex_errors(katex_js, [{"tex": "\\frac{1", "display": False, "page": "x"}])
+  errors = katex_errors(katex_js, items)
+  assert not errors, f"KaTeX cannot render {len(errors)} formula(s): {errors[:5]}"
+  browser = shutil.which("chromium") or shutil.which("chromium-browser")
+  if browser is not None:  # a real browser, offline (file://): every formula typeset
+    page = site / "theory" / "index.html"
+    proc = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000",
+         "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    dom = proc.stdout
+    formulas = dom.count('class="arithmatex"')
+    assert formulas > 20, proc.stderr[-2000:]
+    assert dom.count('class="katex"') == formulas and "katex-error" not in dom

@@ -66,10 +66,20 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
   g.add_argument("--max-rows", type=int, default=None,
                  help="stratified subsample of the data (default: 12000 for diamonds, else all)")
   g = p.add_argument_group("costs and arms")
-  g.add_argument("--cost", default="asymmetric",
+  g.add_argument("--cost", default=None,
                  help="comma-separated built-ins (forum, ordinal, asymmetric, random) or CSV "
                  "files (rows true, columns predicted; optional header of class names); "
-                 "several train together through jax.vmap")
+                 "several train together through jax.vmap; optional with --cost-columns, "
+                 "where it only fixes the classes (default: asymmetric)")
+  g.add_argument("--cost-columns", default=None, metavar="TEMPLATE",
+                 help="per-row costs from columns of the --data CSV: TEMPLATE holds {true} "
+                 "and {pred} (e.g. cost_{true}_{pred}), replaced by class names; a pair "
+                 "without a column costs 0. Every arm trains, decides and is scored with "
+                 "each row's own costs; these columns are not features unless --features "
+                 "names them")
+  g.add_argument("--cost-scale", default=None, metavar="COLUMN",
+                 help="per-row costs: the --cost matrix times each row's value of COLUMN "
+                 "(e.g. a transaction amount); not a feature unless --features names it")
   g.add_argument("--arms", default=None,
                  help=f"comma-separated subset of arm ids ({', '.join(ARM_KEYS)}); "
                  "cross-entropy always runs (default: all, emd only for ordinal data)")
@@ -113,7 +123,20 @@ def _positive_floats(text: str, flag: str) -> list[float]:
 
 def check_arguments(args) -> None:
   """Flag checks that need no data (run before anything is loaded or written)."""
-  from costjax.cli import distributed
+  from costjax.cli import distributed, rowcosts
+
+  args.cost_columns = getattr(args, "cost_columns", None)
+  args.cost_scale = getattr(args, "cost_scale", None)
+  rowcosts.check_flags(args.cost_columns, args.cost_scale)
+  per_row = args.cost_columns is not None or args.cost_scale is not None
+  if per_row and args.data in DEFAULTS and args.data != "file":
+    raise UserInputError(f"--data {args.data}: --cost-columns and --cost-scale read columns "
+                         "of a .csv table, not the built-in data.")
+  if args.cost is None and args.cost_columns is None:
+    args.cost = "asymmetric"
+  if per_row and args.cost is not None and "," in args.cost:
+    raise UserInputError(f"--cost {args.cost!r}: with --cost-columns or --cost-scale give one "
+                         "matrix (or none with --cost-columns), not several.")
 
   if args.seeds < 1:
     raise UserInputError(f"--seeds must be >= 1; got {args.seeds}.")
@@ -151,25 +174,61 @@ def _progress(args, total: int):
   return mode
 
 
-def run(args) -> dict:
-  """Runs ``costjax compare``; returns the results dictionary (as written to results.json)."""
-  check_arguments(args)
+def load_table(args):
+  """The table and its costs, validated: ``(ds, costs (M, K, K), cost names)``.
+
+  With ``--cost-columns`` / ``--cost-scale``, ``ds.row_costs`` holds every row's matrix,
+  ``M = 1`` and ``costs`` is their mean (for the report); ``check_arguments`` must run first.
+  """
   import numpy as np
 
   from costjax.cli import costs as costs_mod
+  from costjax.cli import data as data_mod
+  from costjax.cli import rowcosts
+
+  cost_specs = [] if args.cost is None else costs_mod.parse_costs(args.cost)
+  k_cost, names_cost = costs_mod.cost_classes(cost_specs)
+  where = f"--data {args.data!r}"
+  row_costs = cost_columns = None
+  if args.cost_columns is not None:
+    def cost_columns(df):
+      return rowcosts.matching_columns(df.columns, args.cost_columns)
+
+    def row_costs(df, names):
+      return rowcosts.from_columns(df, args.cost_columns, names, source=where)
+  elif args.cost_scale is not None:
+    def cost_columns(df):
+      return [args.cost_scale]
+
+    def row_costs(df, names):
+      matrix = costs_mod.cost_matrix(cost_specs[0], len(names), class_names=names)
+      return rowcosts.from_scale(df, args.cost_scale, matrix, source=where)
+  ds = data_mod.load_data(args.data, label_column=args.label_column, max_rows=args.max_rows,
+                          num_classes=k_cost, class_names=names_cost, ordinal=args.ordinal,
+                          features=args.feature_list, cost_columns=cost_columns,
+                          row_costs=row_costs)
+  if ds.row_costs is not None:
+    # One "matrix" (M = 1): the rows' mean, shown in the report; every computation uses
+    # the rows' own matrices.
+    costs = ds.row_costs.astype(np.float64).mean(axis=0, keepdims=True).astype(np.float32)
+    cost_names = ([f"per-row {args.cost_columns}"] if args.cost_columns is not None else
+                  [f"{os.path.basename(cost_specs[0])} x {args.cost_scale}"])
+  else:
+    costs = np.stack([costs_mod.cost_matrix(c, ds.num_classes, class_names=ds.class_names)
+                      for c in cost_specs]).astype(np.float32)
+    cost_names = [os.path.basename(c) for c in cost_specs]
+  return ds, costs, cost_names
+
+
+def run(args) -> dict:
+  """Runs ``costjax compare``; returns the results dictionary (as written to results.json)."""
+  check_arguments(args)
   from costjax.cli import data as data_mod
   from costjax.cli import distributed, plots, report, scoring, stats, training
 
   t_start = time.perf_counter()
   # Validate every input before anything is initialized or written.
-  cost_specs = costs_mod.parse_costs(args.cost)
-  k_cost, names_cost = costs_mod.cost_classes(cost_specs)
-  ds = data_mod.load_data(args.data, label_column=args.label_column, max_rows=args.max_rows,
-                          num_classes=k_cost, class_names=names_cost, ordinal=args.ordinal,
-                          features=args.feature_list)
-  costs = np.stack([costs_mod.cost_matrix(c, ds.num_classes, class_names=ds.class_names)
-                    for c in cost_specs]).astype(np.float32)
-  cost_names = [os.path.basename(c) for c in cost_specs]
+  ds, costs, cost_names = load_table(args)
   if len(set(cost_names)) != len(cost_names):
     raise UserInputError(f"--cost {args.cost!r}: the same matrix name appears twice.")
   arms = training.select_arms(args.arms, ordinal=ds.ordinal)
@@ -217,7 +276,7 @@ def run(args) -> dict:
     pending = [pool.submit(training.prepare_arm, training.merge(groups[0]), **common)]
     scorer = pool.submit(scoring.compile_scorer, num_costs=len(costs),
                          num_seeds=len(args.seed_list), n_val=feed.n_val, n_test=feed.n_test,
-                         num_classes=ds.num_classes)
+                         num_classes=ds.num_classes, per_row=ds.row_costs is not None)
     pending += [pool.submit(training.prepare_arm, training.merge(g), **common)
                 for g in groups[1:]]
     for group, fut in zip(groups, pending, strict=True):
@@ -227,8 +286,10 @@ def run(args) -> dict:
         if bar is not None:
           bar.set_postfix_str(arm.label)
         t0 = time.perf_counter()
-        scores[key] = scoring.score(res.val_logits, splits.y_val, res.test_logits,
-                                    splits.y_test, costs, scorer=scorer.result())
+        scores[key] = scoring.score(
+            res.val_logits, splits.y_val, res.test_logits, splits.y_test, costs,
+            scorer=scorer.result(),
+            row_costs=None if splits.c_val is None else (splits.c_val, splits.c_test))
         results[key] = res
         done += 1
         n_m = 1 if arm.loss in training.COST_FREE else len(costs)

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -144,6 +144,7 @@ class Dataset:
   feature_names: tuple[str, ...] = ()
   dropped_rows: int = 0  # rows dropped because of missing values
   encoding: FeatureEncoding | None = None  # None for .npz and image data
+  row_costs: np.ndarray | None = None  # (N, K, K) per-row costs (--cost-columns/--cost-scale)
 
   @property
   def class_counts(self) -> np.ndarray:
@@ -335,15 +336,22 @@ def table_from_frame(
     class_names: Sequence[str] | None = None,
     ordinal: bool = False,
     name: str | None = None,
+    exclude: Sequence[str] = (),
+    row_costs: Callable | None = None,
 ) -> Dataset:
-  """A :class:`Dataset` from a ``pandas.DataFrame``: one-hot text columns, drop missing rows."""
+  """A :class:`Dataset` from a ``pandas.DataFrame``: one-hot text columns, drop missing rows.
+
+  ``exclude``: columns that are never features unless ``features`` names them (cost columns).
+  ``row_costs(frame, class_names) -> (N, K, K)``: per-row costs read from the kept rows.
+  """
   import pandas as pd
 
   if label_column not in df.columns:
     raise UserInputError(f"{source}: no label column {label_column!r} (columns: "
                          f"{list(df.columns)[:20]}); name it with --label-column.")
   if features is None:
-    cols = [c for c in df.columns if c != label_column]
+    skip = {str(c) for c in exclude}
+    cols = [c for c in df.columns if c != label_column and str(c) not in skip]
   else:
     cols = list(features)
     unknown = [c for c in cols if c not in df.columns]
@@ -381,10 +389,13 @@ def table_from_frame(
       categories.append(None)
   encoding = FeatureEncoding(tuple(str(c) for c in cols), tuple(categories))
   x = encoding.encode(used.rename(columns=str), source=source)
-  return validate_table(
+  ds = validate_table(
       x, used[label_column].to_numpy(), source=source, num_classes=num_classes,
       class_names=class_names, ordinal=ordinal, name=name,
       feature_names=encoding.feature_names, dropped_rows=dropped, encoding=encoding)
+  if row_costs is not None:
+    ds = dataclasses.replace(ds, row_costs=row_costs(df[keep], ds.class_names))
+  return ds
 
 
 # --------------------------------------------------------------------------- #
@@ -453,19 +464,31 @@ def load_user_table(
     class_names: Sequence[str] | None = None,
     ordinal: bool = False,
     features: Sequence[str] | None = None,
+    cost_columns: Callable | None = None,
+    row_costs: Callable | None = None,
 ) -> Dataset:
-  """Loads and validates a user's ``.npz`` (arrays ``x``, ``y``) or ``.csv`` table."""
+  """Loads and validates a user's ``.npz`` (arrays ``x``, ``y``) or ``.csv`` table.
+
+  ``cost_columns(frame) -> names`` and ``row_costs`` (see :func:`table_from_frame`) read
+  per-row costs from a ``.csv`` table.
+  """
   where = f"--data {path!r}"
   if not os.path.isfile(path):
     raise UserInputError(f"{where}: no such file (expected .npz, .csv, or one of "
                          f"{', '.join(BUILTIN_DATA)}).")
   ext = os.path.splitext(path)[1].lower()
   if ext == ".csv":
-    return table_from_frame(read_csv(path, where, label_column), source=where,
+    df = read_csv(path, where, label_column)
+    return table_from_frame(df, source=where,
                             label_column=label_column,
                             features=features, num_classes=num_classes,
                             class_names=class_names, ordinal=ordinal,
-                            name=os.path.splitext(os.path.basename(path))[0])
+                            name=os.path.splitext(os.path.basename(path))[0],
+                            exclude=() if cost_columns is None else cost_columns(df),
+                            row_costs=row_costs)
+  if row_costs is not None:
+    raise UserInputError(f"{where}: --cost-columns and --cost-scale read columns of a .csv "
+                         "table; this file is not one.")
   if ext != ".npz":
     raise UserInputError(f"{where}: unsupported file type {ext!r}; use .npz (arrays x and y) "
                          "or .csv (feature columns plus a label column).")
@@ -571,10 +594,15 @@ def load_data(
     class_names: Sequence[str] | None = None,
     ordinal: bool = False,
     features: Sequence[str] | None = None,
+    cost_columns: Callable | None = None,
+    row_costs: Callable | None = None,
 ) -> Dataset:
   """``digits``, ``diamonds``, or a path to a user's ``.npz`` / ``.csv`` file."""
   if max_rows is not None and max_rows < 2:
     raise UserInputError(f"--max-rows must be at least 2; got {max_rows}.")
+  if row_costs is not None and spec in BUILTIN_DATA:
+    raise UserInputError(f"--data {spec}: --cost-columns and --cost-scale read columns of a "
+                         ".csv table, not the built-in data.")
   if spec == "digits":
     if features is not None:
       raise UserInputError("--features applies to tables (diamonds or a file), not digits.")
@@ -583,7 +611,8 @@ def load_data(
     ds = load_diamonds(max_rows, features=features, class_names=class_names)
   else:
     ds = load_user_table(spec, label_column=label_column, num_classes=num_classes,
-                         class_names=class_names, ordinal=ordinal, features=features)
+                         class_names=class_names, ordinal=ordinal, features=features,
+                         cost_columns=cost_columns, row_costs=row_costs)
   if num_classes is not None and ds.num_classes != num_classes:
     raise UserInputError(f"--data {spec!r}: {ds.num_classes} classes, but the cost matrix is "
                          f"{num_classes} x {num_classes}; it must be "
@@ -638,7 +667,8 @@ def subsample(ds: Dataset, n: int, seed: int = 0) -> Dataset:
   idx = np.sort(np.concatenate([
       rng.choice(np.flatnonzero(ds.y == c), size=int(quota[c]), replace=False)
       for c in range(ds.num_classes)]))
-  return dataclasses.replace(ds, x=ds.x[idx], y=ds.y[idx])
+  rc = None if ds.row_costs is None else ds.row_costs[idx]
+  return dataclasses.replace(ds, x=ds.x[idx], y=ds.y[idx], row_costs=rc)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -654,6 +684,10 @@ class Splits:
   mean: np.ndarray | None = None  # (S, D): x_split = (x - mean) / scale
   scale: np.ndarray | None = None
   notes: tuple[str, ...] = ()  # classes missing from a split, for the report
+  # (S, n, K, K) per-row costs of each split's rows (None: one shared matrix)
+  c_train: np.ndarray | None = None
+  c_val: np.ndarray | None = None
+  c_test: np.ndarray | None = None
 
 
 def split_sizes(counts: np.ndarray, *, val_frac: float = 0.2, test_frac: float = 0.2,
@@ -687,7 +721,8 @@ def make_splits(ds: Dataset, seeds: Sequence[int], *, val_frac: float = 0.2,
   test_n, val_n = split_sizes(counts, val_frac=val_frac, test_frac=test_frac, source=ds.name)
   members = [np.flatnonzero(ds.y == c) for c in range(ds.num_classes)]
   parts: dict[str, list[np.ndarray]] = {k: [] for k in (
-      "x_train", "y_train", "x_val", "y_val", "x_test", "y_test", "mean", "scale")}
+      "x_train", "y_train", "x_val", "y_val", "x_test", "y_test", "mean", "scale",
+      "c_train", "c_val", "c_test")}
   for seed in seeds:
     rng = np.random.default_rng(seed)
     idx: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
@@ -706,6 +741,8 @@ def make_splits(ds: Dataset, seeds: Sequence[int], *, val_frac: float = 0.2,
     for split, rows in ii.items():
       parts[f"x_{split}"].append(((ds.x[rows] - mu) / sd).astype(np.float32))
       parts[f"y_{split}"].append(ds.y[rows].astype(np.int32))
+      if ds.row_costs is not None:  # each row's costs follow it into its split
+        parts[f"c_{split}"].append(ds.row_costs[rows].astype(np.float32))
   notes = list(ds.notes())
   train_n = counts - test_n - val_n
   for split, n_c in (("validation", val_n), ("test", test_n)):
@@ -714,4 +751,5 @@ def make_splits(ds: Dataset, seeds: Sequence[int], *, val_frac: float = 0.2,
       notes.append(f"classes with too few examples to appear in the {split} split: "
                    f"{', '.join(absent)}.")
   assert np.all(train_n[counts > 0] >= 1)
-  return Splits(**{k: np.stack(v) for k, v in parts.items()}, notes=tuple(notes))
+  return Splits(**{k: np.stack(v) if v else None for k, v in parts.items()},
+                notes=tuple(notes))

@@ -9,27 +9,41 @@ Inputs (validated completely before anything is written):
   (N,) (required for ``--val``, optional for ``--test``), read with ``allow_pickle=False``; or
   ``.csv`` with one column per class, named by the class, plus an optional ``label`` column
   (``--label-column``). CSV values are probabilities unless ``--csv-values logits``.
-  Probabilities must be non-negative and sum to 1 per row (tolerance 1e-3).
+  Probabilities must be non-negative and sum to 1 per row (tolerance 1e-3); logits that look
+  like probabilities (all in [0, 1], rows summing to 1) are refused.
 * ``--cost``: a cost CSV (rows true, columns predicted; optional header of class names and row
   names, see ``costjax.cli.costs``) or a built-in name. With a header, CSV class columns must
   be exactly the header's classes (any column order) and labels are matched by name; without
   one, ``.npz`` integer labels are class indices and CSV class columns are taken in sorted
   order (numerically when they are all integers).
+* ``--cost-columns TEMPLATE`` / ``--cost-scale COLUMN`` (``costjax.cli.rowcosts``): every row
+  of the ``.csv`` files has its own cost matrix, read from the columns ``TEMPLATE`` names
+  (``{true}`` and ``{pred}`` replaced by class names; ``--cost`` then optional) or the
+  ``--cost`` matrix times the row's ``COLUMN``. These columns are set aside before the class
+  columns are matched. Calibration stays NLL-based; decisions, abstention, sets and every
+  reported cost use each row's own matrix.
 
-What it does: fits temperature scaling (``costjax.fit_temperature``) and vector scaling
-(``costjax.fit_vector_scaling``) on validation and keeps the one with the lower held-out NLL
-(each fitted on a random half of the validation set and scored on the other half, then the
-winner refitted on all of it); decodes the test outputs by argmax of the raw outputs and by
-``costjax.bayes_decision`` of the calibrated ones (with ``--abstain-cost X``, Chow's rule:
-``abstain`` where the cheapest decision is expected to cost more than ``X``); with
-``--alpha A``, cost-controlled prediction sets (``costjax.calibrate_cost_sets`` on
-validation, ``costjax.cost_sets`` on test) whose expected best-choice cost is at most ``A``.
+What it does: scores three calibrations of the validation outputs by held-out NLL (2-fold
+cross-fitting: each half scored under the fit on the other half) -- none (the raw outputs),
+temperature scaling (``costjax.fit_temperature``) and vector scaling
+(``costjax.fit_vector_scaling``) -- and keeps the simplest whose held-out NLL is within one
+standard error of the lowest (``--calibration auto``; the report says which and why, with the
+numbers), refitted on all of validation. It decodes the test outputs by argmax of the raw
+outputs, by ``costjax.bayes_decision`` of the raw outputs and of the calibrated ones (with
+``--abstain-cost X``, Chow's rule: ``abstain`` where the cheapest decision is expected to cost
+more than ``X``); with ``--alpha A``, cost-controlled prediction sets
+(``costjax.calibrate_cost_sets`` on validation, ``costjax.cost_sets`` on test) whose expected
+best-choice cost is at most ``A``.
 
-Outputs in ``--out``: ``predictions.csv`` (columns ``argmax``, ``bayes``, ``set`` with
-``--alpha`` as ``a|b|c``, ``expected_cost``, and ``label`` when the test file has labels),
-``report.md`` (calibration, and with test labels the mean cost of each decoding with a paired
-bootstrap 95% interval on the saving against argmax) and ``expected_cost.png`` (predicted
-expected cost of the Bayes decision against the realized cost, in quantile bins).
+Outputs in ``--out``: ``predictions.csv`` (the ``--id-column`` if given, ``argmax``,
+``bayes_raw``, ``bayes``, ``set`` with ``--alpha`` as ``a|b|c``, ``expected_cost`` (of the
+calibrated Bayes decision, under the row's own matrix with per-row costs), and
+``label`` when the test file has labels), ``report.md`` (calibration; with test labels the
+mean cost per example and savings score of each decoding, coverage and cost on decided rows
+under abstention, a paired
+bootstrap 95% interval on the saving against argmax, and a one-sentence verdict) and
+``expected_cost.png`` (predicted expected cost of the Bayes decision against the realized
+cost, in quantile bins). See docs/guides/decide.md.
 
 Python API: ``add_parser(subparsers)`` registers the subcommand; ``run(args)`` runs it;
 ``load_inputs(...)`` and ``compute(...)`` are the validation and computation steps.
@@ -67,8 +81,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
   p = subparsers.add_parser(
       "decide", help="cost-aware decisions for any model's outputs (logits or probabilities)",
       description=(
-          "Calibrate any model's outputs on a validation file (temperature or vector scaling, "
-          "whichever has the lower held-out NLL), decode a test file by argmax and by the "
+          "Calibrate any model's outputs on a validation file (none, temperature or vector "
+          "scaling, chosen by held-out NLL), decode a test file by argmax and by the "
           "minimum-expected-cost (Bayes) rule, optionally with abstention (--abstain-cost) and "
           "cost-controlled prediction sets (--alpha), and write predictions.csv, report.md and "
           "expected_cost.png to --out."),
@@ -84,9 +98,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                  "(one column per class + label)")
   p.add_argument("--test", required=True,
                  help="test outputs to decode: .npz (logits or probs, optional y) or .csv")
-  p.add_argument("--cost", required=True,
+  p.add_argument("--cost", default=None,
                  help="cost CSV (rows true, columns predicted; optional header of class "
-                 "names) or a built-in: " + ", ".join(_costs.BUILTIN_COSTS))
+                 "names) or a built-in: " + ", ".join(_costs.BUILTIN_COSTS) + " (required "
+                 "unless --cost-columns gives every row's costs)")
+  p.add_argument("--cost-columns", default=None, metavar="TEMPLATE",
+                 help="per-row costs from columns of the --val and --test CSV files: TEMPLATE "
+                 "holds {true} and {pred} (e.g. cost_{true}_{pred}), replaced by class names; "
+                 "a pair without a column costs 0. Calibration stays NLL-based; decisions, "
+                 "sets, costs and savings use each row's own matrix")
+  p.add_argument("--cost-scale", default=None, metavar="COLUMN",
+                 help="per-row costs: the --cost matrix times each row's value of COLUMN in "
+                 "the --val and --test CSV files (e.g. a transaction amount)")
   p.add_argument("--alpha", type=float, default=None,
                  help="target expected cost of prediction sets (conformal risk control); "
                  "adds a 'set' column")
@@ -94,10 +117,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                  help="cost of abstaining: the Bayes column says 'abstain' where the best "
                  "decision is expected to cost more")
   p.add_argument("--calibration", choices=("auto", "temperature", "vector", "none"),
-                 default="auto", help="auto keeps the one with the lower held-out NLL")
+                 default="auto",
+                 help="auto chooses among none, temperature and vector scaling by held-out NLL "
+                 "(2-fold cross-fitting; the simplest within one standard error of the best)")
   p.add_argument("--csv-values", choices=("probs", "logits"), default="probs",
                  help="what the class columns of a .csv file hold")
   p.add_argument("--label-column", default="label", help="label column of a .csv file")
+  p.add_argument("--id-column", default=None,
+                 help="row id passed through to predictions.csv (its first column): a column "
+                 "of a .csv file or a 1-D array of a .npz file; required in --test, dropped "
+                 "from --val")
   p.add_argument("--bootstrap", type=int, default=1000,
                  help="paired bootstrap resamples for the intervals")
   p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and the NLL split")
@@ -118,31 +147,53 @@ class Outputs:
   labels: np.ndarray | None  # (N,) int32 class indices
   kind: str  # "logits" or "probs"
   source: str
+  ids: np.ndarray | None = None  # (N,) passed through from --id-column
+  costs: np.ndarray | None = None  # (N, K, K) per-row costs (--cost-columns / --cost-scale)
 
 
 @dataclasses.dataclass(frozen=True)
 class Inputs:
   val: Outputs
   test: Outputs
-  cost: np.ndarray  # (K, K) float32
+  cost: np.ndarray  # (K, K) float32 (per-row costs: the mean of the test rows' matrices)
   class_names: tuple[str, ...]
   cost_source: str
 
+  @property
+  def per_row(self) -> bool:
+    return self.test.costs is not None
 
-def _raw_npz(path: str, flag: str):
+  def costs_of(self, which: str) -> np.ndarray:
+    """``(N, K, K)`` per-row costs, or the shared ``(K, K)`` matrix."""
+    out = getattr(self, which)
+    return self.cost if out.costs is None else out.costs
+
+
+def _raw_npz(path: str, flag: str, id_column: str | None = None):
   where = f"{flag} {path!r}"
   arrays = _data.read_npz(path, where, one_of=("logits", "probs"))
   if "logits" in arrays and "probs" in arrays:
     raise UserInputError(f"{where}: the .npz file has both 'logits' and 'probs'; keep one.")
   kind = "logits" if "logits" in arrays else "probs"
-  return arrays[kind], kind, arrays.get("y"), None, where
+  ids = arrays.get(id_column) if id_column is not None else None
+  return arrays[kind], kind, arrays.get("y"), None, where, ids, None
 
 
-def _raw_csv(path: str, flag: str, label_column: str, csv_values: str):
+def _raw_csv(path: str, flag: str, label_column: str, csv_values: str,
+             id_column: str | None = None, cost_columns=None):
   import pandas as pd
 
   where = f"{flag} {path!r}"
   df = _data.read_csv(path, where, label_column)
+  cost_df = None
+  if cost_columns is not None:  # per-row cost columns: set aside, never class columns
+    names = cost_columns(df, where)
+    cost_df = df[[c for c in df.columns if str(c) in names]]
+    df = df.drop(columns=list(cost_df.columns))
+  ids = None
+  if id_column is not None and id_column in df.columns:
+    ids = df[id_column].to_numpy()
+    df = df.drop(columns=[id_column])
   labels = None
   if label_column in df.columns:
     col = df[label_column]
@@ -159,19 +210,23 @@ def _raw_csv(path: str, flag: str, label_column: str, csv_values: str):
   if bad:
     raise UserInputError(f"{where}: class columns must be numeric; column(s) {bad[:5]} are "
                          f"not (a label column must be named {label_column!r}, see "
-                         "--label-column).")
+                         "--label-column; an id column is passed through with --id-column).")
   values = df.to_numpy(np.float64)
-  return values, csv_values, labels, names, where
+  return values, csv_values, labels, names, where, ids, cost_df
 
 
-def _read_raw(path: str, flag: str, label_column: str, csv_values: str):
+def _read_raw(path: str, flag: str, label_column: str, csv_values: str,
+              id_column: str | None = None, cost_columns=None):
   if not os.path.isfile(path):
     raise UserInputError(f"{flag} {path!r}: no such file.")
   ext = os.path.splitext(path)[1].lower()
   if ext == ".npz":
-    return _raw_npz(path, flag)
+    if cost_columns is not None:
+      raise UserInputError(f"{flag} {path!r}: --cost-columns and --cost-scale read columns of "
+                           ".csv files; this is a .npz file.")
+    return _raw_npz(path, flag, id_column)
   if ext == ".csv":
-    return _raw_csv(path, flag, label_column, csv_values)
+    return _raw_csv(path, flag, label_column, csv_values, id_column, cost_columns)
   raise UserInputError(f"{flag} {path!r}: unsupported file type {ext!r}; use .npz (logits or "
                        "probs, and y) or .csv (one column per class, plus a label column).")
 
@@ -197,6 +252,15 @@ def _check_values(values: np.ndarray, kind: str, where: str) -> np.ndarray:
     raise UserInputError(f"{where}: {kind}[{i}, {j}] = {values[i, j]}; every value must be "
                          f"finite ({int(bad.sum())} non-finite value(s)).")
   if kind == "logits":
+    looks_like_probs = (values.shape[1] > 1 and values.min() >= 0 and values.max() <= 1
+                        and bool(np.all(np.abs(values.sum(axis=1) - 1) <= PROB_TOLERANCE)))
+    if looks_like_probs:
+      fix = ("drop --csv-values logits (CSV values are probabilities by default)"
+             if where.endswith(".csv'") else "save them as an array 'probs' instead")
+      raise UserInputError(
+          f"{where}: these logits look like probabilities (every value in [0, 1] and every row "
+          f"sums to 1 within {PROB_TOLERANCE:g}); read as logits, softmax would flatten them "
+          f"towards uniform; {fix}.")
     return values.astype(np.float32)
   neg = values < 0
   if neg.any():
@@ -237,12 +301,54 @@ def _order_columns(values, names, class_names, cost_source, where):
   return values[:, order], tuple(class_names)
 
 
-def load_inputs(val: str, test: str, cost: str, *, label_column: str = "label",
-                csv_values: str = "probs") -> Inputs:
-  """Reads and validates the three files; raises :class:`UserInputError` on bad input."""
-  rv = _read_raw(val, "--val", label_column, csv_values)
-  rt = _read_raw(test, "--test", label_column, csv_values)
-  if cost in _costs.BUILTIN_COSTS:
+def _stray_columns(values: np.ndarray, cols: list[str], kind: str, k: int) -> list[str]:
+  """Columns of a CSV file that look like they are not classes (ids, indices, scores)."""
+  idish = [c for c in cols if c.lower() in ("id", "index", "row", "row_id", "rowid")
+           or c.startswith("Unnamed:")]
+  if idish:
+    return idish
+  if kind == "probs" and len(cols) > k and values.ndim == 2:
+    keep_sums = values.sum(axis=1, keepdims=True) - values  # row sums without column j
+    fits = np.all(np.abs(keep_sums - 1) <= PROB_TOLERANCE, axis=0)
+    return [c for c, f in zip(cols, fits, strict=True) if f]
+  return []
+
+
+def load_inputs(val: str, test: str, cost: str | None, *, label_column: str = "label",
+                csv_values: str = "probs", id_column: str | None = None,
+                cost_columns: str | None = None, cost_scale: str | None = None) -> Inputs:
+  """Reads and validates the three files; raises :class:`UserInputError` on bad input.
+
+  ``cost_columns`` (a template with ``{true}`` and ``{pred}``) or ``cost_scale`` (a column
+  scaling ``cost``) read every row's own cost matrix from the CSV files
+  (:mod:`costjax.cli.rowcosts`); ``cost`` may then be None with ``cost_columns``.
+  """
+  from costjax.cli import rowcosts
+
+  rowcosts.check_flags(cost_columns, cost_scale)
+  if cost is None and cost_columns is None:
+    raise UserInputError("--cost is required (unless --cost-columns gives every row's costs).")
+  set_aside = None
+  if cost_columns is not None:
+    def set_aside(df, where):
+      found = rowcosts.matching_columns(df.columns, cost_columns)
+      if not found:
+        raise UserInputError(f"{where}: --cost-columns {cost_columns!r} matches no column "
+                             f"(columns: {[str(c) for c in df.columns][:20]}).")
+      return found
+  elif cost_scale is not None:
+    def set_aside(df, where):
+      if cost_scale not in [str(c) for c in df.columns]:
+        raise UserInputError(f"{where}: --cost-scale column {cost_scale!r} is not in the "
+                             f"table (columns: {[str(c) for c in df.columns][:20]}).")
+      return [cost_scale]
+  rv = _read_raw(val, "--val", label_column, csv_values, id_column, set_aside)
+  rt = _read_raw(test, "--test", label_column, csv_values, id_column, set_aside)
+  if cost is None:  # --cost-columns alone: the class columns name the classes
+    k = np.asarray(rv[0]).shape[-1] if np.asarray(rv[0]).ndim == 2 else 0
+    table = _costs.CostTable(np.zeros((k, k), np.float32), None, "--cost-columns")
+    cost = f"--cost-columns {cost_columns!r}"
+  elif cost in _costs.BUILTIN_COSTS:
     k = np.asarray(rv[0]).shape[-1] if np.asarray(rv[0]).ndim == 2 else 0
     table = _costs.CostTable(_costs.builtin_cost(cost, k), None, cost)
   else:
@@ -252,21 +358,34 @@ def load_inputs(val: str, test: str, cost: str, *, label_column: str = "label",
 
   # Column order (CSV) -> class order; a CSV without a cost header defines the names.
   ordered = []
-  for values, kind, labels, cols, where in (rv, rt):
+  for values, kind, labels, cols, where, ids, _ in (rv, rt):
     values = np.asarray(values)
+    if cols is not None and names is not None:
+      # Match by name first, so a stray column is named rather than counted as a class.
+      extra = [c for c in cols if c not in names]
+      if extra and not [c for c in names if c not in cols]:
+        raise UserInputError(
+            f"{where}: column(s) {extra[:5]} are not classes of --cost {cost!r} "
+            f"{list(names)[:12]}; drop them, or pass an id column with --id-column NAME.")
+      values, _ = _order_columns(values, cols, names, cost, where)
     if values.ndim == 2 and values.shape[1] != k:
+      stray = _stray_columns(values, cols, kind, k) if cols is not None else []
+      if stray and values.shape[1] > k:
+        raise UserInputError(
+            f"{where}: column(s) {stray[:5]} do not look like classes ({values.shape[1]} "
+            f"columns {cols[:12]} but the cost matrix --cost {cost!r} is {k} x {k}); drop "
+            "them, or pass an id column with --id-column NAME.")
       raise UserInputError(
           f"{where}: {values.shape[1]} classes ({kind} of shape {values.shape}) but the cost "
-          f"matrix --cost {cost!r} is {k} x {k}.")
-    if cols is not None:
-      if names is not None:
-        values, _ = _order_columns(values, cols, names, cost, where)
-      else:
-        order = _natural_order(cols)
-        values, _ = _order_columns(values, cols, order, cost, where)
-        cols = order
-    ordered.append((values, kind, labels, cols, where))
-  (v_vals, v_kind, v_lab, v_cols, v_where), (t_vals, t_kind, t_lab, t_cols, t_where) = ordered
+          f"matrix --cost {cost!r} is {k} x {k}"
+          + (f" (columns {cols[:12]})" if cols is not None else "") + ".")
+    if cols is not None and names is None:
+      order = _natural_order(cols)
+      values, _ = _order_columns(values, cols, order, cost, where)
+      cols = order
+    ordered.append((values, kind, labels, cols, where, ids))
+  ((v_vals, v_kind, v_lab, v_cols, v_where, _),
+   (t_vals, t_kind, t_lab, t_cols, t_where, t_ids)) = ordered
   if names is None:
     if v_cols is not None and t_cols is not None and v_cols != t_cols:
       raise UserInputError(f"{t_where}: class columns {t_cols[:12]} differ from those of "
@@ -276,6 +395,14 @@ def load_inputs(val: str, test: str, cost: str, *, label_column: str = "label",
 
   v_logits = _check_values(v_vals, v_kind, v_where)
   t_logits = _check_values(t_vals, t_kind, t_where)
+  if id_column is not None:
+    if t_ids is None:
+      raise UserInputError(f"{t_where}: --id-column {id_column!r} is not in the test file (a "
+                           "column of a .csv file, a 1-D array of a .npz file).")
+    t_ids = np.asarray(t_ids)
+    if t_ids.ndim != 1 or len(t_ids) != len(t_logits):
+      raise UserInputError(f"{t_where}: the id {id_column!r} must be 1-D with one per row; got "
+                           f"shape {t_ids.shape} for {len(t_logits)} rows.")
   if v_lab is None:
     raise UserInputError(f"{v_where}: the validation file has no labels (an array 'y' in a "
                          f".npz file, a {label_column!r} column in a .csv file); calibration "
@@ -285,8 +412,20 @@ def load_inputs(val: str, test: str, cost: str, *, label_column: str = "label",
   t_y = None
   if t_lab is not None:
     t_y, _ = _labels(t_lab, len(t_logits), t_where, k, names, "the validation classes")
-  return Inputs(Outputs(v_logits, v_y, v_kind, val), Outputs(t_logits, t_y, t_kind, test),
-                table.matrix, names, cost)
+  v_c = t_c = None
+  matrix = table.matrix
+  if cost_columns is not None or cost_scale is not None:
+    per = []
+    for raw, where in ((rv, v_where), (rt, t_where)):
+      frame = raw[6]
+      if cost_columns is not None:
+        per.append(rowcosts.from_columns(frame, cost_columns, names, source=where))
+      else:
+        per.append(rowcosts.from_scale(frame, cost_scale, table.matrix, source=where))
+    v_c, t_c = per
+    matrix = t_c.astype(np.float64).mean(axis=0).astype(np.float32)
+  return Inputs(Outputs(v_logits, v_y, v_kind, val, costs=v_c),
+                Outputs(t_logits, t_y, t_kind, test, t_ids, costs=t_c), matrix, names, cost)
 
 
 def _labels(raw, n, where, k, names, classes_from):
@@ -318,6 +457,8 @@ class Result:
   threshold: float | None
   seconds: dict
   val_risk: np.ndarray  # (N_val, K) decision costs of the calibrated validation outputs
+  bayes_raw: np.ndarray  # (N,) int, Bayes decisions on the raw (uncalibrated) outputs
+  bayes_raw_abstain: np.ndarray  # (N,) int, the same with abstention (-1)
 
 
 @functools.cache
@@ -337,10 +478,10 @@ def _programs(vector_tolerance: float = VECTOR_TOLERANCE):
     return cj.VectorScaling(scale, bias).apply(z)
 
   @jax.jit
-  def nll(z, y, scale, bias, mask):
+  def nll(z, y, scale, bias):
+    """Per-example negative log-likelihood of the calibrated outputs, ``(N,)``."""
     a = affine(z, scale, bias)
-    per = jax.nn.logsumexp(a, axis=-1) - jnp.take_along_axis(a, y[:, None], axis=-1)[:, 0]
-    return jnp.sum(jnp.where(mask, per, 0.0)) / jnp.sum(mask)
+    return jax.nn.logsumexp(a, axis=-1) - jnp.take_along_axis(a, y[:, None], axis=-1)[:, 0]
 
   @jax.jit
   def decode(z, scale, bias, c, abstain_cost):
@@ -352,9 +493,9 @@ def _programs(vector_tolerance: float = VECTOR_TOLERANCE):
     return jnp.argmax(z, axis=-1), plain, best, with_abstain, risk
 
   @jax.jit
-  def sets(zv, yv, zt, scale, bias, c, alpha):
-    threshold = cj.calibrate_cost_sets(affine(zv, scale, bias), yv, c, alpha=alpha)
-    return threshold, cj.cost_sets(affine(zt, scale, bias), c, threshold=threshold)
+  def sets(zv, yv, zt, scale, bias, cv, ct, alpha):
+    threshold = cj.calibrate_cost_sets(affine(zv, scale, bias), yv, cv, alpha=alpha)
+    return threshold, cj.cost_sets(affine(zt, scale, bias), ct, threshold=threshold)
 
   fit_t = jax.jit(cj.fit_temperature)
   # Gradient norm 1e-4 on the mean NLL: the NLL agrees with 1e-6 to ~1e-6 at a third of the cost.
@@ -362,11 +503,42 @@ def _programs(vector_tolerance: float = VECTOR_TOLERANCE):
   return nll, decode, sets, fit_t, fit_v
 
 
+METHODS = ("none", "temperature", "vector")  # from simplest to most flexible
+METHOD_LABELS = {"none": "no calibration (raw outputs)", "temperature": "temperature scaling",
+                 "vector": "vector scaling"}
+
+
+def choose_calibration(heldout: dict[str, np.ndarray]) -> tuple[str, str]:
+  """The one-standard-error rule on per-example held-out NLLs; returns ``(method, reason)``.
+
+  ``heldout[m]`` holds each validation example's NLL under method ``m`` fitted without it. The
+  method with the lowest mean is the best; the simplest method (in :data:`METHODS` order) whose
+  mean is within one standard error of the paired difference from the best is chosen, so a
+  calibration is applied only where it helps by more than the noise of the comparison.
+  """
+  means = {m: float(np.mean(v)) for m, v in heldout.items()}
+  best = min(METHODS, key=lambda m: (means[m], METHODS.index(m)))
+  n = len(heldout[best])
+  se = {m: float(np.std(heldout[m] - heldout[best], ddof=1) / math.sqrt(n)) if n > 1 else 0.0
+        for m in METHODS}
+  chosen = next(m for m in METHODS if means[m] - means[best] <= se[m])
+  nums = ", ".join(f"{METHOD_LABELS[m].split(' (')[0]} {means[m]:.4f}" for m in METHODS)
+  if chosen == best:
+    reason = (f"it has the lowest held-out NLL ({nums}; 2-fold cross-fitting on validation)")
+  else:
+    reason = (f"its held-out NLL {means[chosen]:.4f} is within one standard error "
+              f"({se[chosen]:.4f}) of the lowest, {METHOD_LABELS[best]}'s {means[best]:.4f}, "
+              f"so the simpler one is kept ({nums}; 2-fold cross-fitting on validation)")
+  return chosen, reason
+
+
 def calibrate(logits, labels, *, method: str = "auto", seed: int = 0):
   """Fits temperature and/or vector scaling; returns ``(scale, bias, info)``.
 
-  Calibrated logits are ``logits * scale + bias``. ``auto`` fits both on a random half of the
-  validation set, scores the NLL on the other half, and refits the better one on all of it.
+  Calibrated logits are ``logits * scale + bias``. ``auto`` scores *none*, temperature and
+  vector scaling by held-out NLL with 2-fold cross-fitting (each half's NLL under the fit on the
+  other half) and picks by :func:`choose_calibration`; the chosen method is refitted on all of
+  validation.
   """
   import jax.numpy as jnp
 
@@ -376,34 +548,37 @@ def calibrate(logits, labels, *, method: str = "auto", seed: int = 0):
   n, k = z.shape
   one, zero = jnp.ones(k, z.dtype), jnp.zeros(k, z.dtype)
   everything = jnp.ones(n, bool)
-  info: dict = {"method": method, "nll_uncalibrated": float(nll(z, y, one, zero, everything))}
+  raw_nll = np.asarray(nll(z, y, one, zero), np.float64)
+  info: dict = {"method": method, "nll_uncalibrated": float(raw_nll.mean())}
   if method == "auto":
     if n < 4:
-      method = "temperature"
-      info["note"] = ("fewer than 4 validation examples: temperature scaling without a "
-                      "held-out check")
+      method = "none"
+      info["reason"] = ("fewer than 4 validation examples, too few to check a calibration on "
+                        "held-out data, so the raw outputs are kept")
     else:
-      half = np.zeros(n, bool)
-      half[np.random.default_rng(seed).permutation(n)[: n // 2]] = True
-      fit_mask = jnp.asarray(half)
-      held = ~fit_mask
-      t_half = fit_t(z, y, where=fit_mask)
-      v_half = fit_v(z, y, where=fit_mask)
-      info["heldout_nll_temperature"] = float(nll(z, y, one / t_half, zero, held))
-      info["heldout_nll_vector"] = float(nll(z, y, v_half.scale, v_half.bias, held))
-      info["heldout_nll_uncalibrated"] = float(nll(z, y, one, zero, held))
-      better_v = info["heldout_nll_vector"] < info["heldout_nll_temperature"]
-      method = "vector" if better_v else "temperature"
+      fold = np.zeros(n, bool)
+      fold[np.random.default_rng(seed).permutation(n)[: n // 2]] = True
+      held = {"none": raw_nll, "temperature": np.empty(n), "vector": np.empty(n)}
+      for fit_on in (fold, ~fold):
+        mask = jnp.asarray(fit_on)
+        t_half = fit_t(z, y, where=mask)
+        v_half = fit_v(z, y, where=mask)
+        held["temperature"][~fit_on] = np.asarray(nll(z, y, one / t_half, zero))[~fit_on]
+        held["vector"][~fit_on] = np.asarray(nll(z, y, v_half.scale, v_half.bias))[~fit_on]
+      for m, key in (("none", "uncalibrated"), ("temperature", "temperature"),
+                     ("vector", "vector")):
+        info[f"heldout_nll_{key}"] = float(held[m].mean())
+      method, info["reason"] = choose_calibration(held)
   info["chosen"] = method
   if method == "none":
     return one, zero, info
   t = fit_t(z, y, where=everything)
   info["temperature"] = float(t)
-  info["nll_temperature"] = float(nll(z, y, one / t, zero, everything))
+  info["nll_temperature"] = float(np.mean(nll(z, y, one / t, zero)))
   if method == "temperature":
     return one / t, zero, info
   vs = fit_v(z, y, where=everything)
-  info["nll_vector"] = float(nll(z, y, vs.scale, vs.bias, everything))
+  info["nll_vector"] = float(np.mean(nll(z, y, vs.scale, vs.bias)))
   info["vector_scale"] = np.asarray(vs.scale).tolist()
   info["vector_bias"] = np.asarray(vs.bias).tolist()
   return vs.scale, vs.bias, info
@@ -420,20 +595,27 @@ def compute(inp: Inputs, *, alpha: float | None = None, abstain_cost: float | No
   scale, bias, info = calibrate(inp.val.logits, inp.val.labels, method=calibration, seed=seed)
   seconds["calibration"] = time.perf_counter() - t0
   t0 = time.perf_counter()
-  c = jnp.asarray(inp.cost)
+  # Per-row costs: each row is decided with its own matrix (the library's functions take
+  # (N, K, K) stacks); otherwise one (K, K) matrix for every row.
+  c = jnp.asarray(inp.costs_of("test"))
+  cv = jnp.asarray(inp.costs_of("val"))
   zt = jnp.asarray(inp.test.logits)
   zv = jnp.asarray(inp.val.logits)
   # Without --abstain-cost the abstention threshold is +inf: never abstain.
   x = jnp.float32(np.inf if abstain_cost is None else abstain_cost)
   argmax, plain, best, bayes, _ = (np.asarray(a) for a in decode(zt, scale, bias, c, x))
-  val_risk = np.asarray(decode(zv, scale, bias, c, x)[-1])
+  k = c.shape[-1]
+  raw_out = decode(zt, jnp.ones(k, zt.dtype), jnp.zeros(k, zt.dtype), c, x)
+  raw, raw_abstain = np.asarray(raw_out[1]), np.asarray(raw_out[3])
+  val_risk = np.asarray(decode(zv, scale, bias, cv, x)[-1])
   sets = threshold = None
   if alpha is not None:
-    threshold, sets = sets_fn(zv, jnp.asarray(inp.val.labels), zt, scale, bias, c,
+    threshold, sets = sets_fn(zv, jnp.asarray(inp.val.labels), zt, scale, bias, cv, c,
                               jnp.float32(alpha))
     threshold, sets = float(threshold), np.asarray(sets)
   seconds["decisions"] = time.perf_counter() - t0
-  return Result(info, argmax, bayes, plain, best, sets, threshold, seconds, val_risk)
+  return Result(info, argmax, bayes, plain, best, sets, threshold, seconds, val_risk, raw,
+                raw_abstain)
 
 
 def bootstrap_means(values: np.ndarray, *, resamples: int, seed: int,
@@ -473,6 +655,13 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray | None = None, *, resamples: i
 # --------------------------------------------------------------------------- #
 
 
+def row_costs(cost: np.ndarray, y: np.ndarray) -> np.ndarray:
+  """``(N, K)``: each row's cost of every prediction, from one ``(K, K)`` matrix or per-row
+  ``(N, K, K)`` costs."""
+  cost = np.asarray(cost, np.float64)
+  return cost[y] if cost.ndim == 2 else cost[np.arange(len(y)), y]
+
+
 def _names(idx: np.ndarray, class_names) -> list[str]:
   return [ABSTAIN if i < 0 else class_names[i] for i in idx]
 
@@ -481,13 +670,42 @@ def _fmt(x: float) -> str:
   return f"{x:.4g}"
 
 
+def calibration_label(cal: dict) -> str:
+  """What was done to the outputs before the calibrated Bayes decisions, in words."""
+  if cal["chosen"] == "temperature":
+    return f"temperature scaling (T = {cal['temperature']:.4g})"
+  if cal["chosen"] == "vector":
+    return "vector scaling"
+  return "no calibration"
+
+
+def verdict(label: str, saving: tuple[float, float, float], n: int, resamples: int,
+            seed: int) -> str:
+  """One sentence: does ``label`` reliably lower the cost against argmax?"""
+  mean, lo, hi = saving
+  ci = (f"paired 95% interval [{_fmt(lo)}, {_fmt(hi)}] (bootstrap over the {n} test rows, "
+        f"{resamples} resamples, seed {seed})")
+  if lo > 0:
+    return (f"**Verdict:** {label} reliably lowers the mean test cost against argmax, by "
+            f"{_fmt(mean)} per example; {ci}.")
+  if hi < 0:
+    return (f"**Verdict:** {label} raises the mean test cost against argmax, by "
+            f"{_fmt(-mean)} per example ({ci}); keep argmax.")
+  return (f"**Verdict:** {label} does not reliably lower the mean test cost against argmax: "
+          f"the saving is {_fmt(mean)} per example and its {ci} includes 0.")
+
+
 def write_outputs(out: str, inp: Inputs, res: Result, args) -> dict:
   import pandas as pd
 
   names = list(inp.class_names)
   os.makedirs(out, exist_ok=True)
-  cols: dict[str, object] = {"argmax": _names(res.argmax, names),
-                             "bayes": _names(res.bayes, names)}
+  cols: dict[str, object] = {}
+  id_column = getattr(args, "id_column", None)
+  if id_column is not None:
+    cols[id_column] = inp.test.ids
+  cols.update({"argmax": _names(res.argmax, names), "bayes_raw": _names(res.bayes_raw, names),
+               "bayes": _names(res.bayes, names)})
   if res.sets is not None:
     named = np.array(names, dtype=object)
     cols["set"] = ["|".join(named[row]) for row in res.sets]
@@ -506,8 +724,13 @@ def write_outputs(out: str, inp: Inputs, res: Result, args) -> dict:
       f"- cost: `{inp.cost_source}` (K = {len(names)}; classes {', '.join(names[:20])}"
       f"{' ...' if len(names) > 20 else ''})",
   ]
-  val_counts = np.bincount(inp.val.labels, minlength=len(names))  # type: ignore[arg-type]
-  absent = [n for n, c in zip(names, val_counts,
+  if inp.per_row:
+    how = (f"columns `{args.cost_columns}`" if getattr(args, "cost_columns", None) else
+           f"the matrix times each row's `{args.cost_scale}`")
+    lines.append(f"- per-row costs: every row of both files has its own cost matrix ({how}); "
+                 "calibration is fitted by NLL, and the decisions, sets, expected costs and "
+                 "test costs below use each row's own matrix")
+  absent = [n for n, c in zip(names, np.bincount(inp.val.labels, minlength=len(names)),
                               strict=True) if c == 0]
   if absent:
     lines.append(f"- classes without validation examples: {', '.join(absent[:20])}"
@@ -515,66 +738,114 @@ def write_outputs(out: str, inp: Inputs, res: Result, args) -> dict:
                  "fitted from no data; vector scaling drives them towards 0)")
   lines += [
       "", "## Calibration (fitted on validation)", "",
-      "| method | validation NLL (all, in-sample) | held-out NLL (fit on one half, scored on "
-      "the other) |", "|---|---|---|",
+      "| method | validation NLL (all, in-sample) | held-out NLL (2-fold: each half scored "
+      "under the fit on the other) |", "|---|---|---|",
   ]
-  for key, label in (("uncalibrated", "none"), ("temperature", "temperature scaling"),
-                     ("vector", "vector scaling")):
+  for key, m in (("uncalibrated", "none"), ("temperature", "temperature"),
+                 ("vector", "vector")):
     ins = cal.get(f"nll_{key}")
     held = cal.get(f"heldout_nll_{key}")
-    lines.append(f"| {label} | {'—' if ins is None else _fmt(ins)} | "
+    lines.append(f"| {METHOD_LABELS[m]} | {'—' if ins is None else _fmt(ins)} | "
                  f"{'—' if held is None else _fmt(held)} |")
-  lines += ["", f"Chosen: **{cal['chosen']}**"
-            + (f" (T = {cal['temperature']:.4g})" if cal["chosen"] == "temperature" else "")
-            + (" (lower held-out NLL)" if cal["method"] == "auto" and "note" not in cal else "")
-            + ".", ""]
-  if "note" in cal:
-    lines += [cal["note"] + ".", ""]
+  chosen = calibration_label(cal)
+  if cal["method"] == "auto":
+    lines += ["", f"Chosen: **{chosen}**, because {cal['reason']}.", ""]
+  else:
+    lines += ["", f"Chosen: **{chosen}**, as asked (--calibration {cal['method']}; no held-out "
+              "comparison).", ""]
 
-  summary: dict = {"calibration": cal, "seconds": res.seconds}
-  c = inp.cost
+  summary: dict = {"calibration": cal, "seconds": res.seconds, "per_row_costs": inp.per_row}
+  x = args.abstain_cost
+  same = " (the same decisions as the raw row)" if cal["chosen"] == "none" else ""
+  rows = [("argmax", "argmax of the raw outputs", res.argmax),
+          ("bayes_raw", "Bayes on the raw outputs", res.bayes_raw),
+          ("bayes_calibrated", f"Bayes after {chosen}{same}", res.bayes_plain)]
+  if x is not None:
+    rows.append(("bayes_raw_abstain", f"Bayes on the raw outputs, abstaining where the expected "
+                 f"cost exceeds {x:g}", res.bayes_raw_abstain))
+    rows.append(("bayes_abstain", f"Bayes after {chosen}{same}, abstaining where the expected "
+                 f"cost exceeds {x:g}", res.bayes))
+  final_key = rows[-1][0]
+  final_label = rows[-1][1].replace(same, "") if same else rows[-1][1]
   if y is not None:
-    arg_cost = c[y, res.argmax]
-    plain_cost = c[y, res.bayes_plain]
-    rows = [("argmax (raw outputs)", res.argmax, arg_cost),
-            ("Bayes (calibrated)", res.bayes_plain, plain_cost)]
-    if args.abstain_cost is not None:
-      ab = res.bayes < 0
-      ab_cost = np.where(ab, args.abstain_cost, c[y, np.maximum(res.bayes, 0)])
-      rows.append((f"Bayes with abstention (abstain costs {args.abstain_cost:g})",
-                   res.bayes, ab_cost))
+    ry = row_costs(inp.costs_of("test"), y)  # (N, K)
+    rows_n = np.arange(len(y))
+    per = [np.where(pred < 0, np.inf if x is None else x, ry[rows_n, np.maximum(pred, 0)])
+           for _, _, pred in rows]
+    # Savings (Correa Bahnsen; costjax.savings_score): against the cheapest single class
+    # for every test row, chosen on the test rows.
+    best_constant = float(ry.mean(axis=0).min())
+    summary["best_constant_cost"] = best_constant
+    summary["best_constant_class"] = names[int(ry.mean(axis=0).argmin())]
     lines += ["## Test cost", "",
-              f"Mean cost per example (rows true, columns predicted). The saving is the mean "
-              f"cost of argmax minus that of the decoding, with a paired bootstrap 95% interval "
-              f"({args.bootstrap} resamples over test examples, seed {args.seed}).", "",
-              "| decoding | mean cost | accuracy | saving vs argmax [95% CI] |",
-              "|---|---|---|---|"]
+              "Mean cost per example (rows true, columns predicted). Coverage is the share of "
+              "test rows decided (not abstained on); "
+              + ("without --abstain-cost every row is decided. " if x is None else
+                 f"the mean cost charges each abstention {x:g}; the cost and accuracy on "
+                 "decided rows leave abstentions out. ")
+              + "The saving is the mean cost of argmax minus that of the "
+              f"decoding, with a paired bootstrap 95% interval ({args.bootstrap} resamples over "
+              f"test rows, seed {args.seed}). Savings score: 1 - mean cost / the mean cost of "
+              f"the best constant prediction ({summary['best_constant_class']!r} for every "
+              f"row, {_fmt(best_constant)} per example; `costjax.savings_score`): 1 is "
+              "perfect, 0 no better than one class for every row.", "",
+              "| decoding | coverage | mean cost per example | cost on decided rows | accuracy "
+              "on decided rows | savings score | saving vs argmax [95% CI] |",
+              "|---|---|---|---|---|---|---|"]
     summary["test"] = {}
-    # One set of resamples for every decoding (and the set cost below): paired throughout.
-    stack = [arg_cost - cost_i for _, _, cost_i in rows[1:]]
+    # One set of resamples for every comparison (and the set cost below): paired throughout.
+    stack = [per[0] - cost_i for cost_i in per[1:]]
+    # The decoding written to the bayes column minus the same rule on the raw outputs.
+    stack.append(per[-1] - per[-2] if x is not None else per[2] - per[1])
     if res.sets is not None:
-      realized = np.where(res.sets, c[y], np.inf).min(axis=1)
+      realized = np.where(res.sets, ry, np.inf).min(axis=1)
       stack.append(realized)
     boot = bootstrap_means(np.stack(stack), resamples=args.bootstrap, seed=args.seed)
     lo_hi = np.percentile(boot, [2.5, 97.5], axis=1)
-    for r, (label, pred, cost_i) in enumerate(rows):
-      mean = float(np.mean(cost_i))
-      acc = float(np.mean(pred == y))
-      if r == 0:
-        ci = "—"
-        s = None
-      else:
-        s = (float(np.mean(stack[r - 1])), float(lo_hi[0, r - 1]), float(lo_hi[1, r - 1]))
-        ci = f"{_fmt(s[0])} [{_fmt(s[1])}, {_fmt(s[2])}]"
-      lines.append(f"| {label} | {_fmt(mean)} | {acc:.4f} | {ci} |")
-      summary["test"][label] = {"mean_cost": mean, "accuracy": acc, "saving": s}
-    if args.abstain_cost is not None:
-      lines += ["", f"Abstained on {int((res.bayes < 0).sum())} of {len(y)} test examples "
-                f"({np.mean(res.bayes < 0):.1%})."]
+
+    def interval(i):
+      return float(np.mean(stack[i])), float(lo_hi[0, i]), float(lo_hi[1, i])
+
+    for r, ((key, label, pred), cost_i) in enumerate(zip(rows, per, strict=True)):
+      decided = pred >= 0
+      coverage = float(decided.mean())
+      on_decided = float(cost_i[decided].mean()) if decided.any() else float("nan")
+      acc = float(np.mean(pred[decided] == y[decided])) if decided.any() else float("nan")
+      s = None if r == 0 else interval(r - 1)
+      ci = "—" if s is None else f"{_fmt(s[0])} [{_fmt(s[1])}, {_fmt(s[2])}]"
+      sav = (1.0 - float(cost_i.mean()) / best_constant) if best_constant > 0 else float("nan")
+      lines.append(f"| {label} | {coverage:.1%} | {_fmt(float(cost_i.mean()))} | "
+                   f"{_fmt(on_decided)} | {acc:.4f} | {_fmt(sav)} | {ci} |")
+      summary["test"][key] = {"label": label, "mean_cost": float(cost_i.mean()),
+                              "coverage": coverage, "cost_on_decided": on_decided,
+                              "accuracy_on_decided": acc, "savings_score": sav, "saving": s}
+    if x is not None:
+      ab = res.bayes < 0
+      lines += ["", f"Abstained on {int(ab.sum())} of {len(y)} test rows (coverage "
+                f"{1 - ab.mean():.1%})."]
+    sentence = verdict(final_label, summary["test"][final_key]["saving"], len(y),
+                       args.bootstrap, args.seed)
+    lines += ["", sentence]
+    harm = interval(len(rows) - 1)
+    summary["calibration_minus_raw"] = harm
+    if cal["chosen"] != "none" and harm[1] > 0:
+      lines += ["", f"**Warning:** on test, {chosen} made the Bayes decisions"
+                f"{' with abstention' if x is not None else ''} costlier than on "
+                f"the raw outputs, by {_fmt(harm[0])} per example (paired 95% interval "
+                f"[{_fmt(harm[1])}, {_fmt(harm[2])}]); the validation set may not resemble the "
+                "test set. Consider --calibration none."]
     lines.append("")
-  elif args.abstain_cost is not None:
-    lines += [f"Abstained on {int((res.bayes < 0).sum())} of {len(res.bayes)} test examples.",
-              ""]
+  else:
+    differ = float(np.mean(res.bayes != res.argmax))
+    sentence = (f"**Verdict:** none possible: the test file has no labels, so the saving against "
+                f"argmax cannot be measured; {final_label} differs from argmax on {differ:.1%} "
+                "of the test rows.")
+    lines += ["## Test decisions", ""]
+    if x is not None:
+      lines += [f"Abstained on {int((res.bayes < 0).sum())} of {len(res.bayes)} test rows "
+                f"(coverage {np.mean(res.bayes >= 0):.1%}).", ""]
+    lines += [sentence, ""]
+  summary["verdict"] = sentence
   if res.sets is not None:
     size = res.sets.sum(axis=1)
     lines += ["## Cost-controlled prediction sets", "",
@@ -619,20 +890,20 @@ def write_plot(out: str, inp: Inputs, res: Result) -> str:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  c = inp.cost
   if inp.test.labels is not None:
+    c = inp.costs_of("test")
     y, which = inp.test.labels, "test"
     expected = res.expected_cost
     pred = res.bayes_plain
     raw_logits = inp.test.logits
   else:
     # No test labels: the same plot on validation (where the calibration was fitted).
-    y = inp.val.labels  # type: ignore[assignment]  # validation labels are required
-    which = "validation (in-sample: the test file has no labels)"
+    c = inp.costs_of("val")
+    y, which = inp.val.labels, "validation (in-sample: the test file has no labels)"
     pred = res.val_risk.argmin(-1)
     expected = res.val_risk.min(-1)
     raw_logits = inp.val.logits
-  k = c.shape[0]
+  k = c.shape[-1]
   raw_risk = np.asarray(_programs()[1](jnp.asarray(raw_logits), jnp.ones(k), jnp.zeros(k),
                                        jnp.asarray(c), jnp.float32(np.inf))[-1])
   raw_pred = raw_risk.argmin(-1)
@@ -641,7 +912,7 @@ def write_plot(out: str, inp: Inputs, res: Result) -> str:
   top = 0.0
   for label, e, p, mk in (("calibrated", expected, pred, "o"),
                           ("raw outputs", raw_risk.min(-1), raw_pred, "s")):
-    ex, re, se = _reliability(e, c[y, p], bins)
+    ex, re, se = _reliability(e, row_costs(c, y)[np.arange(len(y)), p], bins)
     ax.errorbar(ex, re, yerr=1.96 * se, marker=mk, ms=4, capsize=2, lw=1,
                 label=f"Bayes, {label}")
     top = max(top, ex.max(), (re + 1.96 * se).max())
@@ -669,6 +940,11 @@ def write_plot(out: str, inp: Inputs, res: Result) -> str:
 
 
 def check_flags(args) -> None:
+  from costjax.cli import rowcosts
+
+  rowcosts.check_flags(getattr(args, "cost_columns", None), getattr(args, "cost_scale", None))
+  if args.cost is None and getattr(args, "cost_columns", None) is None:
+    raise UserInputError("--cost is required (unless --cost-columns gives every row's costs).")
   if args.alpha is not None and not (math.isfinite(args.alpha) and args.alpha > 0):
     raise UserInputError(f"--alpha must be a positive number; got {args.alpha}.")
   if args.abstain_cost is not None and not (math.isfinite(args.abstain_cost)
@@ -692,7 +968,9 @@ def run(args) -> dict:
   t0 = time.perf_counter()
   check_flags(args)
   inp = load_inputs(args.val, args.test, args.cost, label_column=args.label_column,
-                    csv_values=args.csv_values)
+                    csv_values=args.csv_values, id_column=getattr(args, "id_column", None),
+                    cost_columns=getattr(args, "cost_columns", None),
+                    cost_scale=getattr(args, "cost_scale", None))
   t_read = time.perf_counter() - t0
   quiet = getattr(args, "quiet", False)
   _say(quiet, f"read {len(inp.val.logits)} validation and {len(inp.test.logits)} test "
@@ -706,6 +984,7 @@ def run(args) -> dict:
        f"writing the report ({args.bootstrap} bootstrap resamples) ...")
   summary = write_outputs(args.out, inp, res, args)
   res.seconds["total"] = time.perf_counter() - t0
+  _say(quiet, summary["verdict"].replace("**", ""))
   _say(quiet, f"wrote {args.out}/predictions.csv, report.md, expected_cost.png "
        f"({res.seconds['total']:.1f} s)")
   return summary

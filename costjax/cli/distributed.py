@@ -169,6 +169,10 @@ class Feed:
   n_train: int
   n_val: int
   n_test: int
+  # (S, rows, K, K) per-row costs, sharded like the rows (None: one shared matrix)
+  c_train: jax.Array | None = None
+  c_val: jax.Array | None = None
+  c_test: jax.Array | None = None
 
   @property
   def replicated(self) -> jax.sharding.NamedSharding:
@@ -198,4 +202,6 @@ def make_feed(splits, seeds, mesh: jax.sharding.Mesh) -> Feed:
       x_val=shard(splits.x_val), y_val=shard(splits.y_val), x_test=shard(splits.x_test),
       seeds=put(np.asarray(seeds, np.int32), rep),
       n_train=int(splits.x_train.shape[1]), n_val=int(splits.x_val.shape[1]),
-      n_test=int(splits.x_test.shape[1]))
+      n_test=int(splits.x_test.shape[1]),
+      **{f"c_{s}": None if getattr(splits, f"c_{s}", None) is None
+         else shard(getattr(splits, f"c_{s}")) for s in ("train", "val", "test")})

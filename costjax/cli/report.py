@@ -20,7 +20,7 @@ from costjax.cli.scoring import DECODING_LABELS
 CSV_COLUMNS = (
     "cost", "arm", "label", "decoding", "lr", "hp_name", "hp", "chosen", "val_cost",
     "test_cost_mean", "test_cost_std", "test_cost_ci95_low", "test_cost_ci95_high",
-    "test_acc_mean", "p_vs_ce_argmax", "prob_cheaper_vs_ce_argmax",
+    "test_acc_mean", "test_savings_mean", "p_vs_ce_argmax", "prob_cheaper_vs_ce_argmax",
     "prob_equivalent_vs_ce_argmax", "prob_dearer_vs_ce_argmax", "p_vs_ce_bayes",
     "prob_cheaper_vs_ce_bayes", "prob_equivalent_vs_ce_bayes", "prob_dearer_vs_ce_bayes",
     "rope", "seconds", "diverged", "diverged_seeds", "diverged_grid_points",
@@ -42,12 +42,17 @@ def _fl(a) -> list:
 
 
 def _confusion(pred: np.ndarray, y: np.ndarray, cost: np.ndarray) -> np.ndarray:
-  """Cost-weighted confusion (total cost per true x predicted cell), summed over seeds."""
-  k = cost.shape[0]
+  """Cost-weighted confusion (total cost per true x predicted cell), summed over seeds.
+
+  ``cost``: one ``(K, K)`` matrix, or per-row costs ``(S, n, K, K)`` of the test rows.
+  """
+  cost = np.asarray(cost, np.float64)
+  k = cost.shape[-1]
   conf = np.zeros((k, k), np.float64)
-  for p_s, y_s in zip(pred, y, strict=True):
-    np.add.at(conf, (y_s, p_s), 1.0)
-  return conf * cost
+  for s, (p_s, y_s) in enumerate(zip(pred, y, strict=True)):
+    w = cost[y_s, p_s] if cost.ndim == 2 else cost[s, np.arange(len(y_s)), y_s, p_s]
+    np.add.at(conf, (y_s, p_s), w)
+  return conf
 
 
 def verdict_curves(rows, arms, results, m: int, decoding: str) -> dict:
@@ -120,9 +125,15 @@ def results_dict(*, args, ds, splits, cost_names, costs, arms, results, scores, 
                  verdicts,
                  total_seconds, batch_size, devices) -> dict:
   hp_names = {a.key: a.hp_name for a in arms}
+  per_row = getattr(splits, "c_test", None) is not None
   rows = []
   for m, cname in enumerate(cost_names):
+    # Savings (Correa Bahnsen): 1 - cost / cost of the best constant prediction on the same
+    # test rows (chosen on them), per re-split.
+    best = stats.best_constant_costs(splits.y_test, splits.c_test if per_row else costs[m])
     for r in all_rows[m]:
+      with np.errstate(divide="ignore", invalid="ignore"):
+        sav = np.where(best > 0, 1.0 - np.asarray(r.test_cost, np.float64) / best, np.nan)
       lo, hi = r.ci
       hp_name = hp_names.get(r.arm)
       pa, pb = r.probs_vs_ce_argmax, r.probs_vs_ce_bayes
@@ -134,6 +145,7 @@ def results_dict(*, args, ds, splits, cost_names, costs, arms, results, scores, 
           "test_cost_mean": _f(r.mean), "test_cost_std": _f(r.std),
           "test_cost_ci95": [_f(lo), _f(hi)], "test_acc": _fl(r.test_acc),
           "test_acc_mean": _f(r.acc), "temperature": _fl(r.temperature),
+          "test_savings": _fl(sav), "test_savings_mean": _f(np.mean(sav)),
           "p_vs_ce_argmax": _f(r.p_vs_ce_argmax), "p_vs_ce_bayes": _f(r.p_vs_ce_bayes),
           "prob_cheaper_vs_ce_argmax": _f(pa[0]), "prob_equivalent_vs_ce_argmax": _f(pa[1]),
           "prob_dearer_vs_ce_argmax": _f(pa[2]), "prob_cheaper_vs_ce_bayes": _f(pb[0]),
@@ -152,7 +164,8 @@ def results_dict(*, args, ds, splits, cost_names, costs, arms, results, scores, 
         pred = np.broadcast_to(np.asarray(r.classes)[:, None], splits.y_test.shape)
       else:
         pred = scores[r.arm][f"test_pred_{r.decoding}"][m, r.g]
-      conf[name] = _confusion(pred, splits.y_test, costs[m]).tolist()
+      conf[name] = _confusion(pred, splits.y_test,
+                              splits.c_test if per_row else costs[m]).tolist()
     ce_b = next(r for r in all_rows[m] if r.key == ("ce", "bayes_t"))
     curves = verdict_curves(all_rows[m], arms, results, m, v.pick.decoding)
     warnings = lr_edge_warnings(
@@ -229,6 +242,7 @@ def results_dict(*, args, ds, splits, cost_names, costs, arms, results, scores, 
       "split": {"train": int(splits.x_train.shape[1]), "val": int(splits.x_val.shape[1]),
                 "test": int(splits.x_test.shape[1])},
       "costs": list(cost_names), "cost_matrices": [c.tolist() for c in costs],
+      "per_row_costs": per_row_info(args, per_row),
       "seeds": list(args.seed_list), "epochs": args.epochs, "lrs": list(args.lr_list),
       "batch_size": batch_size, "model": args.model, "hidden": args.hidden,
       "weight_decay": args.weight_decay, "devices": devices,
@@ -236,6 +250,19 @@ def results_dict(*, args, ds, splits, cost_names, costs, arms, results, scores, 
       "features": [str(f) for f in getattr(ds, "feature_names", ())],
       "arms": arm_info, "rows": rows, "verdict": verdict_list[0], "verdicts": verdict_list,
   }
+
+
+def per_row_info(args, per_row: bool) -> dict | None:
+  """How each row's costs were read (None: one matrix for every row)."""
+  if not per_row:
+    return None
+  template = getattr(args, "cost_columns", None)
+  if template is not None:
+    return {"cost_columns": template, "cost_scale": None,
+            "text": f"each row's own costs from the columns `{template}`"}
+  scale = getattr(args, "cost_scale", None)
+  return {"cost_columns": None, "cost_scale": scale,
+          "text": f"the matrix `{args.cost}` times each row's `{scale}`"}
 
 
 def write_all(out: str, summary: dict) -> None:
@@ -293,9 +320,9 @@ def matrix_md(mat, names, fmt_cell="{:.1f}") -> str:
 def table_md(rows: list[dict], n_lrs: int) -> str:
   lines = [
       "| arm | decoding | chosen | val cost | test cost (mean ± std) | 95% CI | test accuracy "
-      "| vs CE argmax: p; P(cheaper / within ROPE / dearer) | vs CE Bayes (T): p; "
+      "| savings | vs CE argmax: p; P(cheaper / within ROPE / dearer) | vs CE Bayes (T): p; "
       "P(cheaper / within ROPE / dearer) | time (s) |",
-      "|---|---|---|---|---|---|---|---|---|---|",
+      "|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   for r in rows:
     ce = r["arm"] == "ce"
@@ -308,6 +335,7 @@ def table_md(rows: list[dict], n_lrs: int) -> str:
         f"| {r['label']} | {r['decoding_label']} | {fmt_chosen(r, n_lrs)} "
         f"| {fmt(r['val_cost'])} | {fmt(r['test_cost_mean'])} ± {fmt(r['test_cost_std'])}{div} "
         f"| [{fmt(lo)}, {fmt(hi)}] | {fmt(r['test_acc_mean'], 3)} "
+        f"| {fmt(r.get('test_savings_mean'), 3)} "
         f"| {'—' if ce and r['decoding'] == 'argmax' else fmt_test(r, 'argmax')} "
         f"| {'—' if ce and r['decoding'] == 'bayes_t' else fmt_test(r, 'bayes')} "
         f"| {r['seconds']:.1f} |")
@@ -431,8 +459,20 @@ def write_markdown(path: str, summary: dict, *, figures: dict, class_names) -> N
   for m, cname in enumerate(s["costs"]):
     rows = [r for r in s["rows"] if r["cost"] == cname]
     v = s["verdicts"][m]
-    lines += [f"## Cost: {cname}", "", matrix_md(s["cost_matrices"][m], class_names, "{:g}"), "",
-              table_md(rows, n_lrs), ""]
+    pr = s.get("per_row_costs")
+    if pr:
+      lines += [f"## Cost: {cname}", "",
+                f"Per-row costs: {pr['text']}; every recipe trains (the cost-aware losses), "
+                "decides (Bayes) and is scored with each row's own matrix. Their mean over the "
+                "rows, for orientation:", "",
+                matrix_md(s["cost_matrices"][m], class_names, "{:.4g}"), ""]
+    else:
+      lines += [f"## Cost: {cname}", "", matrix_md(s["cost_matrices"][m], class_names, "{:g}"),
+                ""]
+    lines += ["Test cost is the mean cost per example; savings is 1 - test cost / the cost of "
+              "the best constant prediction on the same test rows (Correa Bahnsen's savings, "
+              "`costjax.savings_score`; 1 is perfect, 0 no better than one class for every "
+              "row), averaged over re-splits.", "", table_md(rows, n_lrs), ""]
     rec = v["recommended"]
     lines += ["Cost-weighted test confusion matrices (counts × C, summed over seeds; rows true, "
               "columns predicted). Cross-entropy + argmax:", "",

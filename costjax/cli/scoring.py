@@ -50,7 +50,16 @@ def _decide(z, c, t, vs):
   }
 
 
-def _score_one(zv, yv, zt, yt, c):
+def _lookup(c, y, p):
+  """Each row's cost ``C[y, p]``: ``c`` is one ``(K, K)`` matrix or per-row ``(N, K, K)``."""
+  if c.ndim == 2:
+    return c[y, p]
+  return c[jnp.arange(y.shape[0]), y, p]
+
+
+def _score_one(zv, yv, zt, yt, cv, ct):
+  """``cv``/``ct``: the validation / test costs, one ``(K, K)`` matrix (the same for both)
+  or each row's own ``(N, K, K)``."""
   finite = jnp.all(jnp.isfinite(zv)) & jnp.all(jnp.isfinite(zt))
   zv = jnp.where(jnp.isfinite(zv), zv, 0.0)
   zt = jnp.where(jnp.isfinite(zt), zt, 0.0)
@@ -61,17 +70,17 @@ def _score_one(zv, yv, zt, yt, c):
   half = (jnp.arange(yv.shape[0]) % 2) == 0
   masks = jnp.stack([jnp.ones_like(half), half, ~half])
   ts, vss = jax.vmap(_calibrate, in_axes=(None, None, 0))(zv, yv, masks)
-  test_pred = _decide(zt, c, ts[0], jax.tree.map(lambda a: a[0], vss))
-  on_half = _decide(zv, c, ts[2], jax.tree.map(lambda a: a[2], vss))  # fitted on ~half
-  on_rest = _decide(zv, c, ts[1], jax.tree.map(lambda a: a[1], vss))  # fitted on half
+  test_pred = _decide(zt, ct, ts[0], jax.tree.map(lambda a: a[0], vss))
+  on_half = _decide(zv, cv, ts[2], jax.tree.map(lambda a: a[2], vss))  # fitted on ~half
+  on_rest = _decide(zv, cv, ts[1], jax.tree.map(lambda a: a[1], vss))  # fitted on half
   val_pred = {k: jnp.where(half, on_half[k], on_rest[k]) for k in on_half}
   t = ts[0]
   nan = jnp.float32(jnp.nan)
   out = {"finite": finite, "temperature": t}
   for name in DECODINGS:
     pv, pt = val_pred[name], test_pred[name]
-    out[f"val_cost_{name}"] = jnp.where(finite, jnp.mean(c[yv, pv]), nan)
-    out[f"test_cost_{name}"] = jnp.where(finite, jnp.mean(c[yt, pt]), nan)
+    out[f"val_cost_{name}"] = jnp.where(finite, jnp.mean(_lookup(cv, yv, pv)), nan)
+    out[f"test_cost_{name}"] = jnp.where(finite, jnp.mean(_lookup(ct, yt, pt)), nan)
     out[f"test_acc_{name}"] = jnp.where(finite, jnp.mean(pt == yt), nan)
     out[f"test_pred_{name}"] = pt
   return out
@@ -79,36 +88,55 @@ def _score_one(zv, yv, zt, yt, c):
 
 @jax.jit
 def _score_grid_point(val_logits, y_val, test_logits, y_test, costs):
-  f = jax.vmap(_score_one, in_axes=(0, 0, 0, 0, None))  # seeds
+  f = jax.vmap(lambda zv, yv, zt, yt, c: _score_one(zv, yv, zt, yt, c, c),
+               in_axes=(0, 0, 0, 0, None))  # seeds
   f = jax.vmap(f, in_axes=(0, None, 0, None, 0))  # cost matrices
   return f(val_logits, y_val, test_logits, y_test, costs)
 
 
+@jax.jit
+def _score_grid_point_rows(val_logits, y_val, test_logits, y_test, c_val, c_test):
+  """Per-row costs ``c_val (S, n_val, K, K)``, ``c_test (S, n_test, K, K)``; M = 1."""
+  f = jax.vmap(_score_one, in_axes=(0, 0, 0, 0, 0, 0))  # seeds
+  f = jax.vmap(f, in_axes=(0, None, 0, None, None, None))  # the one "matrix" axis
+  return f(val_logits, y_val, test_logits, y_test, c_val, c_test)
+
+
 def compile_scorer(*, num_costs: int, num_seeds: int, n_val: int, n_test: int,
-                   num_classes: int):
+                   num_classes: int, per_row: bool = False):
   """Ahead-of-time compiled scorer for one grid point (may run in a background thread)."""
   f32, i32 = jnp.float32, jnp.int32
   sds = jax.ShapeDtypeStruct
   m, s, k = num_costs, num_seeds, num_classes
-  return _score_grid_point.lower(
-      sds((m, s, n_val, k), f32), sds((s, n_val), i32), sds((m, s, n_test, k), f32),
-      sds((s, n_test), i32), sds((m, k, k), f32)).compile()
+  head = (sds((m, s, n_val, k), f32), sds((s, n_val), i32), sds((m, s, n_test, k), f32),
+          sds((s, n_test), i32))
+  if per_row:
+    return _score_grid_point_rows.lower(
+        *head, sds((s, n_val, k, k), f32), sds((s, n_test, k, k), f32)).compile()
+  return _score_grid_point.lower(*head, sds((m, k, k), f32)).compile()
 
 
-def score(val_logits, y_val, test_logits, y_test, costs, *, scorer=None) -> dict[str, np.ndarray]:
+def score(val_logits, y_val, test_logits, y_test, costs, *, scorer=None,
+          row_costs=None) -> dict[str, np.ndarray]:
   """Scores every model under every decoding.
 
   Shapes: logits ``(M, G, S, N, K)`` for ``M`` cost matrices, ``G`` grid points and
-  ``S`` seeds; labels ``(S, N)``; costs ``(M, K, K)``. Returns a dict of ``(M, G, S)``
-  arrays (``test_pred_*``: ``(M, G, S, N)``). Runs on this process's devices only
-  (one compiled program, looped over grid points); ``scorer`` is that program from
-  :func:`compile_scorer`.
+  ``S`` seeds; labels ``(S, N)``; costs ``(M, K, K)``. With ``row_costs = (c_val, c_test)``
+  (``(S, N, K, K)`` each; ``M = 1``) every row is decided and scored with its own matrix
+  and ``costs`` is unused. Returns a dict of ``(M, G, S)`` arrays (``test_pred_*``:
+  ``(M, G, S, N)``). Runs on this process's devices only (one compiled program, looped over
+  grid points); ``scorer`` is that program from :func:`compile_scorer`.
   """
-  fn = _score_grid_point if scorer is None else scorer
+  if row_costs is None:
+    fn = _score_grid_point if scorer is None else scorer
+    extra = (jnp.asarray(costs, jnp.float32),)
+  else:
+    fn = _score_grid_point_rows if scorer is None else scorer
+    extra = tuple(jnp.asarray(c, jnp.float32) for c in row_costs)
   outs = []
   for g in range(val_logits.shape[1]):
     o = fn(jnp.asarray(val_logits[:, g], jnp.float32), jnp.asarray(y_val, jnp.int32),
            jnp.asarray(test_logits[:, g], jnp.float32), jnp.asarray(y_test, jnp.int32),
-           jnp.asarray(costs, jnp.float32))
+           *extra)
     outs.append(jax.device_get(o))
   return {k: np.stack([o[k] for o in outs], axis=1) for k in outs[0]}

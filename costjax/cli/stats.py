@@ -338,7 +338,25 @@ def smallest_p(num_seeds: int) -> float:
   return 2.0 / 2**num_seeds if num_seeds > 1 else float("nan")
 
 
-def constant_row(y_train, y_val, y_test, cost, *, class_names=None) -> Row:
+def _row_costs(c, y):
+  """``(n, K)``: each row's costs of every prediction; ``c`` is ``(K, K)`` or ``(n, K, K)``."""
+  c = np.asarray(c, np.float64)
+  return c[y] if c.ndim == 2 else c[np.arange(len(y)), y]
+
+
+def best_constant_costs(y, cost) -> np.ndarray:
+  """``(S,)``: per re-split, the lowest mean cost of a constant prediction on those rows
+  (chosen on the rows themselves: the denominator of the savings score).
+
+  ``y``: ``(S, n)`` labels; ``cost``: ``(K, K)`` or per-row ``(S, n, K, K)``.
+  """
+  y = np.asarray(y, np.int64)
+  cost = np.asarray(cost, np.float64)
+  return np.stack([_row_costs(cost if cost.ndim == 2 else cost[s], ys).mean(axis=0).min()
+                   for s, ys in enumerate(y)])
+
+
+def constant_row(y_train, y_val, y_test, cost, *, class_names=None, row_costs=None) -> Row:
   """The best constant prediction: per re-split, the class ``j`` with the lowest mean
   ``C[y, j]`` over the TRAINING rows, scored on that re-split's validation and test rows.
 
@@ -348,6 +366,8 @@ def constant_row(y_train, y_val, y_test, cost, *, class_names=None) -> Row:
     y_test: ``(S, n_test)`` test labels.
     cost: ``(K, K)`` cost matrix (rows true, columns predicted).
     class_names: names of the ``K`` classes, for the row's ``chosen`` text.
+    row_costs: ``None``, or per-row costs ``(c_train, c_val, c_test)`` of shapes
+      ``(S, n, K, K)`` that replace ``cost`` (each row priced with its own matrix).
 
   Returns:
     A :class:`Row` with arm ``constant`` and decoding ``none``; ``classes`` holds the
@@ -355,9 +375,16 @@ def constant_row(y_train, y_val, y_test, cost, *, class_names=None) -> Row:
   """
   cost = np.asarray(cost, np.float64)
   y_train, y_val, y_test = (np.asarray(y, np.int64) for y in (y_train, y_val, y_test))
-  j = np.stack([cost[y].mean(axis=0).argmin() for y in y_train])  # (S,)
-  val = np.stack([cost[y, c].mean() for y, c in zip(y_val, j, strict=True)])
-  test = np.stack([cost[y, c].mean() for y, c in zip(y_test, j, strict=True)])
+  if row_costs is None:
+    per = [[cost] * len(y_train)] * 3
+  else:
+    per = [np.asarray(c, np.float64) for c in row_costs]
+  j = np.stack([_row_costs(c, y).mean(axis=0).argmin()
+                for y, c in zip(y_train, per[0], strict=True)])  # (S,)
+  val = np.stack([_row_costs(cs, y)[:, c].mean()
+                  for y, c, cs in zip(y_val, j, per[1], strict=True)])
+  test = np.stack([_row_costs(cs, y)[:, c].mean()
+                   for y, c, cs in zip(y_test, j, per[2], strict=True)])
   acc = np.stack([(y == c).mean() for y, c in zip(y_test, j, strict=True)])
   names = list(class_names) if class_names is not None else [str(k) for k in range(len(cost))]
   uniq, counts = np.unique(j, return_counts=True)
@@ -396,6 +423,8 @@ def build_rows(arms, results, scores, m: int, decodings, *, splits, cost,
                rope: float | None = None, class_names=None) -> list[Row]:
   """Rows (arm x decoding, then the best constant prediction) for cost matrix ``m`` (whose
   ``(K, K)`` matrix is ``cost``), with the tests against both cross-entropy baselines.
+  With per-row costs in ``splits`` (``c_train``, ``c_val``, ``c_test``) the constant is
+  priced with each row's own matrix.
 
   ``splits``: the re-splits (``y_train``, ``y_val``, ``y_test`` of shape ``(S, n)``).
   ``rope`` in cost units; ``None`` for :func:`default_rope`.
@@ -410,8 +439,11 @@ def build_rows(arms, results, scores, m: int, decodings, *, splits, cost,
                       diverged_seeds=sel["diverged_seeds"],
                       diverged_grid_points=sel["diverged_grid_points"],
                       seconds=results[arm.key].seconds))
+  c_tr = getattr(splits, "c_train", None)
   rows.append(constant_row(splits.y_train, splits.y_val, splits.y_test, cost,
-                           class_names=class_names))
+                           class_names=class_names,
+                           row_costs=None if c_tr is None else (c_tr, splits.c_val,
+                                                                splits.c_test)))
   n_train, n_test = splits.y_train.shape[1], splits.y_test.shape[1]
   rope = default_rope(rows) if rope is None else float(rope)
   return attach_tests(rows, n_train=n_train, n_test=n_test, rope=rope)

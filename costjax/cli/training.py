@@ -112,7 +112,8 @@ def make_model(kind: str, *, num_features: int, num_classes: int, hidden: int, i
 
 
 # --------------------------------------------------------------------------- #
-# Losses. Each maps (logits (B, K), labels (B,), cost (K, K), hp) -> (B,); ``hp``
+# Losses. Each maps (logits (B, K), labels (B,), cost (K, K) or per-row (B, K, K), hp)
+# -> (B,); ``hp``
 # is one traced float (lambda, temperature, alpha, epsilon), so a grid of values
 # trains in one compiled program through jax.vmap.
 # --------------------------------------------------------------------------- #
@@ -132,7 +133,11 @@ def _ce(logits, y, cost, hp):
 def _sinkhorn_term(logits, y, cost, epsilon_rel):
   targets = cj.cost_soft_labels(y, cost, temperature=SINKHORN_TARGET_TEMPERATURE)
   # epsilon relative to the largest cost, so one value fits every matrix.
-  return cj.sinkhorn_loss(logits, targets, cost, epsilon=epsilon_rel * jnp.max(cost))
+  epsilon = epsilon_rel * jnp.max(cost)
+  if cost.ndim == 3:  # per-row costs: one transport problem per example, through vmap
+    epsilon = jnp.maximum(epsilon, 1e-6)
+    return jax.vmap(lambda z, t, c: cj.sinkhorn_loss(z, t, c, epsilon=epsilon))(logits, targets, cost)
+  return cj.sinkhorn_loss(logits, targets, cost, epsilon=epsilon)
 
 
 def _sinkhorn(logits, y, cost, hp):
@@ -145,6 +150,8 @@ def _ce_sinkhorn(logits, y, cost, hp):
 
 def _weighted_ce(logits, y, cost, hp):
   del hp
+  if cost.ndim == 3:  # per-row costs: class weights of the minibatch's mean matrix
+    cost = jnp.mean(cost, axis=0)
   return cj.weighted_cross_entropy(logits, y, class_weights=cj.cost_class_weights(cost))
 
 
@@ -211,7 +218,12 @@ def select_arms(spec: str | None, *, ordinal: bool) -> list[Arm]:
 
 def make_train_fn(graphdef, loss_fn, *, epochs, batch_size, n_train, n_val, weight_decay,
                   batch_sharding):
-  """``train(params, x_tr, y_tr, x_val, y_val, x_te, cost, all_costs, lr, hp, seed)``.
+  """``train(params, x_tr, y_tr, x_val, y_val, x_te, cost, all_costs, lr, hp, seed, rc)``.
+
+  ``rc`` is None (one matrix ``cost`` for every row) or per-row costs ``(c_tr, c_val)`` of
+  shapes ``(n_train, K, K)`` and ``(n_val, K, K)``: each minibatch then trains on its own
+  rows' matrices (gathered with the rows, so they follow every shuffle), and the validation
+  curves use each validation row's matrix (``all_costs`` then holds one matrix, M = 1).
 
   Trains ONE model with the loss under ``cost``. Returns validation logits, test
   logits, the per-epoch training loss (epochs,) and the per-epoch validation cost of
@@ -225,19 +237,21 @@ def make_train_fn(graphdef, loss_fn, *, epochs, batch_size, n_train, n_val, weig
   def apply(params, x):
     return nnx.merge(graphdef, params)(x)
 
-  def train(params, x_tr, y_tr, x_val, y_val, x_te, cost, all_costs, lr, hp, seed):
+  def train(params, x_tr, y_tr, x_val, y_val, x_te, cost, all_costs, lr, hp, seed, rc=None):
     tx = optax.adamw(lr, weight_decay=weight_decay)
     val_mask = jnp.arange(x_val.shape[0]) < n_val
 
-    def batch_loss(p, xb, yb):
-      return loss_fn(apply(p, xb), yb, cost, hp).mean()
+    def batch_loss(p, xb, yb, cb):
+      return loss_fn(apply(p, xb), yb, cost if cb is None else cb, hp).mean()
 
     def step(carry, idx):
       p, opt_state = carry
       # The minibatch is split over the "data" axis; params stay replicated.
       xb = jax.lax.with_sharding_constraint(x_tr[idx], batch_sharding)
       yb = jax.lax.with_sharding_constraint(y_tr[idx], batch_sharding)
-      loss, grads = jax.value_and_grad(batch_loss)(p, xb, yb)
+      # Per-row costs: the minibatch's own rows' matrices (B, K, K).
+      cb = None if rc is None else jax.lax.with_sharding_constraint(rc[0][idx], batch_sharding)
+      loss, grads = jax.value_and_grad(batch_loss)(p, xb, yb, cb)
       updates, opt_state = tx.update(grads, opt_state, p)
       return (optax.apply_updates(p, updates), opt_state), loss
 
@@ -246,14 +260,21 @@ def make_train_fn(graphdef, loss_fn, *, epochs, batch_size, n_train, n_val, weig
       carry, losses = jax.lax.scan(step, carry, perm.reshape(steps, batch_size))
       z = apply(carry[0], x_val)
       pred = jnp.argmax(z, axis=-1)
-      # Under every matrix of the run (M,): cost-free arms train once for all of them.
-      per_example = all_costs[:, y_val, pred]
+      if rc is None:
+        # Under every matrix of the run (M,): cost-free arms train once for all of them.
+        rows = all_costs[:, y_val, :]  # (M, n, K): each row's costs of every prediction
+        expected = jnp.einsum("nk,mkj->mnj", jax.nn.softmax(z, axis=-1), all_costs)
+      else:  # per-row costs (M = 1)
+        c_val = rc[1]
+        rows = jnp.take_along_axis(c_val, y_val[:, None, None], axis=1)[None, :, 0, :]
+        expected = jnp.einsum("nk,nkj->nj", jax.nn.softmax(z, axis=-1), c_val)[None]
+      per_example = jnp.take_along_axis(rows, jnp.broadcast_to(pred[None, :, None],
+                                                               (*rows.shape[:2], 1)),
+                                        axis=-1)[..., 0]
       # Bayes decisions on the uncalibrated probabilities (T = 1): a temperature fit per
       # epoch would cost more than the epoch itself.
-      expected = jnp.einsum("nk,mkj->mnj", jax.nn.softmax(z, axis=-1), all_costs)
       pred_b = jnp.argmin(expected, axis=-1)  # (M, n)
-      per_example_b = jnp.take_along_axis(all_costs[:, y_val, :], pred_b[..., None],
-                                          axis=-1)[..., 0]
+      per_example_b = jnp.take_along_axis(rows, pred_b[..., None], axis=-1)[..., 0]
       both = jnp.stack([per_example, per_example_b])  # (2, M, n)
       val_cost = jnp.sum(jnp.where(val_mask[None, None], both, 0.0), axis=-1) / n_val
       return carry, (losses.mean(), val_cost)
@@ -268,10 +289,10 @@ def make_train_fn(graphdef, loss_fn, *, epochs, batch_size, n_train, n_val, weig
 
 def vmapped(train):
   """seeds (innermost) x grid points x cost matrices (outermost)."""
-  #                  params x_tr y_tr x_val y_val x_te cost all_costs lr hp seed
-  over_seeds = jax.vmap(train, in_axes=(0, 0, 0, 0, 0, 0, None, None, None, None, 0))
-  over_grid = jax.vmap(over_seeds, in_axes=(None,) * 8 + (0, 0, None))
-  return jax.vmap(over_grid, in_axes=(None,) * 6 + (0, None, None, None, None))
+  #                  params x_tr y_tr x_val y_val x_te cost all_costs lr hp seed rc
+  over_seeds = jax.vmap(train, in_axes=(0, 0, 0, 0, 0, 0, None, None, None, None, 0, 0))
+  over_grid = jax.vmap(over_seeds, in_axes=(None,) * 8 + (0, 0, None, None))
+  return jax.vmap(over_grid, in_axes=(None,) * 6 + (0, None, None, None, None, None))
 
 
 @dataclasses.dataclass
@@ -325,16 +346,21 @@ def prepare_arm(arm: Arm, *, graphdef, params0, feed: distributed.Feed, costs: n
                         batch_sharding=feed.batch_sharding)
   program = vmapped(train)
 
-  def run(params, x_tr, y_tr, x_val, y_val, x_te, cost, all_costs, lr, hp, seeds):
+  def run(params, x_tr, y_tr, x_val, y_val, x_te, cost, all_costs, lr, hp, seeds, rc):
     # The training table arrives sharded (each process fed its own rows); gather it once.
     x_tr = jax.lax.with_sharding_constraint(x_tr, feed.replicated)
     y_tr = jax.lax.with_sharding_constraint(y_tr, feed.replicated)
-    return program(params, x_tr, y_tr, x_val, y_val, x_te, cost, all_costs, lr, hp, seeds)
+    if rc is not None:  # the per-row costs travel with the training rows
+      rc = (jax.lax.with_sharding_constraint(rc[0], feed.replicated), rc[1])
+    return program(params, x_tr, y_tr, x_val, y_val, x_te, cost, all_costs, lr, hp, seeds, rc)
 
   rep = feed.put_replicated
+  # Per-row costs: M = 1 and ``costs`` holds their mean matrix (for the report only); the
+  # losses and the validation curves use the rows' own matrices.
+  rc = None if feed.c_train is None else (feed.c_train, feed.c_val)
   args = (rep(params0), feed.x_train, feed.y_train, feed.x_val, feed.y_val, feed.x_test,
           rep(train_costs), rep(costs), rep(np.asarray([g[0] for g in grid], np.float32)),
-          rep(np.asarray([g[1] for g in grid], np.float32)), feed.seeds)
+          rep(np.asarray([g[1] for g in grid], np.float32)), feed.seeds, rc)
   compiled = jax.jit(run, out_shardings=feed.replicated).lower(*args).compile()
   return Prepared(arm, grid, compiled, args, time.perf_counter() - t0)
 
