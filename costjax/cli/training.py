@@ -136,7 +136,8 @@ def _sinkhorn_term(logits, y, cost, epsilon_rel):
   epsilon = epsilon_rel * jnp.max(cost)
   if cost.ndim == 3:  # per-row costs: one transport problem per example, through vmap
     epsilon = jnp.maximum(epsilon, 1e-6)
-    return jax.vmap(lambda z, t, c: cj.sinkhorn_loss(z, t, c, epsilon=epsilon))(logits, targets, cost)
+    per_example = lambda z, t, c: cj.sinkhorn_loss(z, t, c, epsilon=epsilon)
+    return jax.vmap(per_example)(logits, targets, cost)
   return cj.sinkhorn_loss(logits, targets, cost, epsilon=epsilon)
 
 
