@@ -174,8 +174,9 @@ def test_training_program_uses_each_rows_own_costs(tmp_path, monkeypatch):
                                image_shape=None, rngs=rngs)
 
   graphdef, params0 = training.init_params(model_fn, 2)
-  res = training.run_arm(arm, graphdef=graphdef, params0=params0, feed=feed, costs=costs,
-                         lrs=[1e-2], epochs=2, batch_size=8, weight_decay=0.0)
+  prep = training.prepare_arm(arm, graphdef=graphdef, params0=params0, feed=feed, costs=costs,
+                              lrs=[1e-2], epochs=2, batch_size=8, weight_decay=0.0)
+  res = training.execute(prep, feed=feed, num_costs=len(costs))
   expect = splits.c_train[:, :, 0, 1].mean(axis=1)  # (S,)
   np.testing.assert_allclose(res.train_loss[0, 0], np.stack([expect, expect], -1), rtol=1e-5)
   for s in range(2):
