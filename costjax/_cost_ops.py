@@ -225,6 +225,7 @@ def check_cost(
     return cost
   if all(d == 1 for d in cost.shape[:-2]):
     return cost.reshape(k, k)  # broadcasts to every example: the shared matrix
+  assert batch_shape is not None  # check_cost_shape allows leading axes only with it
   return jax.lax.broadcast_to_rank(cost, len(batch_shape) + 2)
 
 

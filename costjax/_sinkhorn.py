@@ -525,7 +525,9 @@ def _batched_solver(config: _Config):
         for x, b in zip((lp, lq, active), in_batched[:3], strict=True)
     )
     cost, eps = (x if b else x[None] for x, b in zip((cost, eps), in_batched[3:], strict=True))
-    return solver(lp, lq, active, cost, eps), _Solution(f=True, g=True, err=True, iters=True)
+    # custom_vmap wants the output's structure with a bool per leaf: every field is batched.
+    batched = _Solution(f=True, g=True, err=True, iters=True)  # type: ignore[arg-type]
+    return solver(lp, lq, active, cost, eps), batched
 
   return solver
 

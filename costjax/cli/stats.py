@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -287,7 +288,7 @@ def detectable_difference(a, b, *, n_train, n_test, power: float = 0.8,
   return float(nc * sd * math.sqrt(1.0 / s + n_test / n_train))
 
 
-def wilcoxon_p(a, b) -> float:
+def wilcoxon_p(a: npt.ArrayLike, b: npt.ArrayLike) -> float:
   """Two-sided paired Wilcoxon signed-rank p-value.
 
   For comparing two methods ACROSS independent tables (Demšar, JMLR 2006), not over
@@ -484,7 +485,7 @@ def fmt_p(p: float) -> str:
 
 def _compare(x: Row, bases: list[Row], *, n_train, n_test, rope) -> list[dict]:
   """``x`` against each baseline: raw and Holm-adjusted p, probabilities, and the rules."""
-  comps = []
+  comps: list[dict[str, Any]] = []
   for b in bases:
     p = corrected_resampled_ttest(x.test_cost, b.test_cost, n_train=n_train, n_test=n_test)
     probs = bayesian_correlated_ttest(x.test_cost, b.test_cost, n_train=n_train,
@@ -518,7 +519,7 @@ def verdict(rows: list[Row], decoding_labels, *, n_train: int, n_test: int,
     return f"cross-entropy + {labels[r.decoding]}"
 
   # Is anything reliably cheaper than predicting one class for every row?
-  signal_comps = []
+  signal_comps: list[dict[str, Any]] = []
   if const is not None:
     cands = [pick] + [b for b in (ce_a, ce_b) if b.key != pick.key]
     signal_comps = []
@@ -531,7 +532,11 @@ def verdict(rows: list[Row], decoding_labels, *, n_train: int, n_test: int,
           "cheaper": bool(cand.mean < const.mean and c["holm_p"] < ALPHA and q[2] >= PROB)})
   no_signal = bool(signal_comps) and not any(c["cheaper"] for c in signal_comps)
 
-  challenger = const if no_signal else pick
+  if no_signal:
+    assert const is not None  # signal_comps is empty without the constant row
+    challenger = const
+  else:
+    challenger = pick
   bases = [b for b in (ce_a, ce_b) if b.key != challenger.key]
   comps = _compare(challenger, bases, **kw)
   if all(c["beaten"] for c in comps):
@@ -542,7 +547,7 @@ def verdict(rows: list[Row], decoding_labels, *, n_train: int, n_test: int,
     outcome = "undecided"
 
   if no_signal:
-    recommended = const
+    recommended = challenger  # the constant row
   elif outcome == "adopt":
     recommended = pick
   elif outcome == "equivalent":
@@ -575,6 +580,7 @@ def verdict(rows: list[Row], decoding_labels, *, n_train: int, n_test: int,
              f"bring it below {floor:.3g}; only more rows can).")
 
   if no_signal:
+    assert const is not None  # as above
     what = const.chosen or "one class"
     best = min(signal_comps, key=lambda c: c["candidate"].mean)["candidate"]
     sentence = (

@@ -50,6 +50,7 @@ import os
 import re
 import sys
 import time
+from typing import Any
 
 import numpy as np
 
@@ -339,9 +340,9 @@ def _check_entry(e, i: int, where: str, base: str) -> TableSpec:
 
 def read_manifest(path: str) -> list[TableSpec]:
   """Parses and checks a TOML manifest (entries only; :func:`check_tables` loads them)."""
-  try:
+  if sys.version_info >= (3, 11):
     import tomllib
-  except ModuleNotFoundError:  # Python 3.10
+  else:  # Python 3.10
     import tomli as tomllib
 
   where = f"--manifest {path!r}"
@@ -479,7 +480,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def settings(args) -> dict:
-  s = dict(QUICK if args.quick else FULL)
+  s: dict[str, Any] = dict(QUICK if args.quick else FULL)
   for key in ("seeds", "epochs", "max_rows", "arms"):
     v = getattr(args, key)
     if v is not None:
