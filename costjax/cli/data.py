@@ -751,5 +751,5 @@ def make_splits(ds: Dataset, seeds: Sequence[int], *, val_frac: float = 0.2,
       notes.append(f"classes with too few examples to appear in the {split} split: "
                    f"{', '.join(absent)}.")
   assert np.all(train_n[counts > 0] >= 1)
-  return Splits(**{k: np.stack(v) if v else None for k, v in parts.items()},
+  return Splits(**{k: np.stack(v) if v else None for k, v in parts.items()},  # type: ignore[arg-type]
                 notes=tuple(notes))

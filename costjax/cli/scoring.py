@@ -127,6 +127,7 @@ def score(val_logits, y_val, test_logits, y_test, costs, *, scorer=None,
   ``(M, G, S, N)``). Runs on this process's devices only (one compiled program, looped over
   grid points); ``scorer`` is that program from :func:`compile_scorer`.
   """
+  extra: tuple[jax.Array, ...]
   if row_costs is None:
     fn = _score_grid_point if scorer is None else scorer
     extra = (jnp.asarray(costs, jnp.float32),)

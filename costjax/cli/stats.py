@@ -376,6 +376,7 @@ def constant_row(y_train, y_val, y_test, cost, *, class_names=None, row_costs=No
   """
   cost = np.asarray(cost, np.float64)
   y_train, y_val, y_test = (np.asarray(y, np.int64) for y in (y_train, y_val, y_test))
+  per: list
   if row_costs is None:
     per = [[cost] * len(y_train)] * 3
   else:
