@@ -124,7 +124,7 @@ def check_cost(cost: Any, k: int, fn_name: str, dtype: Any) -> jax.Array | CostS
           f"{cost.num_classes}, but logits have K = {k} classes (logits.shape[-1])."
       )
     return cost.astype(dtype)
-  return _checks.check_cost_shape(cost, k, fn_name).astype(dtype)
+  return _checks.poison_cost(_checks.check_cost_shape(cost, k, fn_name).astype(dtype), fn_name)
 
 
 def check_values(cost: Any, probs: jax.Array | None, fn_name: str) -> None:
