@@ -215,6 +215,7 @@ def _broken(case: Case, data):
   return args, i, where
 
 
+@pytest.mark.slow  # ~100 small programs to compile: about 1-2 min on 2 idle cores
 @pytest.mark.parametrize("i", range(len(CASES)), ids=[_ids(c) for c in CASES])
 @settings(max_examples=6, deadline=None, derandomize=True)
 @given(data=st.data())
@@ -245,6 +246,7 @@ def test_precondition(i, data):
         np.any(bad), (case.fn, out)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("i", range(len(CASES)), ids=[_ids(c) for c in CASES])
 def test_valid_input_passes(i):
   case = CASES[i]
