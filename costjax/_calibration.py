@@ -76,10 +76,11 @@ def _flatten(fn_name, logits, labels, where) -> _Flat:
     labels = _checks.sanitize_indices(labels, k, fn_name).reshape(-1)
     bad = jnp.any((labels == k) & (weight > 0))
   else:
-    labels = labels.astype(dtype)
+    labels = _checks.poison_probs(labels.astype(dtype), fn_name)
     _checks.maybe_check_values(None, labels, fn_name)
     labels = labels.reshape(-1, k)
-    bad = jnp.array(False)
+    bad = jnp.any(jnp.isnan(labels).any(-1) & (weight > 0))  # poisoned rows
+  bad = bad | jnp.any((jnp.isnan(x) | (x == jnp.inf)).any(-1) & (weight > 0))
   return _Flat(x, labels, is_index, weight, bad, k)
 
 
@@ -116,6 +117,18 @@ def fit_temperature(
   bootstrap resamples or seeds, passed as ``where`` weights). Not
   differentiable (the iteration is a ``lax.while_loop``); the fitted ``T`` is a
   constant for the model being calibrated.
+
+  Preconditions (unchecked, a violation gives the output in the last column, never a
+  plausible value; under :func:`checked` it raises, naming the function, the argument and
+  the first offending index):
+
+  | input | must be | otherwise |
+  |---|---|---|
+  | ``logits`` | no NaN, no ``+inf`` (``-inf``: probability 0) | NaN |
+  | integer ``labels`` | in ``[0, K)`` | NaN (that example) |
+  | probability ``labels`` | ``>= 0``, rows sum to 1 (tolerance [1]) | NaN |
+
+  [1] ``1e-3`` on each row's sum, ``2e-2`` for 16-bit labels.
 
   Args:
     logits: held-out logits, shape ``(..., K)``. ``-inf`` marks impossible
@@ -290,6 +303,18 @@ def fit_vector_scaling(
 
   Deterministic and jit-able (``max_iterations`` and ``tolerance`` are
   static); not differentiable.
+
+  Preconditions (unchecked, a violation gives the output in the last column, never a
+  plausible value; under :func:`checked` it raises, naming the function, the argument and
+  the first offending index):
+
+  | input | must be | otherwise |
+  |---|---|---|
+  | ``logits`` | no NaN, no ``+inf`` (``-inf``: probability 0) | NaN parameters |
+  | integer ``labels`` | in ``[0, K)`` | NaN (that example) |
+  | probability ``labels`` | ``>= 0``, rows sum to 1 (tolerance [1]) | NaN parameters |
+
+  [1] ``1e-3`` on each row's sum, ``2e-2`` for 16-bit labels.
 
   Args:
     logits: held-out logits, shape ``(..., K)``; ``-inf`` marks impossible

@@ -26,6 +26,13 @@ def log1m_softmax(logits: jax.Array) -> jax.Array:
   gradients cost one more elementwise pass and are finite wherever the value
   is. ``-inf`` logits (impossible classes) are allowed.
 
+  Preconditions (unchecked, a violation gives the output in the last column; this building
+  block emits no checked-mode check of its own, the losses that call it do):
+
+  | input | must be | otherwise |
+  |---|---|---|
+  | ``logits`` | no NaN, no ``+inf`` (``-inf``: probability 0) | NaN or inf (that example) |
+
   Args:
     logits: ``(..., K)`` floating array with at least one finite entry per row.
 
@@ -119,6 +126,20 @@ def class_distance_weighted_cross_entropy(
   adaptive optimiser). ``log(1 - p)`` is computed in log space
   (:func:`log1m_softmax`), so logits of 1e4 give finite values.
 
+  Preconditions (unchecked, a violation gives the output in the last column, never a
+  plausible value; under :func:`checked` it raises, naming the function, the argument and
+  the first offending index):
+
+  | input | must be | otherwise |
+  |---|---|---|
+  | ``logits`` | no NaN, no ``+inf`` (``-inf``: probability 0) | NaN or inf (that example) |
+  | integer ``labels`` | in ``[0, K)`` | NaN (that example) |
+  | probability ``labels`` | ``>= 0``, rows sum to 1 (tolerance [1]) | NaN (that example) |
+  | ``cost_matrix`` (dense) | every entry finite and ``>= 0`` | NaN (all) |
+  | ``alpha`` | finite, ``>= 0`` | NaN (all) |
+
+  [1] ``1e-3`` on each row's sum, ``2e-2`` for 16-bit labels.
+
   Args:
     logits: unnormalised scores, shape ``(..., K)``.
     labels: integer indices ``(...)`` or probability vectors ``(..., K)``.
@@ -145,6 +166,8 @@ def class_distance_weighted_cross_entropy(
     Colitis Severity Estimation", MIUA 2022.
   """
   name = "costjax.class_distance_weighted_cross_entropy"
+  alpha = _checks.param(alpha, lambda v: (v >= 0) & (v < jnp.inf), name, "alpha",
+                        "finite and >= 0")
   p = _common.prepare(name, logits, labels, cost_matrix, where)
   if isinstance(alpha, (int, float)) and alpha == 1:
     transform = None  # skip K * K transcendental ops in the common case

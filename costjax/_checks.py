@@ -227,6 +227,9 @@ def check_logits(logits: jax.typing.ArrayLike, fn_name: str) -> jax.Array:
     )
   if logits.shape[-1] < 1:
     raise ValueError(f"{fn_name}: logits have no classes; got shape {logits.shape}.")
+  if checks_on():
+    report_first(jnp.isnan(logits) | (logits == jnp.inf),
+                 "logits must not be NaN or +inf", fn_name, logits)
   return logits
 
 
@@ -355,21 +358,13 @@ def maybe_check_values(
   if not checks_on():
     return
   if cost_matrix is not None:
-    checkify.check(
-        jnp.all(jnp.isfinite(cost_matrix)),
-        f"{fn_name}: cost_matrix has a non-finite entry",
-    )
-    checkify.check(
-        jnp.all(cost_matrix >= 0),
-        f"{fn_name}: cost_matrix has a negative entry (min {{m}})",
-        m=jnp.min(cost_matrix),
-    )
+    report_first(~jnp.isfinite(cost_matrix), "cost_matrix has a non-finite entry (costs must "
+                 "be finite and >= 0)", fn_name, cost_matrix)
+    report_first(cost_matrix < 0, "cost_matrix has a negative entry (min {m}); costs must be "
+                 ">= 0", fn_name, cost_matrix, m=jnp.min(cost_matrix))
   if probs is not None:
-    checkify.check(
-        jnp.all(probs >= 0),
-        f"{fn_name}: probability labels have a negative entry (min {{m}})",
-        m=jnp.min(probs),
-    )
+    report_first(probs < 0, "probability labels have a negative entry (min {m}); they must be "
+                 ">= 0", fn_name, probs, m=jnp.min(probs))
 
 
 def _explicit_sharding(x: jax.Array) -> jax.sharding.NamedSharding | None:
@@ -455,3 +450,111 @@ def safe_pow(x: jax.Array, power: jax.typing.ArrayLike) -> jax.Array:
   positive = x != 0
   safe_x = jnp.where(positive, x, jnp.ones_like(x))
   return jnp.where(positive, safe_x**power, jnp.zeros_like(x))
+
+
+# --------------------------------------------------------------------------- #
+# Internal: preconditions on values (NaN poisoning, and checked-mode reports
+# naming the function, the argument and the first offending index).
+# --------------------------------------------------------------------------- #
+
+# Probability labels must sum to 1 per row within this (absolute) tolerance; 16-bit
+# labels, whose rounding alone can move a row sum by ~1e-2, get PROB_SUM_TOLERANCE_16.
+PROB_SUM_TOLERANCE = 1e-3
+PROB_SUM_TOLERANCE_16 = 2e-2
+# bayes_decision's output for a row whose decision is undefined (non-finite logits or
+# costs): not a class, not -1 (abstain), and an index error wherever it is used as one.
+INVALID_DECISION = int(np.iinfo(np.int32).min)
+
+
+def prob_sum_tolerance(dtype: Any) -> float:
+  return PROB_SUM_TOLERANCE_16 if jnp.finfo(dtype).bits < 32 else PROB_SUM_TOLERANCE
+
+
+def report_first(bad: jax.Array, message: str, fn_name: str, value: jax.Array,
+                 **extra: jax.Array) -> None:
+  """Checked mode: a checkify error naming the first index where ``bad`` holds.
+
+  ``message`` describes the precondition (``"logits must be finite"``); the error reads
+  ``"<fn_name>: <message>; got <value at that index> at index (i, j)"``. ``extra`` are
+  further values formatted into ``message`` (``{name}`` fields).
+  """
+  if not checks_on():
+    return
+  bad = jnp.asarray(bad)
+  if bad.ndim == 0:
+    checkify.check(~bad, f"{fn_name}: {message}; got {{v}}", v=jnp.asarray(value), **extra)
+    return
+  flat = bad.reshape(-1)
+  first = jnp.argmax(flat)
+  where = jnp.unravel_index(first, bad.shape)
+  index_args = {f"i{n}": w for n, w in enumerate(where)}
+  trailing = "," if len(index_args) == 1 else ""
+  index_fmt = "(" + ", ".join("{" + k + "}" for k in index_args) + trailing + ")"
+  v = jnp.broadcast_to(jnp.asarray(value), bad.shape).reshape(-1)[first]
+  checkify.check(~jnp.any(flat), f"{fn_name}: {message}; got {{v}} at index {index_fmt}",
+                 v=v, **index_args, **extra)
+
+
+def check_finite_logits(logits: jax.Array, fn_name: str, name: str = "logits") -> None:
+  """Checked mode: NaN or infinite logits are reported (unchecked they give NaN)."""
+  if checks_on() and jnp.issubdtype(logits.dtype, jnp.floating):
+    report_first(~jnp.isfinite(logits), f"{name} must be finite", fn_name, logits)
+
+
+def poison_probs(labels: jax.Array, fn_name: str) -> jax.Array:
+  """Probability labels with NaN rows where a row has a negative or non-finite entry, or
+  does not sum to 1 within :func:`prob_sum_tolerance`; checked mode names the first.
+
+  One fused pass over the labels (a row minimum and a row sum).
+  """
+  tol = prob_sum_tolerance(labels.dtype)
+  total = jnp.sum(labels, axis=-1, keepdims=True)
+  lowest = jnp.min(labels, axis=-1, keepdims=True)
+  row_ok = (lowest >= 0) & (jnp.abs(total - 1) <= tol)  # NaN / inf fail both
+  if checks_on():
+    report_first(~jnp.isfinite(labels), "probability labels have a non-finite entry", fn_name,
+                 labels)
+    maybe_check_values(None, labels, fn_name)
+    report_first(~(jnp.abs(total[..., 0] - 1) <= tol),
+                 f"probability label rows must sum to 1 (tolerance {tol:g})",
+                 fn_name, total[..., 0])
+  return jnp.where(row_ok, labels, jnp.nan)
+
+
+def poison_cost(cost: jax.Array, fn_name: str, name: str = "cost_matrix") -> jax.Array:
+  """A dense cost table, all NaN if any entry is negative or non-finite (one scalar
+  reduction over ``K x K``, fused by XLA into the select). Checked mode names the first bad
+  entry (:func:`maybe_check_values`)."""
+  if not jnp.issubdtype(cost.dtype, jnp.floating):
+    return cost
+  maybe_check_values(cost, None, fn_name)  # on the values as given, before poisoning
+  # One verdict per matrix: a bad entry poisons its own example's matrix only (a stack of
+  # per-example matrices, batch_shape + (K, K)), or the whole shared (K, K) matrix.
+  ok = jnp.min(jnp.where(jnp.isfinite(cost), cost, -1), axis=(-2, -1), keepdims=True) >= 0
+  return jnp.where(ok, cost, jnp.nan)
+
+
+def poison_param(value: Any, ok: Any, fn_name: str, name: str, requirement: str,
+                 dtype: Any) -> jax.Array:
+  """A hyperparameter as an array of ``dtype``, NaN where ``ok(value)`` fails.
+
+  ``requirement`` reads like ``"> 0"``; checked mode reports
+  ``"<fn_name>: <name> must be <requirement>; got <value>"`` (with the first offending index
+  for arrays).
+  """
+  value = jnp.asarray(value, dtype)
+  good = ok(value)
+  report_first(~good, f"{name} must be {requirement}", fn_name, value)
+  return jnp.where(good, value, jnp.nan)
+
+
+def param(value: Any, ok: Callable[[Any], Any], fn_name: str, name: str,
+          requirement: str) -> Any:
+  """A hyperparameter: a valid Python number is returned as is (static fast paths keep
+  working); anything else goes through :func:`poison_param` (NaN where ``ok`` fails)."""
+  if isinstance(value, (int, float)) and not isinstance(value, bool) and bool(ok(value)):
+    return value
+  value = jnp.asarray(value)
+  if not jnp.issubdtype(value.dtype, jnp.floating):
+    value = value.astype(jnp.float32)
+  return poison_param(value, ok, fn_name, name, requirement, value.dtype)

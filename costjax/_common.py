@@ -45,7 +45,7 @@ def prepare(
     labels = _checks.sanitize_indices(labels, num_classes, fn_name)
     _cost_ops.check_values(cost, None, fn_name)
   else:
-    labels = labels.astype(dtype)
+    labels = _checks.poison_probs(labels.astype(dtype), fn_name)
     _cost_ops.check_values(cost, labels, fn_name)
   x, row_mask = _checks.prepare_where(logits.astype(dtype), where, fn_name)
   return Prepared(x, labels, is_index, cost, row_mask, logits.dtype, num_classes)

@@ -48,6 +48,15 @@ def cost_sets(
   ``threshold = +inf``. A negative or NaN threshold gives empty sets. Choose
   the threshold with :func:`calibrate_cost_sets`.
 
+  Preconditions (unchecked, a violation gives the output in the last column, never a
+  plausible value; under :func:`checked` it raises, naming the function, the argument and
+  the first offending index):
+
+  | input | must be | otherwise |
+  |---|---|---|
+  | ``logits`` | no NaN, no ``+inf`` (``-inf``: probability 0) | empty set (that example) |
+  | ``cost_matrix`` (dense) | every entry finite and ``>= 0`` | empty sets |
+
   Args:
     logits: calibrated scores or log-probabilities, shape ``(..., K)``.
     cost_matrix: ``(K, K)`` cost matrix, rows true, columns predicted; a
@@ -107,6 +116,15 @@ def set_cost(
   The loss that :func:`calibrate_cost_sets` controls. For probability labels
   ``q`` it is ``min_{j in set} sum_i q_i C[i, j]``. An empty set costs
   ``+inf``.
+
+  Preconditions (unchecked, a violation gives the output in the last column, never a
+  plausible value; under :func:`checked` it raises, naming the function, the argument and
+  the first offending index):
+
+  | input | must be | otherwise |
+  |---|---|---|
+  | integer ``labels`` | in ``[0, K)`` | NaN (that example) |
+  | ``cost_matrix`` (dense) | every entry finite and ``>= 0`` | NaN (all) |
 
   Args:
     sets: boolean ``(..., K)`` membership, for example from :func:`cost_sets`.
@@ -237,6 +255,17 @@ def calibrate_cost_sets(
   besides the decision costs; jit-able; ``alpha`` may be traced. (Probability
   labels sort each example's row instead, which is slower.)
 
+  Preconditions (unchecked, a violation gives the output in the last column, never a
+  plausible value; under :func:`checked` it raises, naming the function, the argument and
+  the first offending index):
+
+  | input | must be | otherwise |
+  |---|---|---|
+  | ``logits`` | no NaN, no ``+inf`` (``-inf``: probability 0) | NaN or inf (that example) |
+  | integer ``labels`` | in ``[0, K)`` | NaN (that example) |
+  | ``cost_matrix`` (dense) | every entry finite and ``>= 0`` | NaN (all) |
+  | ``alpha`` | finite, ``> 0``; concrete: ``ValueError`` | NaN |
+
   Args:
     logits: calibration logits, shape ``(..., K)`` (all leading axes are
       examples); calibrate them first (:func:`fit_temperature`) for smaller
@@ -278,6 +307,8 @@ def calibrate_cost_sets(
   """
   name = "costjax.calibrate_cost_sets"
   alpha = _check_alpha(alpha, name)
+  alpha = _checks.param(alpha, lambda v: (v > 0) & (v < jnp.inf), name, "alpha",
+                        "finite and > 0")
   if not isinstance(logits, jax.core.Tracer):
     logits = jnp.asarray(logits)
   if not isinstance(labels, jax.core.Tracer):
@@ -343,6 +374,7 @@ def _calibrate_jit(logits, labels, cost_matrix, alpha, checks):
   # sets at the returned threshold must still hold every decision counted here.
   tau_hat = tau_hat * (1 + _THRESHOLD_SLACK_ULPS * jnp.finfo(dtype).eps)
   threshold = jnp.where(need <= 0, jnp.zeros((), dtype), tau_hat)
+  bad = bad | jnp.isnan(need)  # a broken precondition (alpha, costs): no threshold
   return jnp.where(bad, jnp.nan, threshold).astype(dtype)
 
 

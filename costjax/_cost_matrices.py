@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from costjax import _trees
+from costjax import _checks, _trees
 
 
 def ordinal_cost_matrix(
@@ -19,6 +19,14 @@ def ordinal_cost_matrix(
 
   ``power=1`` is the absolute-error cost (the ground metric of
   :func:`ordinal_emd`); ``power=2`` the squared error behind quadratic kappa.
+
+  Preconditions (unchecked, a violation gives the output in the last column, never a
+  plausible value; under :func:`checked` it raises, naming the function, the argument and
+  the first offending index):
+
+  | input | must be | otherwise |
+  |---|---|---|
+  | ``power`` | finite, ``>= 0`` (``0``: the 0-1 cost) | NaN (off the diagonal) |
 
   Args:
     num_classes: ``K`` (static).
@@ -43,7 +51,10 @@ def ordinal_cost_matrix(
   dist = jnp.abs(k[:, None] - k[None, :])
   off_diag = dist > 0
   safe = jnp.where(off_diag, dist, jnp.ones_like(dist))
-  return jnp.where(off_diag, safe ** jnp.asarray(power, dtype), jnp.zeros_like(dist))
+  power = _checks.poison_param(power, lambda v: (v >= 0) & (v < jnp.inf),
+                               "costjax.ordinal_cost_matrix", "power", "finite and >= 0", dtype)
+  out = jnp.where(off_diag, safe**power, jnp.zeros_like(dist))
+  return jnp.where(off_diag & jnp.isnan(power), jnp.nan, out)  # 1 ** nan is 1 in IEEE
 
 
 def hierarchy_cost_matrix(

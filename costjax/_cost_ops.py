@@ -221,6 +221,7 @@ def check_cost(
       )
     return cost.astype(dtype)
   cost = _checks.check_cost_shape(cost, k, fn_name, batch_shape, batch_desc).astype(dtype)
+  cost = _checks.poison_cost(cost, fn_name)
   if cost.ndim == 2:
     return cost
   if all(d == 1 for d in cost.shape[:-2]):

@@ -80,6 +80,15 @@ def decision_costs(
   Differentiable in ``logits`` and in the cost matrix (or a structure's
   array leaves).
 
+  Preconditions (unchecked, a violation gives the output in the last column, never a
+  plausible value; under :func:`checked` it raises, naming the function, the argument and
+  the first offending index):
+
+  | input | must be | otherwise |
+  |---|---|---|
+  | ``logits`` | no NaN, no ``+inf`` (``-inf``: probability 0) | NaN or inf (that example) |
+  | ``cost_matrix`` (dense) | every entry finite and ``>= 0`` | NaN (all) |
+
   Args:
     logits: scores or log-probabilities, shape ``(..., K)``; calibrate them
       first (:func:`fit_temperature`).
@@ -127,6 +136,19 @@ def bayes_decision(
   minimises the expected cost when abstaining costs ``abstain_cost``;
   :func:`mean_cost` scores ``-1`` at that price.
 
+  Preconditions (unchecked, a violation gives the output in the last column, never a
+  plausible value; under :func:`checked` it raises, naming the function, the argument and
+  the first offending index):
+
+  | input | must be | otherwise |
+  |---|---|---|
+  | ``logits`` | no NaN, no ``+inf`` (``-inf``: probability 0) | ``-2**31`` [2] (that example) |
+  | ``cost_matrix`` (dense) | every entry finite and ``>= 0`` | ``-2**31`` [2] (all) |
+  | ``abstain_cost`` | finite, ``>= 0``; concrete: ``ValueError`` | ``-2**31`` [2] (all) |
+
+  [2] ``INVALID_DECISION = -2**31``: not a class and not ``-1`` (abstain);
+  :func:`mean_cost` scores it NaN, and NumPy indexing with it raises.
+
   Args:
     logits: scores or log-probabilities, shape ``(..., K)``.
     cost_matrix: ``(K, K)`` cost matrix, rows true, columns predicted; a
@@ -137,7 +159,8 @@ def bayes_decision(
 
   Returns:
     Integer predictions of shape ``(...)`` (``int32``); ties go to the lowest
-    class index; ``-1`` for abstentions.
+    class index; ``-1`` for abstentions; ``-2**31`` where no decision is defined
+    (NaN or ``+inf`` logits, a bad cost or ``abstain_cost``; see Preconditions).
 
   Raises:
     ValueError: if ``abstain_cost`` does not broadcast to the batch shape, or
@@ -181,10 +204,15 @@ def bayes_decision(
   else:
     risk = _cost_ops.vecmat(weights / total, cost)
     decision = _reductions.argmin_last(risk)
-    best = jnp.min(risk, axis=-1) if abstain_cost is not None else None
-  if abstain_cost is None:
-    return decision
-  return jnp.where(best > abstain_cost, jnp.int32(-1), decision)
+    best = jnp.min(risk, axis=-1)
+  # Non-finite logits or costs leave no decision: a sentinel that is no class and not -1.
+  undefined = jnp.isnan(best)
+  if abstain_cost is not None:
+    undefined = undefined | ~((abstain_cost >= 0) & (abstain_cost < jnp.inf))
+    _checks.report_first(~((abstain_cost >= 0) & jnp.isfinite(abstain_cost)),
+                         "abstain_cost must be finite and >= 0", name, abstain_cost)
+    decision = jnp.where(best > abstain_cost, jnp.int32(-1), decision)
+  return jnp.where(undefined, jnp.int32(_checks.INVALID_DECISION), decision)
 
 
 def _check_index_pair(
@@ -221,6 +249,18 @@ def mean_cost(
   does not reward trading accuracy for milder mistakes. With
   ``abstain_cost``, a prediction of ``-1`` (an abstention from
   :func:`bayes_decision`) costs ``abstain_cost``.
+
+  Preconditions (unchecked, a violation gives the output in the last column, never a
+  plausible value; under :func:`checked` it raises, naming the function, the argument and
+  the first offending index):
+
+  | input | must be | otherwise |
+  |---|---|---|
+  | ``predictions``, ``labels`` | in ``[0, K)``; ``-1`` abstains [3] | NaN |
+  | ``cost_matrix`` (dense) | every entry finite and ``>= 0`` | NaN (all) |
+  | ``abstain_cost`` | finite, ``>= 0``; concrete: ``ValueError`` | NaN |
+
+  [3] with ``abstain_cost``.
 
   Args:
     predictions: integer predicted classes, any shape; ``-1`` abstains when
@@ -277,7 +317,9 @@ def mean_cost(
   bad = (y == num_classes) | (yhat == num_classes)
   costs = _cost_ops.entries(cost, y, jnp.minimum(yhat, num_classes - 1))
   if abstain_cost is not None:
-    costs = jnp.where(abstain, jnp.asarray(abstain_cost, costs.dtype), costs)
+    abstain_cost = _checks.poison_param(abstain_cost, lambda a: (a >= 0) & (a < jnp.inf),
+                                        name, "abstain_cost", "finite and >= 0", costs.dtype)
+    costs = jnp.where(abstain, abstain_cost, costs)
   costs = jnp.where(bad, jnp.nan, costs)
   if where is None:
     return jnp.mean(costs)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from costjax import _common, _reductions
+from costjax import _checks, _common, _reductions
 
 
 def expected_cost(
@@ -30,6 +30,19 @@ def expected_cost(
   is why the literature pairs it with cross-entropy
   (:func:`cost_regularized_cross_entropy`) or prefers cross-entropy plus
   :func:`bayes_decision`.
+
+  Preconditions (unchecked, a violation gives the output in the last column, never a
+  plausible value; under :func:`checked` it raises, naming the function, the argument and
+  the first offending index):
+
+  | input | must be | otherwise |
+  |---|---|---|
+  | ``logits`` | no NaN, no ``+inf`` (``-inf``: probability 0) | NaN or inf (that example) |
+  | integer ``labels`` | in ``[0, K)`` | NaN (that example) |
+  | probability ``labels`` | ``>= 0``, rows sum to 1 (tolerance [1]) | NaN (that example) |
+  | ``cost_matrix`` (dense) | every entry finite and ``>= 0`` | NaN (all) |
+
+  [1] ``1e-3`` on each row's sum, ``2e-2`` for 16-bit labels.
 
   Args:
     logits: unnormalised scores, shape ``(..., K)``, floating dtype.
@@ -85,6 +98,20 @@ def cost_regularized_cross_entropy(
   mass towards cheap mistakes. Galdran et al. report gains over either term
   alone; the expected cost alone tends to collapse onto a few classes.
 
+  Preconditions (unchecked, a violation gives the output in the last column, never a
+  plausible value; under :func:`checked` it raises, naming the function, the argument and
+  the first offending index):
+
+  | input | must be | otherwise |
+  |---|---|---|
+  | ``logits`` | no NaN, no ``+inf`` (``-inf``: probability 0) | NaN or inf (that example) |
+  | integer ``labels`` | in ``[0, K)`` | NaN (that example) |
+  | probability ``labels`` | ``>= 0``, rows sum to 1 (tolerance [1]) | NaN (that example) |
+  | ``cost_matrix`` (dense) | every entry finite and ``>= 0`` | NaN (all) |
+  | ``lam`` | finite, ``>= 0`` | NaN (all) |
+
+  [1] ``1e-3`` on each row's sum, ``2e-2`` for 16-bit labels.
+
   Args:
     logits: unnormalised scores, shape ``(..., K)``.
     labels: integer indices ``(...)`` or probability vectors ``(..., K)``.
@@ -109,6 +136,7 @@ def cost_regularized_cross_entropy(
     Galdran et al., MICCAI 2020 (see :func:`expected_cost`).
   """
   name = "costjax.cost_regularized_cross_entropy"
+  lam = _checks.param(lam, lambda v: (v >= 0) & (v < jnp.inf), name, "lam", "finite and >= 0")
   p = _common.prepare(name, logits, labels, cost_matrix, where)
   sm = _common.softmax_parts(p.logits)
   rows = _common.target_cost_rows(p)

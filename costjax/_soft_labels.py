@@ -30,6 +30,19 @@ def cost_soft_labels(
   row minimum); as ``T -> inf`` they become uniform. Bertinetto et al. use
   ``T = max(C) / beta`` with ``beta`` in 4 to 30.
 
+  Preconditions (unchecked, a violation gives the output in the last column, never a
+  plausible value; under :func:`checked` it raises, naming the function, the argument and
+  the first offending index):
+
+  | input | must be | otherwise |
+  |---|---|---|
+  | integer ``labels`` | in ``[0, K)`` | NaN (that example) |
+  | probability ``labels`` | ``>= 0``, rows sum to 1 (tolerance [1]) | NaN (that example) |
+  | ``cost_matrix`` (dense) | every entry finite and ``>= 0`` | NaN (all) |
+  | ``temperature`` | ``> 0`` | NaN (all) |
+
+  [1] ``1e-3`` on each row's sum, ``2e-2`` for 16-bit labels.
+
   Args:
     labels: integer class indices of any shape ``(...)`` (integer dtype), or
       probability vectors ``(..., K)`` (floating dtype). Dispatch is on dtype.
@@ -55,6 +68,7 @@ def cost_soft_labels(
     Bertinetto et al., "Making Better Mistakes", CVPR 2020.
   """
   name = "costjax.cost_soft_labels"
+  temperature = _checks.param(temperature, lambda v: v > 0, name, "temperature", "> 0")
   labels = jnp.asarray(labels)
   num_classes = _cost_ops.num_classes(cost_matrix, name)
   transform = lambda c: _target_table(c, temperature, _cost_ops.is_structure(cost_matrix))
@@ -132,6 +146,20 @@ def soft_label_cross_entropy(
   normal number), so a ``-inf`` logit or a class masked out by ``where`` gives
   the loss's mathematical value ``+inf``, with finite gradients.
 
+  Preconditions (unchecked, a violation gives the output in the last column, never a
+  plausible value; under :func:`checked` it raises, naming the function, the argument and
+  the first offending index):
+
+  | input | must be | otherwise |
+  |---|---|---|
+  | ``logits`` | no NaN, no ``+inf`` (``-inf``: probability 0) | NaN or inf (that example) |
+  | integer ``labels`` | in ``[0, K)`` | NaN (that example) |
+  | probability ``labels`` | ``>= 0``, rows sum to 1 (tolerance [1]) | NaN (that example) |
+  | ``cost_matrix`` (dense) | every entry finite and ``>= 0`` | NaN (all) |
+  | ``temperature`` | ``> 0`` | NaN (all) |
+
+  [1] ``1e-3`` on each row's sum, ``2e-2`` for 16-bit labels.
+
   Args:
     logits: unnormalised scores, shape ``(..., K)``.
     labels: integer indices ``(...)`` or probability vectors ``(..., K)``.
@@ -155,6 +183,7 @@ def soft_label_cross_entropy(
     Díaz & Marathe, CVPR 2019; Bertinetto et al., CVPR 2020.
   """
   name = "costjax.soft_label_cross_entropy"
+  temperature = _checks.param(temperature, lambda v: v > 0, name, "temperature", "> 0")
   p = _common.prepare(name, logits, labels, cost_matrix, where)
   zero_min = _cost_ops.is_structure(p.cost_matrix)
   tiny = jnp.finfo(p.logits.dtype).tiny

@@ -41,6 +41,18 @@ def tree_wasserstein(
   list, and the subtree masses are one gather and one
   :func:`jax.ops.segment_sum`, so the loss jits, vmaps and differentiates.
 
+  Preconditions (unchecked, a violation gives the output in the last column, never a
+  plausible value; under :func:`checked` it raises, naming the function, the argument and
+  the first offending index):
+
+  | input | must be | otherwise |
+  |---|---|---|
+  | ``logits`` | no NaN, no ``+inf`` (``-inf``: probability 0) | NaN or inf (that example) |
+  | integer ``labels`` | in ``[0, K)`` | NaN (that example) |
+  | probability ``labels`` | ``>= 0``, rows sum to 1 (tolerance [1]) | NaN (that example) |
+
+  [1] ``1e-3`` on each row's sum, ``2e-2`` for 16-bit labels.
+
   Args:
     logits: unnormalised scores ``(..., K)``.
     labels: integer indices ``(...)`` or probability vectors ``(..., K)``

@@ -34,6 +34,19 @@ def weighted_cross_entropy(
   them from a cost matrix, and the guide "Choosing a loss" says when that is
   exact. An example with weight 0 contributes 0, even where ``p_y = 0``.
 
+  Preconditions (unchecked, a violation gives the output in the last column, never a
+  plausible value; under :func:`checked` it raises, naming the function, the argument and
+  the first offending index):
+
+  | input | must be | otherwise |
+  |---|---|---|
+  | ``logits`` | no NaN, no ``+inf`` (``-inf``: probability 0) | NaN or inf (that example) |
+  | integer ``labels`` | in ``[0, K)`` | NaN (that example) |
+  | probability ``labels`` | ``>= 0``, rows sum to 1 (tolerance [1]) | NaN (that example) |
+  | ``class_weights`` | entries finite, ``>= 0`` | NaN (all) |
+
+  [1] ``1e-3`` on each row's sum, ``2e-2`` for 16-bit labels.
+
   Args:
     logits: unnormalised scores, shape ``(..., K)``, floating dtype.
     labels: integer class indices of shape ``(...)``, or probability vectors of
@@ -114,7 +127,9 @@ def _check_class_weights(
         f"{num_classes} classes of logits; got class_weights.shape={w.shape}. "
         "(Use jax.vmap for stacks of weight vectors.)"
     )
-  w = w.astype(dtype)
+  w = _checks.poison_param(w, lambda v: (v >= 0) & (v < jnp.inf), fn_name, "class_weights",
+                           "finite and >= 0", dtype)
+  w = jnp.where(jnp.all(w >= 0), w, jnp.nan)  # one bad weight: every example NaN
   if _checks.checks_on():
     checkify.check(
         jnp.all(jnp.isfinite(w)), f"{fn_name}: class_weights has a non-finite entry"

@@ -185,7 +185,9 @@ def test_decision_costs_check_grads():
     logits, c = jnp.asarray(logits, jnp.float64), jnp.asarray(c, jnp.float64)
     check_grads(jax.jit(lambda z: cj.decision_costs(z, c)), (logits,), order=2,
                 modes=["fwd", "rev"], atol=1e-6, rtol=1e-6)
-    check_grads(lambda m: cj.decision_costs(logits, m), (c,), order=1, modes=["rev"],
+    # Strictly positive costs: finite differences step around the point, and a step below
+    # a zero cost leaves the precondition (costs >= 0), where the output is NaN.
+    check_grads(lambda m: cj.decision_costs(logits, m), (c + 1.0,), order=1, modes=["rev"],
                 atol=1e-6, rtol=1e-6)
 
 

@@ -170,16 +170,20 @@ def test_epsilon_zero_integer_labels_is_the_exact_lp():
 
 
 def test_epsilon_zero_ordinal_ground_with_unnormalised_target():
-  """ground="ordinal" normalises q like every other path (W1 is scale-sensitive)."""
+  """ground="ordinal" agrees with the LP; a target that does not sum to 1 breaks the
+  precondition (issue 26) and gives NaN rather than a rescaled answer."""
   rng = np.random.default_rng(22)
   k = 6
   ordinal = np.abs(np.arange(k)[:, None] - np.arange(k)[None, :]).astype(np.float64)
   logits = rng.normal(size=(3, k))
   q = rng.dirichlet(np.ones(k), size=3)
-  got = cj.sinkhorn_loss(logits.astype(np.float32), (3 * q).astype(np.float32),
+  got = cj.sinkhorn_loss(logits.astype(np.float32), q.astype(np.float32),
                          ordinal.astype(np.float32), epsilon=0, ground="ordinal")
   for b in range(3):
     np.testing.assert_allclose(got[b], lp_ot(np_softmax(logits[b]), q[b], ordinal), atol=1e-5)
+  bad = cj.sinkhorn_loss(logits.astype(np.float32), (3 * q).astype(np.float32),
+                         ordinal.astype(np.float32), epsilon=0, ground="ordinal")
+  assert np.isnan(np.asarray(bad)).all()
 
 
 # --------------------------------------------------------------------------- #
@@ -759,16 +763,20 @@ def test_probability_labels_with_zeros_at_impossible_classes(name):
   assert np.all(np.asarray(grad)[:, 1] == 0)
 
 
-def test_cross_entropy_terms_are_linear_in_unnormalised_targets():
-  """-sum_j q_j log p_j and sum_i q_i (p . C[i]) as written, for q that sums to 2."""
+def test_cross_entropy_terms_with_soft_targets_and_unnormalised_ones():
+  """-sum_j q_j log p_j and sum_i q_i (p . C[i]) as written for soft q; q that sums to 2
+  breaks the precondition (issue 26): NaN, not a doubled loss."""
   rng = np.random.default_rng(62)
   logits = rng.normal(size=(3, K))
-  q = 2 * rng.dirichlet(np.ones(K), size=3)
+  q = rng.dirichlet(np.ones(K), size=3)
   c = asymmetric(rng)
   got = cj.cost_regularized_cross_entropy(logits.astype(np.float32), q.astype(np.float32),
                                           c.astype(np.float32), lam=0.5)
   want = np_cross_entropy(logits, q) + 0.5 * np_expected_cost(logits, q, c)
   np.testing.assert_allclose(got, want, rtol=1e-5)
+  bad = cj.cost_regularized_cross_entropy(logits.astype(np.float32), (2 * q).astype(np.float32),
+                                          c.astype(np.float32), lam=0.5)
+  assert np.isnan(np.asarray(bad)).all()
 
 
 def test_documented_default_hyperparameters():
