@@ -482,7 +482,8 @@ def report_first(bad: jax.Array, message: str, fn_name: str, value: jax.Array,
     return
   bad = jnp.asarray(bad)
   if bad.ndim == 0:
-    checkify.check(~bad, f"{fn_name}: {message}; got {{v}}", v=jnp.asarray(value), **extra)
+    checkify.check(~bad, f"{fn_name}: {message}; got {{v}}", v=jnp.asarray(value),
+                   **extra)  # type: ignore[arg-type]
     return
   flat = bad.reshape(-1)
   first = jnp.argmax(flat)
@@ -492,7 +493,7 @@ def report_first(bad: jax.Array, message: str, fn_name: str, value: jax.Array,
   index_fmt = "(" + ", ".join("{" + k + "}" for k in index_args) + trailing + ")"
   v = jnp.broadcast_to(jnp.asarray(value), bad.shape).reshape(-1)[first]
   checkify.check(~jnp.any(flat), f"{fn_name}: {message}; got {{v}} at index {index_fmt}",
-                 v=v, **index_args, **extra)
+                 v=v, **index_args, **extra)  # type: ignore[arg-type]
 
 
 def check_finite_logits(logits: jax.Array, fn_name: str, name: str = "logits") -> None:

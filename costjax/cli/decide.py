@@ -421,6 +421,7 @@ def load_inputs(val: str, test: str, cost: str | None, *, label_column: str = "l
       if cost_columns is not None:
         per.append(rowcosts.from_columns(frame, cost_columns, names, source=where))
       else:
+        assert cost_scale is not None  # per-row costs come from one of the two flags
         per.append(rowcosts.from_scale(frame, cost_scale, table.matrix, source=where))
     v_c, t_c = per
     matrix = t_c.astype(np.float64).mean(axis=0).astype(np.float32)
@@ -730,6 +731,7 @@ def write_outputs(out: str, inp: Inputs, res: Result, args) -> dict:
     lines.append(f"- per-row costs: every row of both files has its own cost matrix ({how}); "
                  "calibration is fitted by NLL, and the decisions, sets, expected costs and "
                  "test costs below use each row's own matrix")
+  assert inp.val.labels is not None  # validation labels are required (read_inputs)
   absent = [n for n, c in zip(names, np.bincount(inp.val.labels, minlength=len(names)),
                               strict=True) if c == 0]
   if absent:
@@ -899,6 +901,7 @@ def write_plot(out: str, inp: Inputs, res: Result) -> str:
   else:
     # No test labels: the same plot on validation (where the calibration was fitted).
     c = inp.costs_of("val")
+    assert inp.val.labels is not None  # validation labels are required (read_inputs)
     y, which = inp.val.labels, "validation (in-sample: the test file has no labels)"
     pred = res.val_risk.argmin(-1)
     expected = res.val_risk.min(-1)
