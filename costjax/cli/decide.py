@@ -37,7 +37,8 @@ best-choice cost is at most ``A``.
 
 Outputs in ``--out``: ``predictions.csv`` (the ``--id-column`` if given, ``argmax``,
 ``bayes_raw``, ``bayes``, ``set`` with ``--alpha`` as ``a|b|c``, ``expected_cost`` (of the
-calibrated Bayes decision, under the row's own matrix with per-row costs), and
+decision in ``bayes``: the abstention cost where it abstains, else the calibrated expected
+cost of its class, under the row's own matrix with per-row costs), and
 ``label`` when the test file has labels), ``report.md`` (calibration; with test labels the
 mean cost per example and savings score of each decoding, coverage and cost on decided rows
 under abstention, a paired
@@ -710,7 +711,12 @@ def write_outputs(out: str, inp: Inputs, res: Result, args) -> dict:
   if res.sets is not None:
     named = np.array(names, dtype=object)
     cols["set"] = ["|".join(named[row]) for row in res.sets]
-  cols["expected_cost"] = np.round(res.expected_cost, 6)
+  # The expected cost of the decision in the `bayes` column: the abstention cost where it
+  # abstains, else the calibrated expected cost of its class (under the row's own matrix).
+  abstain_cost = getattr(args, "abstain_cost", None)
+  chosen = (res.expected_cost if abstain_cost is None else
+            np.where(res.bayes < 0, abstain_cost, res.expected_cost))
+  cols["expected_cost"] = np.round(chosen, 6)
   y = inp.test.labels
   if y is not None:
     cols["label"] = _names(y, names)
