@@ -251,8 +251,9 @@ def test_cost_soft_labels_bad_shapes_and_dtypes():
     cj.cost_soft_labels(jnp.ones((2, K), bool), c)
   with pytest.raises(ValueError, match=r"\(5, 4\)"):
     cj.cost_soft_labels(jnp.array([0, 1]), c[:, :4])
-  with pytest.raises(ValueError, match=r"\(2, 5, 5\)"):
-    cj.cost_soft_labels(jnp.array([0, 1]), np.stack([c, c]))
+  # A per-example stack must broadcast against the labels' batch shape (2,): (3, 5, 5) does not.
+  with pytest.raises(ValueError, match=r"\(3, 5, 5\)"):
+    cj.cost_soft_labels(jnp.array([0, 1]), np.stack([c, c, c]))
 
 
 # --------------------------------------------------------------------------- #
