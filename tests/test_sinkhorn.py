@@ -215,7 +215,8 @@ def test_gradients_match_finite_differences_for_logits_and_cost():
 
       check_grads(jax.jit(by_logits), (jnp.asarray(logits),), order=1, modes=("rev",), atol=1e-5,
                   rtol=1e-5, eps=1e-5)
-      check_grads(jax.jit(by_cost), (jnp.asarray(cost),), order=1, modes=("rev",), atol=1e-5,
+      # Shifted off zero: a finite-difference step below 0 would make the cost invalid (NaN).
+      check_grads(jax.jit(by_cost), (jnp.asarray(cost) + 1.0,), order=1, modes=("rev",), atol=1e-5,
                   rtol=1e-5, eps=1e-5)
 
 

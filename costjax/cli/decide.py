@@ -69,6 +69,7 @@ from costjax.cli.errors import UserInputError, exit_on_user_error
 PROB_TOLERANCE = 1e-3
 PROB_FLOOR = 1e-12  # log(max(p, floor)): a zero probability becomes a very small one
 ABSTAIN = "abstain"
+NEVER_ABSTAIN = float(np.finfo(np.float32).max)  # the abstention threshold without --abstain-cost
 VECTOR_TOLERANCE = 1e-4
 
 
@@ -604,7 +605,9 @@ def compute(inp: Inputs, *, alpha: float | None = None, abstain_cost: float | No
   zt = jnp.asarray(inp.test.logits)
   zv = jnp.asarray(inp.val.logits)
   # Without --abstain-cost the abstention threshold is +inf: never abstain.
-  x = jnp.float32(np.inf if abstain_cost is None else abstain_cost)
+  # (the largest float32: bayes_decision requires a finite abstain_cost, and no expected cost
+  # of finite costs exceeds it).
+  x = jnp.float32(NEVER_ABSTAIN if abstain_cost is None else abstain_cost)
   argmax, plain, best, bayes, _ = (np.asarray(a) for a in decode(zt, scale, bias, c, x))
   k = c.shape[-1]
   raw_out = decode(zt, jnp.ones(k, zt.dtype), jnp.zeros(k, zt.dtype), c, x)
@@ -914,7 +917,7 @@ def write_plot(out: str, inp: Inputs, res: Result) -> str:
     raw_logits = inp.val.logits
   k = c.shape[-1]
   raw_risk = np.asarray(_programs()[1](jnp.asarray(raw_logits), jnp.ones(k), jnp.zeros(k),
-                                       jnp.asarray(c), jnp.float32(np.inf))[-1])
+                                       jnp.asarray(c), jnp.float32(NEVER_ABSTAIN))[-1])
   raw_pred = raw_risk.argmin(-1)
   bins = int(np.clip(len(y) // 50, 2, 15))
   fig, ax = plt.subplots(figsize=(5.2, 4.6))
