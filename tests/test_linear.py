@@ -376,6 +376,7 @@ def test_vocabulary_parallel_on_eight_devices():
     assert deviation <= 2e-5, (name, deviation)
 
 
+@pytest.mark.slow  # end to end: the example script in a subprocess (~10 s alone)
 def test_language_model_example_runs_and_learns():
   root = Path(__file__).resolve().parents[1]
   env = dict(os.environ, JAX_PLATFORMS="cpu")
