@@ -717,9 +717,9 @@ def write_outputs(out: str, inp: Inputs, res: Result, args) -> dict:
   # The expected cost of the decision in the `bayes` column: the abstention cost where it
   # abstains, else the calibrated expected cost of its class (under the row's own matrix).
   abstain_cost = getattr(args, "abstain_cost", None)
-  chosen = (res.expected_cost if abstain_cost is None else
-            np.where(res.bayes < 0, abstain_cost, res.expected_cost))
-  cols["expected_cost"] = np.round(chosen, 6)
+  decided_cost = (res.expected_cost if abstain_cost is None else
+                  np.where(res.bayes < 0, abstain_cost, res.expected_cost))
+  cols["expected_cost"] = np.round(decided_cost, 6)
   y = inp.test.labels
   if y is not None:
     cols["label"] = _names(y, names)
