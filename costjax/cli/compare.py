@@ -19,6 +19,7 @@ import os
 import sys
 import time
 
+from costjax.cli._common import HelpFormatter
 from costjax.cli.errors import UserInputError
 
 DEFAULTS = {
@@ -28,17 +29,6 @@ DEFAULTS = {
     "diamonds": (20, 256, 12000),
     "file": (30, 128, None),
 }
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-  """Shows ``(default: ...)`` after every flag, except where the help already says it or
-  the default is None (then the help text describes what happens)."""
-
-  def _get_help_string(self, action):
-    text = action.help or ""
-    if "(default" in text or action.default is None:
-      return text
-    return super()._get_help_string(action)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:

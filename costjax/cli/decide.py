@@ -64,6 +64,7 @@ import numpy as np
 
 from costjax.cli import costs as _costs
 from costjax.cli import data as _data
+from costjax.cli._common import ArgumentParser, HelpFormatter
 from costjax.cli.errors import UserInputError, exit_on_user_error
 
 PROB_TOLERANCE = 1e-3
@@ -88,7 +89,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
           "minimum-expected-cost (Bayes) rule, optionally with abstention (--abstain-cost) and "
           "cost-controlled prediction sets (--alpha), and write predictions.csv, report.md and "
           "expected_cost.png to --out."),
-      formatter_class=_help_formatter())
+      formatter_class=HelpFormatter)
   add_arguments(p)
   p.set_defaults(run=run)
   return p
@@ -1002,17 +1003,9 @@ def run(args) -> dict:
   return summary
 
 
-
-def _help_formatter():
-  """Defaults shown after every flag except required ones and ``None`` (as in compare)."""
-  from costjax.cli.compare import HelpFormatter
-
-  return HelpFormatter
-
-
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(prog="costjax decide", description=__doc__.split("\n\n")[0],
-                              formatter_class=_help_formatter())
+  p = ArgumentParser(prog="costjax decide", description=__doc__.split("\n\n")[0],
+                     formatter_class=HelpFormatter)
   add_arguments(p)
   exit_on_user_error(run, p.parse_args(argv))
   return 0

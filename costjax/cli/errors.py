@@ -7,7 +7,9 @@ Interface (shared by every subcommand):
   ``error: <message>`` on stderr, with exit status 2 and no traceback.
 * :func:`exit_on_user_error` — ``exit_on_user_error(main, argv)`` runs ``main(argv)`` and turns a
   :class:`UserInputError` into that one line and ``SystemExit(2)``.
-* :func:`report` — prints the one line (for callers with their own ``try``).
+* :func:`fail` — the one exit path: prints that line and raises ``SystemExit(2)``. Usage
+  errors of the parsers (:class:`costjax.cli._common.ArgumentParser`) take it too.
+* :func:`report` — prints the one line.
 
 Subcommands validate every input before they create an output directory, so a rejected
 command writes nothing.
@@ -17,7 +19,9 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
+
+EXIT_STATUS = 2  # the exit status of every rejected input
 
 
 class UserInputError(ValueError):
@@ -42,5 +46,10 @@ def exit_on_user_error(main: Callable[..., Any], *args: Any, **kwargs: Any) -> A
   try:
     return main(*args, **kwargs)
   except UserInputError as e:
-    report(e)
-    raise SystemExit(2) from None
+    fail(e)
+
+
+def fail(error: BaseException) -> NoReturn:
+  """Prints ``error: <message>`` (one line) on stderr and exits with status 2."""
+  report(error)
+  raise SystemExit(EXIT_STATUS) from None

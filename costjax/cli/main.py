@@ -14,7 +14,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from costjax.cli.errors import UserInputError, report
+from costjax.cli._common import ArgumentParser, HelpFormatter
+from costjax.cli.errors import exit_on_user_error
 
 DESCRIPTION = (
     "costjax: cost-sensitive classification from the command line. 'costjax compare' trains "
@@ -25,20 +26,11 @@ DESCRIPTION = (
     "--help' for a command's flags.")
 
 
-class _Parser(argparse.ArgumentParser):
-  """argparse's usage errors as the one line ``error: ...`` (exit status 2)."""
-
-  def error(self, message):
-    report(UserInputError(f"{self.prog}: {message}"))
-    raise SystemExit(2)
-
-
 def build_parser() -> argparse.ArgumentParser:
   from costjax.cli import compare, decide, study
 
-  p = _Parser(prog="costjax", description=DESCRIPTION,
-              formatter_class=compare.HelpFormatter)
-  sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+  p = ArgumentParser(prog="costjax", description=DESCRIPTION, formatter_class=HelpFormatter)
+  sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser)
   sub.required = True
   compare.add_parser(sub)
   decide.add_parser(sub)  # sets run=decide.run
@@ -51,10 +43,9 @@ def main(argv=None) -> int:
   parser = build_parser()
   args = parser.parse_args(argv)
   try:
-    args.run(args)
-  except UserInputError as e:
-    report(e)
-    return 2
+    exit_on_user_error(args.run, args)
+  except SystemExit as e:  # a rejected input: the one line is printed (costjax.cli.errors)
+    return int(e.code or 0)
   return 0
 
 

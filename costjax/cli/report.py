@@ -286,10 +286,6 @@ def fmt(x, digits=4) -> str:
   return "n/a" if x is None else f"{x:.{digits}f}"
 
 
-def fmt_p(p) -> str:
-  return "n/a" if p is None else f"{p:.3g}"
-
-
 def fmt_chosen(r: dict, n_lrs: int) -> str:
   if r["arm"] == stats.CONSTANT:
     return r["chosen"] or "-"
@@ -305,7 +301,7 @@ def fmt_test(r: dict, which: str) -> str:
   probs = [r[f"prob_{k}_vs_ce_{which}"] for k in ("cheaper", "equivalent", "dearer")]
   if p is None and all(q is None for q in probs):
     return "n/a"
-  return f"{fmt_p(p)}; " + " / ".join(fmt(q, 2) for q in probs)
+  return f"{stats.fmt_p(p)}; " + " / ".join(fmt(q, 2) for q in probs)
 
 
 def matrix_md(mat, names, fmt_cell="{:.1f}") -> str:
@@ -364,8 +360,8 @@ def verdict_md(v: dict, decodings: dict) -> list[str]:
     lines.append(
         f"- {who[0].upper()}{who[1:]} against cross-entropy + "
         f"{decodings[c['baseline_decoding']]} (test cost {fmt(c['baseline_test_cost_mean'])}): "
-        f"corrected t-test p = {fmt_p(c['raw_p'])}, Holm-adjusted over "
-        f"{len(v['comparisons'])} comparison(s) p = {fmt_p(c['holm_p'])}; P(cheaper by more "
+        f"corrected t-test p = {stats.fmt_p(c['raw_p'])}, Holm-adjusted over "
+        f"{len(v['comparisons'])} comparison(s) p = {stats.fmt_p(c['holm_p'])}; P(cheaper by more "
         f"than the ROPE) = {fmt(c['prob_cheaper'], 3)}, P(within it) = "
         f"{fmt(c['prob_equivalent'], 3)}, P(dearer by more) = {fmt(c['prob_dearer'], 3)}.")
   for c in v["signal_comparisons"]:
@@ -375,7 +371,7 @@ def verdict_md(v: dict, decodings: dict) -> list[str]:
     arm_label = name["label"] if name else ("cross-entropy" if c["arm"] == "ce" else c["arm"])
     lines.append(
         f"- {arm_label} + {label} against the best constant prediction: test cost "
-        f"{fmt(c['test_cost_mean'])}, Holm-adjusted p = {fmt_p(c['holm_p'])}, P(cheaper by "
+        f"{fmt(c['test_cost_mean'])}, Holm-adjusted p = {stats.fmt_p(c['holm_p'])}, P(cheaper by "
         f"more than the ROPE) = {fmt(c['prob_cheaper'], 3)}"
         f"{'' if c['cheaper'] else ' (not reliably cheaper)'}.")
   if v["outcome"] == "undecided" and v["detectable_difference"] is not None:

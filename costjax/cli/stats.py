@@ -480,8 +480,9 @@ def _name(r: Row, labels) -> str:
   return f"{r.label} + {labels[r.decoding]}"
 
 
-def fmt_p(p: float) -> str:
-  return "n/a" if p != p else f"{p:.3g}"
+def fmt_p(p: float | None) -> str:
+  """A p-value with 3 significant digits; ``n/a`` where there is none (None or NaN)."""
+  return "n/a" if p is None or p != p else f"{p:.3g}"
 
 
 def _compare(x: Row, bases: list[Row], *, n_train, n_test, rope) -> list[dict]:

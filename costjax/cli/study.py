@@ -438,7 +438,7 @@ def materialize(spec: TableSpec, folder: str) -> None:
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-  from costjax.cli.compare import HelpFormatter
+  from costjax.cli._common import HelpFormatter
 
   p = subparsers.add_parser(
       "study", help="compare cost-aware losses across many tables",
