@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from costjax.cli import costs, decide
+from costjax.cli import calibration, costs, decide
 from costjax.cli.errors import UserInputError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -183,7 +183,7 @@ def test_auto_chooses_the_calibration_that_helps_and_says_why(tmp_path, case):
            "vector": "vector scaling"}[case]
   assert f"Chosen: **{label}" in report
   for m, v in held.items():  # the numbers behind the choice are in the sentence
-    assert f"{decide.METHOD_LABELS[m].split(' (')[0]} {v:.4f}" in report
+    assert f"{calibration.METHOD_LABELS[m].split(' (')[0]} {v:.4f}" in report
   if case != "none":
     assert held[case] < held["none"] - 0.1
   if case == "none":
@@ -200,7 +200,7 @@ def test_choose_calibration_one_standard_error_rule():
   noise -= noise.mean()
   # Temperature is best by less than one standard error of the paired difference: keep none.
   held = {"none": base, "temperature": base - 0.002 + noise, "vector": base + 0.5}
-  chosen, reason = decide.choose_calibration(held)
+  chosen, reason = calibration.choose(held)
   se = np.std(held["none"] - held["temperature"], ddof=1) / np.sqrt(500)
   assert (held["none"].mean() - held["temperature"].mean()) < se
   assert chosen == "none"
@@ -208,7 +208,7 @@ def test_choose_calibration_one_standard_error_rule():
                            f"({se:.4f}) of the lowest, temperature scaling's")
   # Better by many standard errors: chosen, with the plain reason.
   held["temperature"] = base - 0.2 + 0.01 * noise
-  chosen, reason = decide.choose_calibration(held)
+  chosen, reason = calibration.choose(held)
   assert chosen == "temperature" and reason.startswith("it has the lowest held-out NLL (")
 
 

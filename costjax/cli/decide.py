@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import math
 import os
 import sys
@@ -62,6 +61,7 @@ import time
 
 import numpy as np
 
+from costjax.cli import calibration as _calibration
 from costjax.cli import costs as _costs
 from costjax.cli import data as _data
 from costjax.cli._common import ArgumentParser, HelpFormatter
@@ -71,7 +71,6 @@ PROB_TOLERANCE = 1e-3
 PROB_FLOOR = 1e-12  # log(max(p, floor)): a zero probability becomes a very small one
 ABSTAIN = "abstain"
 NEVER_ABSTAIN = float(np.finfo(np.float32).max)  # the abstention threshold without --abstain-cost
-VECTOR_TOLERANCE = 1e-4
 
 
 # --------------------------------------------------------------------------- #
@@ -465,138 +464,16 @@ class Result:
   bayes_raw_abstain: np.ndarray  # (N,) int, the same with abstention (-1)
 
 
-@functools.cache
-def _programs(vector_tolerance: float = VECTOR_TOLERANCE):
-  """The compiled pieces (built on first use, so importing this module stays light).
-
-  Every calibration is an affine map ``logits * scale + bias`` (temperature: ``scale = 1/T``,
-  ``bias = 0``), so one compiled NLL and one compiled decoder serve every method, and every
-  fit takes a mask, so the half fits and the full fits share one program each.
-  """
-  import jax
-  import jax.numpy as jnp
-
-  import costjax as cj
-
-  def affine(z, scale, bias):
-    return cj.VectorScaling(scale, bias).apply(z)
-
-  @jax.jit
-  def nll(z, y, scale, bias):
-    """Per-example negative log-likelihood of the calibrated outputs, ``(N,)``."""
-    a = affine(z, scale, bias)
-    return jax.nn.logsumexp(a, axis=-1) - jnp.take_along_axis(a, y[:, None], axis=-1)[:, 0]
-
-  @jax.jit
-  def decode(z, scale, bias, c, abstain_cost):
-    a = affine(z, scale, bias)
-    risk = cj.decision_costs(a, c)
-    plain = jnp.argmin(risk, axis=-1)
-    best = jnp.min(risk, axis=-1)
-    with_abstain = cj.bayes_decision(a, c, abstain_cost=abstain_cost)
-    return jnp.argmax(z, axis=-1), plain, best, with_abstain, risk
-
-  @jax.jit
-  def sets(zv, yv, zt, scale, bias, cv, ct, alpha):
-    threshold = cj.calibrate_cost_sets(affine(zv, scale, bias), yv, cv, alpha=alpha)
-    return threshold, cj.cost_sets(affine(zt, scale, bias), ct, threshold=threshold)
-
-  fit_t = jax.jit(cj.fit_temperature)
-  # Gradient norm 1e-4 on the mean NLL: the NLL agrees with 1e-6 to ~1e-6 at a third of the cost.
-  fit_v = jax.jit(functools.partial(cj.fit_vector_scaling, tolerance=vector_tolerance))
-  return nll, decode, sets, fit_t, fit_v
-
-
-METHODS = ("none", "temperature", "vector")  # from simplest to most flexible
-METHOD_LABELS = {"none": "no calibration (raw outputs)", "temperature": "temperature scaling",
-                 "vector": "vector scaling"}
-
-
-def choose_calibration(heldout: dict[str, np.ndarray]) -> tuple[str, str]:
-  """The one-standard-error rule on per-example held-out NLLs; returns ``(method, reason)``.
-
-  ``heldout[m]`` holds each validation example's NLL under method ``m`` fitted without it. The
-  method with the lowest mean is the best; the simplest method (in :data:`METHODS` order) whose
-  mean is within one standard error of the paired difference from the best is chosen, so a
-  calibration is applied only where it helps by more than the noise of the comparison.
-  """
-  means = {m: float(np.mean(v)) for m, v in heldout.items()}
-  best = min(METHODS, key=lambda m: (means[m], METHODS.index(m)))
-  n = len(heldout[best])
-  se = {m: float(np.std(heldout[m] - heldout[best], ddof=1) / math.sqrt(n)) if n > 1 else 0.0
-        for m in METHODS}
-  chosen = next(m for m in METHODS if means[m] - means[best] <= se[m])
-  nums = ", ".join(f"{METHOD_LABELS[m].split(' (')[0]} {means[m]:.4f}" for m in METHODS)
-  if chosen == best:
-    reason = (f"it has the lowest held-out NLL ({nums}; 2-fold cross-fitting on validation)")
-  else:
-    reason = (f"its held-out NLL {means[chosen]:.4f} is within one standard error "
-              f"({se[chosen]:.4f}) of the lowest, {METHOD_LABELS[best]}'s {means[best]:.4f}, "
-              f"so the simpler one is kept ({nums}; 2-fold cross-fitting on validation)")
-  return chosen, reason
-
-
-def calibrate(logits, labels, *, method: str = "auto", seed: int = 0):
-  """Fits temperature and/or vector scaling; returns ``(scale, bias, info)``.
-
-  Calibrated logits are ``logits * scale + bias``. ``auto`` scores *none*, temperature and
-  vector scaling by held-out NLL with 2-fold cross-fitting (each half's NLL under the fit on the
-  other half) and picks by :func:`choose_calibration`; the chosen method is refitted on all of
-  validation.
-  """
-  import jax.numpy as jnp
-
-  nll, _, _, fit_t, fit_v = _programs()
-  z = jnp.asarray(logits)
-  y = jnp.asarray(labels)
-  n, k = z.shape
-  one, zero = jnp.ones(k, z.dtype), jnp.zeros(k, z.dtype)
-  everything = jnp.ones(n, bool)
-  raw_nll = np.asarray(nll(z, y, one, zero), np.float64)
-  info: dict = {"method": method, "nll_uncalibrated": float(raw_nll.mean())}
-  if method == "auto":
-    if n < 4:
-      method = "none"
-      info["reason"] = ("fewer than 4 validation examples, too few to check a calibration on "
-                        "held-out data, so the raw outputs are kept")
-    else:
-      fold = np.zeros(n, bool)
-      fold[np.random.default_rng(seed).permutation(n)[: n // 2]] = True
-      held = {"none": raw_nll, "temperature": np.empty(n), "vector": np.empty(n)}
-      for fit_on in (fold, ~fold):
-        mask = jnp.asarray(fit_on)
-        t_half = fit_t(z, y, where=mask)
-        v_half = fit_v(z, y, where=mask)
-        held["temperature"][~fit_on] = np.asarray(nll(z, y, one / t_half, zero))[~fit_on]
-        held["vector"][~fit_on] = np.asarray(nll(z, y, v_half.scale, v_half.bias))[~fit_on]
-      for m, key in (("none", "uncalibrated"), ("temperature", "temperature"),
-                     ("vector", "vector")):
-        info[f"heldout_nll_{key}"] = float(held[m].mean())
-      method, info["reason"] = choose_calibration(held)
-  info["chosen"] = method
-  if method == "none":
-    return one, zero, info
-  t = fit_t(z, y, where=everything)
-  info["temperature"] = float(t)
-  info["nll_temperature"] = float(np.mean(nll(z, y, one / t, zero)))
-  if method == "temperature":
-    return one / t, zero, info
-  vs = fit_v(z, y, where=everything)
-  info["nll_vector"] = float(np.mean(nll(z, y, vs.scale, vs.bias)))
-  info["vector_scale"] = np.asarray(vs.scale).tolist()
-  info["vector_bias"] = np.asarray(vs.bias).tolist()
-  return vs.scale, vs.bias, info
-
-
 def compute(inp: Inputs, *, alpha: float | None = None, abstain_cost: float | None = None,
             calibration: str = "auto", seed: int = 0) -> Result:
   """Calibration on validation, decisions on test."""
   import jax.numpy as jnp
 
-  _, decode, sets_fn, _, _ = _programs()
+  prog = _calibration.programs()
   seconds = {}
   t0 = time.perf_counter()
-  scale, bias, info = calibrate(inp.val.logits, inp.val.labels, method=calibration, seed=seed)
+  scale, bias, info = _calibration.calibrate(inp.val.logits, inp.val.labels, method=calibration,
+                                             seed=seed)
   seconds["calibration"] = time.perf_counter() - t0
   t0 = time.perf_counter()
   # Per-row costs: each row is decided with its own matrix (the library's functions take
@@ -609,14 +486,16 @@ def compute(inp: Inputs, *, alpha: float | None = None, abstain_cost: float | No
   # (the largest float32: bayes_decision requires a finite abstain_cost, and no expected cost
   # of finite costs exceeds it).
   x = jnp.float32(NEVER_ABSTAIN if abstain_cost is None else abstain_cost)
-  argmax, plain, best, bayes, _ = (np.asarray(a) for a in decode(zt, scale, bias, c, x))
+  out = prog.decode(zt, scale, bias, c, x)
+  argmax, plain, best, bayes = (np.asarray(a) for a in (out.argmax, out.cheapest, out.expected,
+                                                        out.bayes))
   k = c.shape[-1]
-  raw_out = decode(zt, jnp.ones(k, zt.dtype), jnp.zeros(k, zt.dtype), c, x)
-  raw, raw_abstain = np.asarray(raw_out[1]), np.asarray(raw_out[3])
-  val_risk = np.asarray(decode(zv, scale, bias, cv, x)[-1])
+  raw_out = prog.decode(zt, jnp.ones(k, zt.dtype), jnp.zeros(k, zt.dtype), c, x)
+  raw, raw_abstain = np.asarray(raw_out.cheapest), np.asarray(raw_out.bayes)
+  val_risk = np.asarray(prog.decode(zv, scale, bias, cv, x).risk)
   sets = threshold = None
   if alpha is not None:
-    threshold, sets = sets_fn(zv, jnp.asarray(inp.val.labels), zt, scale, bias, cv, c,
+    threshold, sets = prog.sets(zv, jnp.asarray(inp.val.labels), zt, scale, bias, cv, c,
                               jnp.float32(alpha))
     threshold, sets = float(threshold), np.asarray(sets)
   seconds["decisions"] = time.perf_counter() - t0
@@ -757,7 +636,7 @@ def write_outputs(out: str, inp: Inputs, res: Result, args) -> dict:
                  ("vector", "vector")):
     ins = cal.get(f"nll_{key}")
     held = cal.get(f"heldout_nll_{key}")
-    lines.append(f"| {METHOD_LABELS[m]} | {'—' if ins is None else _fmt(ins)} | "
+    lines.append(f"| {_calibration.METHOD_LABELS[m]} | {'—' if ins is None else _fmt(ins)} | "
                  f"{'—' if held is None else _fmt(held)} |")
   chosen = calibration_label(cal)
   if cal["method"] == "auto":
@@ -917,8 +796,9 @@ def write_plot(out: str, inp: Inputs, res: Result) -> str:
     expected = res.val_risk.min(-1)
     raw_logits = inp.val.logits
   k = c.shape[-1]
-  raw_risk = np.asarray(_programs()[1](jnp.asarray(raw_logits), jnp.ones(k), jnp.zeros(k),
-                                       jnp.asarray(c), jnp.float32(NEVER_ABSTAIN))[-1])
+  raw_risk = np.asarray(_calibration.programs().decode(
+      jnp.asarray(raw_logits), jnp.ones(k), jnp.zeros(k), jnp.asarray(c),
+      jnp.float32(NEVER_ABSTAIN)).risk)
   raw_pred = raw_risk.argmin(-1)
   bins = int(np.clip(len(y) // 50, 2, 15))
   fig, ax = plt.subplots(figsize=(5.2, 4.6))

@@ -1,6 +1,7 @@
 """Calibration and decoding of trained models for ``costjax compare``.
 
-Every trained model is decoded three ways:
+Every trained model is decoded three ways (:mod:`costjax.cli.calibration`, the
+calibrate-then-decode path ``decide`` uses too):
 
 * ``argmax`` — the most probable class;
 * ``bayes_t`` — :func:`costjax.bayes_decision` on ``logits / T``, with ``T`` from
@@ -22,13 +23,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import costjax as cj
+from costjax.cli import calibration
 
 DECODINGS = ("argmax", "bayes_t", "bayes_vs")
-# L-BFGS budget of the vector-scaling fit. Validation logits of a trained network are
-# often nearly separable, so the optimum drifts towards infinite scales and the fit
-# runs to its budget; 50 steps keep decoding cheap (the library default is 200).
-VS_MAX_ITERATIONS = 50
 DECODING_LABELS = {
     "argmax": "argmax",
     "bayes_t": "Bayes (temperature)",
@@ -36,18 +33,12 @@ DECODING_LABELS = {
 }
 
 
-def _calibrate(z, y, where):
-  t = cj.fit_temperature(z, y, where=where)
-  vs = cj.fit_vector_scaling(z, y, where=where, max_iterations=VS_MAX_ITERATIONS)
-  return t, vs
-
-
 def _decide(z, c, t, vs):
-  return {
-      "argmax": jnp.argmax(z, -1).astype(jnp.int32),
-      "bayes_t": cj.bayes_decision(z / t, c).astype(jnp.int32),
-      "bayes_vs": cj.bayes_decision(vs.apply(z), c).astype(jnp.int32),
-  }
+  """The three decodings of logits ``z``: argmax, and Bayes after the temperature ``t`` or
+  the vector scaling ``vs``."""
+  by_t = calibration.decode(z, c, 1.0 / t, jnp.zeros((), z.dtype))
+  by_vs = calibration.decode(z, c, vs.scale, vs.bias)
+  return {"argmax": by_t.argmax, "bayes_t": by_t.bayes, "bayes_vs": by_vs.bayes}
 
 
 def _lookup(c, y, p):
@@ -67,13 +58,13 @@ def _score_one(zv, yv, zt, yt, cv, ct):
   # costs (for selection) are cross-fitted: calibrate on one half of the validation set,
   # decode the other, and swap, so that a calibration map with 2K parameters is never
   # scored on the examples it was fitted to. The three fits run as one vmapped fit.
-  half = (jnp.arange(yv.shape[0]) % 2) == 0
+  half = jnp.asarray(calibration.two_folds(yv.shape[0]))  # the even rows
   masks = jnp.stack([jnp.ones_like(half), half, ~half])
-  ts, vss = jax.vmap(_calibrate, in_axes=(None, None, 0))(zv, yv, masks)
+  ts, vss = jax.vmap(calibration.fit, in_axes=(None, None, 0))(zv, yv, masks)
   test_pred = _decide(zt, ct, ts[0], jax.tree.map(lambda a: a[0], vss))
-  on_half = _decide(zv, cv, ts[2], jax.tree.map(lambda a: a[2], vss))  # fitted on ~half
-  on_rest = _decide(zv, cv, ts[1], jax.tree.map(lambda a: a[1], vss))  # fitted on half
-  val_pred = {k: jnp.where(half, on_half[k], on_rest[k]) for k in on_half}
+  on_rest = _decide(zv, cv, ts[2], jax.tree.map(lambda a: a[2], vss))  # fitted on ~half
+  on_half = _decide(zv, cv, ts[1], jax.tree.map(lambda a: a[1], vss))  # fitted on half
+  val_pred = {k: calibration.cross_fitted(half, on_rest[k], on_half[k]) for k in on_half}
   t = ts[0]
   nan = jnp.float32(jnp.nan)
   out = {"finite": finite, "temperature": t}
