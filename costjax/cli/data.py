@@ -473,10 +473,8 @@ def load_user_table(
   per-row costs from a ``.csv`` table.
   """
   where = f"--data {path!r}"
-  if not os.path.isfile(path):
-    raise UserInputError(f"{where}: no such file (expected .npz, .csv, or one of "
-                         f"{', '.join(BUILTIN_DATA)}).")
-  ext = os.path.splitext(path)[1].lower()
+  ext = file_type(path, where, missing=f" (expected .npz, .csv, or one of "
+                  f"{', '.join(BUILTIN_DATA)})")
   if ext == ".csv":
     df = read_csv(path, where, label_column)
     return table_from_frame(df, source=where,
@@ -519,6 +517,14 @@ def load_user_table(
   return validate_table(x, y, source=where, num_classes=num_classes, class_names=class_names,
                         ordinal=ordinal, dropped_rows=dropped,
                         name=os.path.splitext(os.path.basename(path))[0])
+
+
+def file_type(path: str, where: str, *, missing: str = "") -> str:
+  """The lower-case extension of the file ``path`` (e.g. ``".csv"``); no such file is a
+  one-line error (``missing``: what to add to its message)."""
+  if not os.path.isfile(path):
+    raise UserInputError(f"{where}: no such file{missing}.")
+  return os.path.splitext(path)[1].lower()
 
 
 # pandas' default missing-value spellings (``pandas.read_csv``'s ``na_values`` docs).
