@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from costjax.cli import calibration, costs, decide
+from costjax.cli import calibration, costs, decide, stats
 from costjax.cli.errors import UserInputError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -538,7 +538,7 @@ def test_paired_bootstrap_matches_normal_approximation():
   rng = np.random.default_rng(0)
   a = rng.exponential(2.0, 4000)
   b = a - rng.normal(0.3, 1.0, 4000)  # paired: b shares a's noise
-  mean, lo, hi = decide.paired_bootstrap(a, b, resamples=2000, seed=0)
+  mean, lo, hi = stats.paired_bootstrap(a, b, resamples=2000, seed=0)
   d = a - b
   assert mean == pytest.approx(d.mean())
   half = 1.96 * d.std() / np.sqrt(len(d))

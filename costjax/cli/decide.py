@@ -65,6 +65,7 @@ import numpy as np
 
 from costjax.cli import calibration as _calibration
 from costjax.cli import costs as _costs
+from costjax.cli import stats as _stats
 from costjax.cli._common import ArgumentParser, HelpFormatter
 from costjax.cli.errors import UserInputError, exit_on_user_error
 from costjax.cli.model_outputs import Inputs, check_cost_flags, load_inputs
@@ -195,48 +196,9 @@ def compute(inp: Inputs, *, alpha: float | None = None, abstain_cost: float | No
                 raw_abstain)
 
 
-def bootstrap_means(values: np.ndarray, *, resamples: int, seed: int,
-                    chunk_elements: int = 2**24) -> np.ndarray:
-  """``(M, resamples)`` means of each row of ``values (M, n)`` over the same resamples.
-
-  One set of resampled example indices serves every row, so differences between rows are
-  paired (each resample keeps an example's outcomes together).
-  """
-  values = np.atleast_2d(np.asarray(values, np.float64))
-  n = values.shape[1]
-  rng = np.random.default_rng(seed)
-  chunk = max(1, chunk_elements // max(n, 1))
-  out = []
-  for start in range(0, resamples, chunk):
-    m = min(chunk, resamples - start)
-    idx = rng.integers(0, n, size=(m, n), dtype=np.int32)
-    out.append(np.stack([v[idx].mean(axis=1) for v in values], axis=0))
-  return np.concatenate(out, axis=1)
-
-
-def paired_bootstrap(a: np.ndarray, b: np.ndarray | None = None, *, resamples: int, seed: int
-                     ) -> tuple[float, float, float]:
-  """Mean of ``a - b`` and a percentile 95% interval over ``resamples`` paired resamples.
-
-  Resampling examples with replacement keeps each example's pair together, so the interval
-  reflects the per-example correlation of the two decodings. ``b=None`` bootstraps ``a``.
-  """
-  d = np.asarray(a, np.float64) - (0.0 if b is None else np.asarray(b, np.float64))
-  means = bootstrap_means(d, resamples=resamples, seed=seed)[0]
-  lo, hi = np.percentile(means, [2.5, 97.5])
-  return float(d.mean()), float(lo), float(hi)
-
-
 # --------------------------------------------------------------------------- #
 # Writing.
 # --------------------------------------------------------------------------- #
-
-
-def row_costs(cost: np.ndarray, y: np.ndarray) -> np.ndarray:
-  """``(N, K)``: each row's cost of every prediction, from one ``(K, K)`` matrix or per-row
-  ``(N, K, K)`` costs."""
-  cost = np.asarray(cost, np.float64)
-  return cost[y] if cost.ndim == 2 else cost[np.arange(len(y)), y]
 
 
 def _names(idx: np.ndarray, class_names) -> list[str]:
@@ -351,7 +313,7 @@ def write_outputs(out: str, inp: Inputs, res: Result, args) -> dict:
   final_key = rows[-1][0]
   final_label = rows[-1][1].replace(same, "") if same else rows[-1][1]
   if y is not None:
-    ry = row_costs(inp.costs_of("test"), y)  # (N, K)
+    ry = _stats.prediction_costs(inp.costs_of("test"), y)  # (N, K)
     rows_n = np.arange(len(y))
     per = [np.where(pred < 0, np.inf if x is None else x, ry[rows_n, np.maximum(pred, 0)])
            for _, _, pred in rows]
@@ -383,7 +345,7 @@ def write_outputs(out: str, inp: Inputs, res: Result, args) -> dict:
     if res.sets is not None:
       realized = np.where(res.sets, ry, np.inf).min(axis=1)
       stack.append(realized)
-    boot = bootstrap_means(np.stack(stack), resamples=args.bootstrap, seed=args.seed)
+    boot = _stats.bootstrap_means(np.stack(stack), resamples=args.bootstrap, seed=args.seed)
     lo_hi = np.percentile(boot, [2.5, 97.5], axis=1)
 
     def interval(i):
@@ -497,7 +459,7 @@ def write_plot(out: str, inp: Inputs, res: Result) -> str:
   top = 0.0
   for label, e, p, mk in (("calibrated", expected, pred, "o"),
                           ("raw outputs", raw_risk.min(-1), raw_pred, "s")):
-    ex, re, se = _reliability(e, row_costs(c, y)[np.arange(len(y)), p], bins)
+    ex, re, se = _reliability(e, _stats.prediction_costs(c, y)[np.arange(len(y)), p], bins)
     ax.errorbar(ex, re, yerr=1.96 * se, marker=mk, ms=4, capsize=2, lw=1,
                 label=f"Bayes, {label}")
     top = max(top, ex.max(), (re + 1.96 * se).max())

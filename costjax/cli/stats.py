@@ -10,7 +10,9 @@
   (:func:`bayesian_correlated_ttest`) with a region of practical equivalence (ROPE,
   ``ROPE_FRACTION`` of cross-entropy + Bayes (temperature)'s mean validation cost unless
   ``--rope`` gives it in cost units).
-* Confidence intervals: Student t intervals (95%) of the mean test cost over seeds.
+* Confidence intervals: Student t intervals (95%) of the mean test cost over seeds
+  (:func:`mean_ci`); for ``costjax decide``, percentile intervals from a paired bootstrap over
+  test rows (:func:`bootstrap_means`, :func:`paired_bootstrap`).
 * Baselines: cross-entropy + argmax, cross-entropy + Bayes (temperature), and the best
   constant prediction (the class ``j`` minimising the training rows' mean ``C[y, j]``,
   per re-split).
@@ -334,12 +336,44 @@ def mean_ci(x: npt.ArrayLike, level: float = 0.95) -> tuple[float, float]:
   return (max(0.0, float(x.mean() - half)), float(x.mean() + half))
 
 
+def bootstrap_means(values: np.ndarray, *, resamples: int, seed: int,
+                    chunk_elements: int = 2**24) -> np.ndarray:
+  """``(M, resamples)`` means of each row of ``values (M, n)`` over the same resamples.
+
+  One set of resampled example indices serves every row, so differences between rows are
+  paired (each resample keeps an example's outcomes together).
+  """
+  values = np.atleast_2d(np.asarray(values, np.float64))
+  n = values.shape[1]
+  rng = np.random.default_rng(seed)
+  chunk = max(1, chunk_elements // max(n, 1))
+  out = []
+  for start in range(0, resamples, chunk):
+    m = min(chunk, resamples - start)
+    idx = rng.integers(0, n, size=(m, n), dtype=np.int32)
+    out.append(np.stack([v[idx].mean(axis=1) for v in values], axis=0))
+  return np.concatenate(out, axis=1)
+
+
+def paired_bootstrap(a: np.ndarray, b: np.ndarray | None = None, *, resamples: int, seed: int
+                     ) -> tuple[float, float, float]:
+  """Mean of ``a - b`` and a percentile 95% interval over ``resamples`` paired resamples.
+
+  Resampling examples with replacement keeps each example's pair together, so the interval
+  reflects the per-example correlation of the two decodings. ``b=None`` bootstraps ``a``.
+  """
+  d = np.asarray(a, np.float64) - (0.0 if b is None else np.asarray(b, np.float64))
+  means = bootstrap_means(d, resamples=resamples, seed=seed)[0]
+  lo, hi = np.percentile(means, [2.5, 97.5])
+  return float(d.mean()), float(lo), float(hi)
+
+
 def smallest_p(num_seeds: int) -> float:
   """The smallest two-sided exact Wilcoxon p-value with ``num_seeds`` pairs."""
   return 2.0 / 2**num_seeds if num_seeds > 1 else float("nan")
 
 
-def _row_costs(c, y):
+def prediction_costs(c, y) -> np.ndarray:
   """``(n, K)``: each row's costs of every prediction; ``c`` is ``(K, K)`` or ``(n, K, K)``."""
   c = np.asarray(c, np.float64)
   return c[y] if c.ndim == 2 else c[np.arange(len(y)), y]
@@ -353,7 +387,7 @@ def best_constant_costs(y, cost) -> np.ndarray:
   """
   y = np.asarray(y, np.int64)
   cost = np.asarray(cost, np.float64)
-  return np.stack([_row_costs(cost if cost.ndim == 2 else cost[s], ys).mean(axis=0).min()
+  return np.stack([prediction_costs(cost if cost.ndim == 2 else cost[s], ys).mean(axis=0).min()
                    for s, ys in enumerate(y)])
 
 
@@ -381,11 +415,11 @@ def constant_row(y_train, y_val, y_test, cost, *, class_names=None, row_costs=No
     per = [[cost] * len(y_train)] * 3
   else:
     per = [np.asarray(c, np.float64) for c in row_costs]
-  j = np.stack([_row_costs(c, y).mean(axis=0).argmin()
+  j = np.stack([prediction_costs(c, y).mean(axis=0).argmin()
                 for y, c in zip(y_train, per[0], strict=True)])  # (S,)
-  val = np.stack([_row_costs(cs, y)[:, c].mean()
+  val = np.stack([prediction_costs(cs, y)[:, c].mean()
                   for y, c, cs in zip(y_val, j, per[1], strict=True)])
-  test = np.stack([_row_costs(cs, y)[:, c].mean()
+  test = np.stack([prediction_costs(cs, y)[:, c].mean()
                    for y, c, cs in zip(y_test, j, per[2], strict=True)])
   acc = np.stack([(y == c).mean() for y, c in zip(y_test, j, strict=True)])
   names = list(class_names) if class_names is not None else [str(k) for k in range(len(cost))]
