@@ -303,17 +303,15 @@ def run(args) -> dict:
   verdicts = [stats.verdict(rows, scoring.DECODING_LABELS, n_train=n_tr, n_test=n_te,
                             rope=rows[0].rope) for rows in all_rows]
   total = time.perf_counter() - t_start
-  summary = report.results_dict(args=args, ds=ds, splits=splits, cost_names=cost_names,
-                                costs=costs, arms=arms, results=results, scores=scores,
-                                all_rows=all_rows, verdicts=verdicts, total_seconds=total,
-                                batch_size=bsz,
-                                devices=distributed.device_summary())
+  compare_run = report.CompareRun(
+      args=args, ds=ds, splits=splits, cost_names=cost_names, costs=costs, arms=arms,
+      results=results, scores=scores, all_rows=all_rows, verdicts=verdicts, total_seconds=total,
+      batch_size=bsz, devices=distributed.device_summary())
+  summary = report.results_dict(compare_run)
   if writer:
     os.makedirs(args.out, exist_ok=True)
     report.write_all(args.out, summary)
-    figures = plots.write_all(args.out, summary=summary, ds=ds, splits=splits, costs=costs,
-                              arms=arms, results=results, scores=scores, all_rows=all_rows,
-                              verdicts=verdicts)
+    figures = plots.write_all(args.out, summary, compare_run)
     report.write_markdown(os.path.join(args.out, "report.md"), summary, figures=figures,
                           class_names=ds.class_names)
     for v in summary["verdicts"]:

@@ -234,13 +234,35 @@ def verdict(label: str, saving: tuple[float, float, float], n: int, resamples: i
           f"the saving is {_fmt(mean)} per example and its {ci} includes 0.")
 
 
-def write_outputs(out: str, inp: Inputs, res: Result, args) -> dict:
+@dataclasses.dataclass(frozen=True)
+class ReportOptions:
+  """The flags that shape the outputs (not the computation) of ``costjax decide``."""
+
+  bootstrap: int = 1000  # paired bootstrap resamples
+  seed: int = 0
+  alpha: float | None = None
+  abstain_cost: float | None = None
+  id_column: str | None = None
+  cost_columns: str | None = None  # how per-row costs were read, for the report
+  cost_scale: str | None = None
+
+  @classmethod
+  def from_args(cls, args: argparse.Namespace) -> ReportOptions:
+    return cls(bootstrap=args.bootstrap, seed=args.seed, alpha=args.alpha,
+               abstain_cost=args.abstain_cost, id_column=getattr(args, "id_column", None),
+               cost_columns=getattr(args, "cost_columns", None),
+               cost_scale=getattr(args, "cost_scale", None))
+
+
+def write_outputs(out: str, inp: Inputs, res: Result, options: ReportOptions) -> dict:
+  """Writes ``predictions.csv``, ``report.md`` and ``expected_cost.png`` to ``out``; returns
+  the summary (what the report states, as numbers)."""
   import pandas as pd
 
   names = list(inp.class_names)
   os.makedirs(out, exist_ok=True)
   cols: dict[str, object] = {}
-  id_column = getattr(args, "id_column", None)
+  id_column = options.id_column
   if id_column is not None:
     cols[id_column] = inp.test.ids
   cols.update({"argmax": _names(res.argmax, names), "bayes_raw": _names(res.bayes_raw, names),
@@ -250,7 +272,7 @@ def write_outputs(out: str, inp: Inputs, res: Result, args) -> dict:
     cols["set"] = ["|".join(named[row]) for row in res.sets]
   # The expected cost of the decision in the `bayes` column: the abstention cost where it
   # abstains, else the calibrated expected cost of its class (under the row's own matrix).
-  abstain_cost = getattr(args, "abstain_cost", None)
+  abstain_cost = options.abstain_cost
   decided_cost = (res.expected_cost if abstain_cost is None else
                   np.where(res.bayes < 0, abstain_cost, res.expected_cost))
   cols["expected_cost"] = np.round(decided_cost, 6)
@@ -269,8 +291,8 @@ def write_outputs(out: str, inp: Inputs, res: Result, args) -> dict:
       f"{' ...' if len(names) > 20 else ''})",
   ]
   if inp.per_row:
-    how = (f"columns `{args.cost_columns}`" if getattr(args, "cost_columns", None) else
-           f"the matrix times each row's `{args.cost_scale}`")
+    how = (f"columns `{options.cost_columns}`" if options.cost_columns else
+           f"the matrix times each row's `{options.cost_scale}`")
     lines.append(f"- per-row costs: every row of both files has its own cost matrix ({how}); "
                  "calibration is fitted by NLL, and the decisions, sets, expected costs and "
                  "test costs below use each row's own matrix")
@@ -300,7 +322,7 @@ def write_outputs(out: str, inp: Inputs, res: Result, args) -> dict:
               "comparison).", ""]
 
   summary: dict = {"calibration": cal, "seconds": res.seconds, "per_row_costs": inp.per_row}
-  x = args.abstain_cost
+  x = options.abstain_cost
   same = " (the same decisions as the raw row)" if cal["chosen"] == "none" else ""
   rows = [("argmax", "argmax of the raw outputs", res.argmax),
           ("bayes_raw", "Bayes on the raw outputs", res.bayes_raw),
@@ -329,8 +351,8 @@ def write_outputs(out: str, inp: Inputs, res: Result, args) -> dict:
                  f"the mean cost charges each abstention {x:g}; the cost and accuracy on "
                  "decided rows leave abstentions out. ")
               + "The saving is the mean cost of argmax minus that of the "
-              f"decoding, with a paired bootstrap 95% interval ({args.bootstrap} resamples over "
-              f"test rows, seed {args.seed}). Savings score: 1 - mean cost / the mean cost of "
+              f"decoding, with a paired bootstrap 95% interval ({options.bootstrap} resamples over "
+              f"test rows, seed {options.seed}). Savings score: 1 - mean cost / the mean cost of "
               f"the best constant prediction ({summary['best_constant_class']!r} for every "
               f"row, {_fmt(best_constant)} per example; `costjax.savings_score`): 1 is "
               "perfect, 0 no better than one class for every row.", "",
@@ -345,7 +367,7 @@ def write_outputs(out: str, inp: Inputs, res: Result, args) -> dict:
     if res.sets is not None:
       realized = np.where(res.sets, ry, np.inf).min(axis=1)
       stack.append(realized)
-    boot = _stats.bootstrap_means(np.stack(stack), resamples=args.bootstrap, seed=args.seed)
+    boot = _stats.bootstrap_means(np.stack(stack), resamples=options.bootstrap, seed=options.seed)
     lo_hi = np.percentile(boot, [2.5, 97.5], axis=1)
 
     def interval(i):
@@ -369,7 +391,7 @@ def write_outputs(out: str, inp: Inputs, res: Result, args) -> dict:
       lines += ["", f"Abstained on {int(ab.sum())} of {len(y)} test rows (coverage "
                 f"{1 - ab.mean():.1%})."]
     sentence = verdict(final_label, summary["test"][final_key]["saving"], len(y),
-                       args.bootstrap, args.seed)
+                       options.bootstrap, options.seed)
     lines += ["", sentence]
     harm = interval(len(rows) - 1)
     summary["calibration_minus_raw"] = harm
@@ -394,7 +416,7 @@ def write_outputs(out: str, inp: Inputs, res: Result, args) -> dict:
   if res.sets is not None:
     size = res.sets.sum(axis=1)
     lines += ["## Cost-controlled prediction sets", "",
-              f"Conformal risk control on validation for alpha = {args.alpha:g}: threshold "
+              f"Conformal risk control on validation for alpha = {options.alpha:g}: threshold "
               f"{res.threshold:.4g} on the excess expected cost; a set holds every class whose "
               "expected cost is within the threshold of the cheapest. Guarantee: for a new "
               "exchangeable example, E[cost of the best choice in its set] <= alpha.", "",
@@ -404,7 +426,7 @@ def write_outputs(out: str, inp: Inputs, res: Result, args) -> dict:
       lo, hi = lo_hi[:, -1]
       lines.append(f"- realized set cost on test (cost of the best choice in the set): "
                    f"{realized.mean():.4g} [95% CI {lo:.4g}, {hi:.4g}] against alpha = "
-                   f"{args.alpha:g}")
+                   f"{options.alpha:g}")
       summary["sets"] = {"threshold": res.threshold, "mean_size": float(size.mean()),
                          "realized_cost": float(realized.mean())}
     lines.append("")
@@ -526,7 +548,7 @@ def run(args) -> dict:
   _say(quiet, f"calibration: {res.calibration['chosen']} "
        f"({res.seconds['calibration']:.1f} s); decisions ({res.seconds['decisions']:.1f} s); "
        f"writing the report ({args.bootstrap} bootstrap resamples) ...")
-  summary = write_outputs(args.out, inp, res, args)
+  summary = write_outputs(args.out, inp, res, ReportOptions.from_args(args))
   res.seconds["total"] = time.perf_counter() - t0
   _say(quiet, summary["verdict"].replace("**", ""))
   _say(quiet, f"wrote {args.out}/predictions.csv, report.md, expected_cost.png "

@@ -184,10 +184,9 @@ def plot_confusions(path: str, mats: list[tuple[str, np.ndarray]], names, title:
   plt.close(fig)
 
 
-def write_all(out: str, *, summary: dict, ds, splits, costs, arms, results, scores, all_rows,
-              verdicts) -> dict[str, dict[str, str]]:
+def write_all(out: str, summary: dict, run: report.CompareRun) -> dict[str, dict[str, str]]:
   """Writes every figure; returns ``{cost: {title: file name}}`` for the report."""
-  del splits, costs, scores, verdicts
+  ds, arms, results, all_rows = run.ds, run.arms, run.results, run.all_rows
   many = len(summary["costs"]) > 1
   dec = summary["decodings"]
   figures = {}

@@ -2,15 +2,19 @@
 
 Everything the report prints is read from the results dictionary that is written to
 ``results.json`` (means, intervals and p-values are computed once, in
-:func:`results_dict`), so the report and the JSON file cannot disagree.
+:func:`results_dict`, from the run object :class:`CompareRun`), so the report and the JSON
+file cannot disagree.
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
+import dataclasses
 import json
 import math
 import os
+from typing import Any
 
 import numpy as np
 
@@ -121,9 +125,32 @@ def still_falling_warnings(curves: dict, decoding: str) -> list[str]:
           f"converged; train longer (--epochs)."]
 
 
-def results_dict(*, args, ds, splits, cost_names, costs, arms, results, scores, all_rows,
-                 verdicts,
-                 total_seconds, batch_size, devices) -> dict:
+@dataclasses.dataclass(frozen=True)
+class CompareRun:
+  """What one ``costjax compare`` run computed: the input of :func:`results_dict` and of
+  :func:`costjax.cli.plots.write_all`."""
+
+  args: argparse.Namespace  # the checked flags (compare.check_arguments adds seed_list, ...)
+  ds: Any  # data.Dataset
+  splits: Any  # data.Splits
+  cost_names: list[str]
+  costs: np.ndarray  # (M, K, K)
+  arms: list  # training.Arm, in report order
+  results: dict  # arm key -> training result
+  scores: dict  # arm key -> scoring.score's arrays
+  all_rows: list  # per cost matrix: stats.build_rows
+  verdicts: list  # per cost matrix: stats.verdict
+  total_seconds: float
+  batch_size: int
+  devices: str
+
+
+def results_dict(run: CompareRun) -> dict:
+  """The results dictionary (written to ``results.json``) of a compare run."""
+  args, ds, splits, cost_names, costs = run.args, run.ds, run.splits, run.cost_names, run.costs
+  arms, results, scores, all_rows, verdicts = (run.arms, run.results, run.scores, run.all_rows,
+                                               run.verdicts)
+  total_seconds, batch_size, devices = run.total_seconds, run.batch_size, run.devices
   hp_names = {a.key: a.hp_name for a in arms}
   per_row = getattr(splits, "c_test", None) is not None
   rows = []
