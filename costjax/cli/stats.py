@@ -368,11 +368,6 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray | None = None, *, resamples: i
   return float(d.mean()), float(lo), float(hi)
 
 
-def smallest_p(num_seeds: int) -> float:
-  """The smallest two-sided exact Wilcoxon p-value with ``num_seeds`` pairs."""
-  return 2.0 / 2**num_seeds if num_seeds > 1 else float("nan")
-
-
 def prediction_costs(c, y) -> np.ndarray:
   """``(n, K)``: each row's costs of every prediction; ``c`` is ``(K, K)`` or ``(n, K, K)``."""
   c = np.asarray(c, np.float64)

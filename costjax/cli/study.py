@@ -560,21 +560,6 @@ CSV_COLUMNS = ("table", "arm", "label", "decoding", "val_cost", "test_cost", "te
                "table_prob_equivalent_vs_ce_bayes", "table_prob_dearer_vs_ce_bayes")
 
 
-def read_results_csv(path: str) -> list[dict]:
-  """``results.csv`` back as records (numbers as floats, empty cells as None)."""
-  out = []
-  with open(path, encoding="utf-8", newline="") as f:
-    for r in csv.DictReader(f):
-      rec = {}
-      for k, v in r.items():
-        if k in ("table", "arm", "label", "decoding", "within_table"):
-          rec[k] = v
-        else:
-          rec[k] = None if v == "" else float(v)
-      out.append(rec)
-  return out
-
-
 def _write_csv(path: str, records: list[dict]) -> None:
   with open(path, "w", encoding="utf-8", newline="") as f:
     w = csv.writer(f)
