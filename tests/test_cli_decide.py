@@ -212,6 +212,52 @@ def test_choose_calibration_one_standard_error_rule():
   assert chosen == "temperature" and reason.startswith("it has the lowest held-out NLL (")
 
 
+def _temperature_fit(z, y):
+  """Oracle: the NLL-minimising temperature by scipy's bounded scalar search."""
+  from scipy import optimize, special
+
+  def mean_nll(log_t):
+    a = z / np.exp(log_t)
+    return -np.mean(special.log_softmax(a, axis=-1)[np.arange(len(y)), y])
+
+  return float(np.exp(optimize.minimize_scalar(mean_nll, bounds=(-4, 4), method="bounded",
+                                               options={"xatol": 1e-7}).x))
+
+
+def test_auto_calibration_scores_each_half_under_the_fit_on_the_other_half():
+  # Two halves that want different temperatures (1 and 4): a held-out NLL scores each half
+  # under the OTHER half's temperature, which an in-sample score (a swapped fold) does not.
+  rng = np.random.default_rng(5)
+  n, k = 400, 3
+  y = rng.integers(0, k, n)
+  z = 3.0 * np.eye(k)[y] + rng.normal(size=(n, k))
+  fold = np.zeros(n, bool)
+  fold[np.random.default_rng(11).permutation(n)[: n // 2]] = True  # the documented split
+  z = np.where(fold[:, None], z, 4.0 * z).astype(np.float32)
+  _, _, info = calibration.calibrate(z, y, method="auto", seed=11)
+
+  from scipy import special
+
+  held, own = np.empty(n), np.empty(n)
+  for fit_on in (fold, ~fold):
+    t = _temperature_fit(z[fit_on].astype(np.float64), y[fit_on])
+    nll = -special.log_softmax(z.astype(np.float64) / t, axis=-1)[np.arange(n), y]
+    held[~fit_on], own[fit_on] = nll[~fit_on], nll[fit_on]
+  np.testing.assert_allclose(info["heldout_nll_temperature"], held.mean(), rtol=2e-3)
+  assert held.mean() > 1.2 * own.mean()  # the oracle separates held-out from in-sample
+  np.testing.assert_allclose(info["nll_uncalibrated"],
+                             -special.log_softmax(z, axis=-1)[np.arange(n), y].mean(),
+                             rtol=1e-5)
+
+
+def test_standalone_entry_point_answers_usage_errors_in_one_line(capsys):
+  with pytest.raises(SystemExit) as e:
+    decide.main(["--val", "v.npz", "--no-such-flag"])
+  assert e.value.code == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and err.startswith("error: costjax decide: ")
+
+
 def test_verdict_sentences():
   args = ("Bayes after vector scaling", 400, 1000, 0)
   assert "reliably lowers" in decide.verdict(args[0], (0.2, 0.1, 0.3), *args[1:])

@@ -424,3 +424,9 @@ def test_top_level_help_is_plain_text(capsys):
     cli_main.main(["--help"])
   text = " ".join(capsys.readouterr().out.split())
   assert "`" not in text and "costjax compare" in text
+
+
+def test_fmt_p_is_n_a_for_a_missing_or_undefined_p():
+  assert stats.fmt_p(None) == "n/a"
+  assert stats.fmt_p(float("nan")) == "n/a"
+  assert stats.fmt_p(0.012345) == "0.0123" and stats.fmt_p(1.0) == "1"

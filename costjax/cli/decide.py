@@ -189,7 +189,7 @@ def compute(inp: Inputs, *, alpha: float | None = None, abstain_cost: float | No
   sets = threshold = None
   if alpha is not None:
     threshold, sets = prog.sets(zv, jnp.asarray(inp.val.labels), zt, scale, bias, cv, c,
-                              jnp.float32(alpha))
+                                jnp.float32(alpha))
     threshold, sets = float(threshold), np.asarray(sets)
   seconds["decisions"] = time.perf_counter() - t0
   return Result(info, argmax, bayes, plain, best, sets, threshold, seconds, val_risk, raw,
