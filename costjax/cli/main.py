@@ -15,7 +15,7 @@ import argparse
 import sys
 
 from costjax.cli._common import ArgumentParser, HelpFormatter
-from costjax.cli.errors import exit_on_user_error
+from costjax.cli.errors import EXIT_STATUS, exit_on_user_error
 
 DESCRIPTION = (
     "costjax: cost-sensitive classification from the command line. 'costjax compare' trains "
@@ -44,8 +44,10 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   try:
     exit_on_user_error(args.run, args)
-  except SystemExit as e:  # a rejected input: the one line is printed (costjax.cli.errors)
-    return int(e.code or 0)
+  except SystemExit as e:  # a rejected input: errors.fail has printed the one line
+    if e.code != EXIT_STATUS:
+      raise
+    return EXIT_STATUS
   return 0
 
 
