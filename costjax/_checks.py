@@ -445,13 +445,6 @@ def finalize(out: jax.Array, row_mask: jax.Array | None, dtype: Any) -> jax.Arra
   return out.astype(dtype)
 
 
-def safe_pow(x: jax.Array, power: jax.typing.ArrayLike) -> jax.Array:
-  """``x ** power`` for ``x >= 0`` with finite gradients at ``x == 0``; NaN stays NaN."""
-  positive = x != 0
-  safe_x = jnp.where(positive, x, jnp.ones_like(x))
-  return jnp.where(positive, safe_x**power, jnp.zeros_like(x))
-
-
 # --------------------------------------------------------------------------- #
 # Internal: preconditions on values (NaN poisoning, and checked-mode reports
 # naming the function, the argument and the first offending index).

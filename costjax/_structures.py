@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import checkify
 
-from costjax import _checks, _cost_ops, _ordinal, _reductions, _trees
+from costjax import _checks, _cost_ops, _reductions, _trees
 
 # Largest depth * K for which TreeCost.rows keeps a (depth, K) ancestor table;
 # deeper trees use a top-down pass over the levels instead.
@@ -800,12 +800,12 @@ class TreeCost(_cost_ops.CostStructure):
 
 
 def _cumsum_last(x: jax.Array) -> jax.Array:
-  """Inclusive cumulative sum along the last axis (:func:`costjax._ordinal.prefix_sum`).
+  """Inclusive cumulative sum along the last axis (:func:`costjax._reductions.prefix_sum`).
 
   XLA's CPU cumsum is slower over long rows (``docs/benchmarks.md``, section
   "Structured costs at huge K").
   """
-  return _ordinal.prefix_sum(x, totals_from_products=True)
+  return _reductions.prefix_sum(x, totals_from_products=True)
 
 
 # Levels holding classes up to which _sum_max_by_level's matrix products
