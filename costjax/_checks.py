@@ -28,6 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import checkify
 
+from costjax import _sharding
+
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 _CHECKS_ENABLED = contextvars.ContextVar("costjax_checks_enabled", default=False)
@@ -72,7 +74,7 @@ def check_cost_matrix(cost_matrix: jax.typing.ArrayLike) -> jax.Array:
       ...
     ValueError: cost_matrix has a negative entry: C[0, 1] = -1.0; costs must be >= 0.
   """
-  if isinstance(cost_matrix, jax.core.Tracer):
+  if _sharding.is_tracer(cost_matrix):
     raise TypeError(
         "check_cost_matrix validates concrete values and cannot run under jit; "
         "call it once outside the jitted function."
@@ -365,49 +367,6 @@ def maybe_check_values(
   if probs is not None:
     report_first(probs < 0, "probability labels have a negative entry (min {m}); they must be "
                  ">= 0", fn_name, probs, m=jnp.min(probs))
-
-
-def _explicit_sharding(x: jax.Array) -> jax.sharding.NamedSharding | None:
-  """The NamedSharding of ``x`` if it is sharded over explicit mesh axes, else None."""
-  sharding = getattr(jax.typeof(x), "sharding", None)
-  spec = getattr(sharding, "spec", None)
-  if (
-      isinstance(sharding, jax.sharding.NamedSharding)
-      and not sharding.mesh.empty
-      and spec is not None
-      and any(axis is not None for axis in spec)
-  ):
-    return sharding
-  return None
-
-
-def replicate(x: jax.Array) -> jax.Array:
-  """Gathers an explicitly sharded array onto every device (no-op otherwise)."""
-  sharding = _explicit_sharding(x)
-  if sharding is None:
-    return x
-  return jax.sharding.reshard(
-      x, jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
-  )
-
-
-def gather_rows(table: jax.Array, indices: jax.Array) -> jax.Array:
-  """``table[indices]`` along axis 0, for sanitized indices (invalid -> ``len(table)``).
-
-  Rows of invalid indices are unspecified (XLA clamps): callers mask them
-  explicitly (:func:`costjax._common.finish`), which is faster than a
-  fill-mode gather's per-element bounds select and survives XLA reductions
-  that drop NaNs. Under a mesh with explicit axes (the default of
-  ``jax.make_mesh``) the output is sharded like ``indices``, with the class
-  axis replicated; JAX cannot infer that for a gather from a replicated
-  table, so it is spelled out.
-  """
-  sharding = _explicit_sharding(indices)
-  out = None
-  if sharding is not None:
-    spec = (*sharding.spec, *([None] * (table.ndim - 1)))
-    out = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(*spec))
-  return table.at[indices].get(mode="promise_in_bounds", out_sharding=out)
 
 
 def prepare_where(

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from costjax import _checks, _cost_ops
+from costjax import _checks, _cost_ops, _sharding
 from costjax._decisions import _decision_costs
 
 _THRESHOLD_SLACK_ULPS = 16
@@ -184,7 +184,7 @@ def set_cost(
 
 
 def _check_alpha(alpha, fn_name):
-  if isinstance(alpha, jax.core.Tracer):
+  if _sharding.is_tracer(alpha):
     if jnp.ndim(alpha) != 0:
       raise ValueError(f"{fn_name}: alpha must be a scalar; got shape {jnp.shape(alpha)}.")
     return alpha
@@ -309,9 +309,9 @@ def calibrate_cost_sets(
   alpha = _check_alpha(alpha, name)
   alpha = _checks.param(alpha, lambda v: (v > 0) & (v < jnp.inf), name, "alpha",
                         "finite and > 0")
-  if not isinstance(logits, jax.core.Tracer):
+  if not _sharding.is_tracer(logits):
     logits = jnp.asarray(logits)
-  if not isinstance(labels, jax.core.Tracer):
+  if not _sharding.is_tracer(labels):
     labels = jnp.asarray(labels)
   if not _cost_ops.is_structure(cost_matrix):
     cost_matrix = jnp.asarray(cost_matrix)
@@ -354,8 +354,8 @@ def _calibrate_jit(logits, labels, cost_matrix, alpha, checks):
     table = _cost_ops.rows(cost, jnp.arange(k))
     order = jnp.argsort(table, axis=1)
     table_sorted = jnp.take_along_axis(table, order, axis=1)
-    perm = _checks.gather_rows(order, jnp.minimum(y, k - 1))
-    costs_sorted = _checks.gather_rows(table_sorted, jnp.minimum(y, k - 1))
+    perm = _sharding.gather_rows(order, jnp.minimum(y, k - 1))
+    costs_sorted = _sharding.gather_rows(table_sorted, jnp.minimum(y, k - 1))
   else:
     perm = jnp.argsort(rows, axis=1)
     costs_sorted = jnp.take_along_axis(rows, perm, axis=1)
@@ -367,8 +367,8 @@ def _calibrate_jit(logits, labels, cost_matrix, alpha, checks):
   need = jnp.sum(costs_sorted[:, -1]) + bound - alpha * (n + 1)
   # The histograms scatter into 256 bins: gather an explicitly sharded batch first
   # (as confusion_matrix does), since JAX cannot infer the sharding of that scatter.
-  tau_hat = _weighted_quantile(_checks.replicate(tau.reshape(-1)),
-                               _checks.replicate(weight.reshape(-1)), need)
+  tau_hat = _weighted_quantile(_sharding.replicate(tau.reshape(-1)),
+                               _sharding.replicate(weight.reshape(-1)), need)
   # Rounded up by 16 ulps: decision costs recomputed in another compiled
   # program (cost_sets outside this jit) may differ in their last bits, and the
   # sets at the returned threshold must still hold every decision counted here.

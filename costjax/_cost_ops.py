@@ -40,7 +40,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from costjax import _checks
+from costjax import _checks, _sharding
 
 Transform = Callable[[jax.Array], jax.Array] | None
 
@@ -255,12 +255,12 @@ def rows(cost: Any, idx: jax.Array, transform: Transform = None) -> jax.Array:
     r = jnp.take_along_axis(cost, idx[..., None, None], axis=-2, mode="clip")[..., 0, :]
     return r if transform is None else transform(r)
   if transform is None:
-    return _checks.gather_rows(cost, idx)
+    return _sharding.gather_rows(cost, idx)
   if idx.size < cost.shape[0]:
     # Fewer examples than classes (one example under vmap, say): transform the
     # gathered rows instead of the whole (K, K) table.
-    return transform(_checks.gather_rows(cost, idx))
-  return _checks.gather_rows(transform(cost), idx)
+    return transform(_sharding.gather_rows(cost, idx))
+  return _sharding.gather_rows(transform(cost), idx)
 
 
 def vecmat(v: jax.Array, cost: Any, transform: Transform = None) -> jax.Array:
@@ -304,7 +304,7 @@ def entries(cost: Any, i: jax.Array, j: jax.Array) -> jax.Array:
   if cost.ndim > 2:
     flat = cost.reshape(*cost.shape[:-2], k * k)
     return jnp.take_along_axis(flat, (i * k + j)[..., None], axis=-1, mode="clip")[..., 0]
-  return _checks.gather_rows(cost.reshape(-1), i * k + j)
+  return _sharding.gather_rows(cost.reshape(-1), i * k + j)
 
 
 def max_cost(cost: Any) -> jax.Array:

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from costjax import _checks, _cost_ops, _reductions
+from costjax import _checks, _cost_ops, _reductions, _sharding
 
 
 def check_abstain_cost(
@@ -29,7 +29,7 @@ def check_abstain_cost(
         f"a scalar or an array that broadcasts to the batch shape {tuple(batch_shape)} of "
         f"{batch_desc}")
     raise ValueError(f"{fn_name}: abstain_cost must be {what}; got abstain_cost.shape={shape}.")
-  if isinstance(abstain_cost, jax.core.Tracer):
+  if _sharding.is_tracer(abstain_cost):
     return jnp.broadcast_to(abstain_cost, batch_shape)
   value = np.asarray(abstain_cost)
   if not (np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer)):
@@ -463,7 +463,7 @@ def confusion_matrix(
   name = "costjax.confusion_matrix"
   predictions, labels = _check_index_pair(predictions, labels, name)
   # A scatter into one small (K, K) table: gather sharded batches first.
-  labels, predictions = _checks.replicate(labels), _checks.replicate(predictions)
+  labels, predictions = _sharding.replicate(labels), _sharding.replicate(predictions)
   y = _checks.sanitize_indices(labels.reshape(-1), num_classes, name + " (labels)")
   yhat = _checks.sanitize_indices(predictions.reshape(-1), num_classes, name + " (predictions)")
   counts = jnp.zeros((num_classes, num_classes), jnp.int32)

@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from costjax import _checks, _cost_ops
+from costjax import _checks, _cost_ops, _sharding
 
 # Default number of classes per block; see "Losses from features" in
 # docs/benchmarks.md for the measurement behind it.
@@ -147,7 +147,7 @@ def _prepare(
   # Under explicit mesh axes, weights and bias sharded over classes are gathered:
   # the scan slices blocks of classes at traced offsets. (Automatic sharding
   # under jit leaves the placement to XLA.)
-  weights, b = _checks.replicate(weights), _checks.replicate(b)
+  weights, b = _sharding.replicate(weights), _sharding.replicate(b)
   return _Inputs(
       features.reshape(-1, d), weights, b, labels.reshape(-1), cost, row_mask,
       batch_shape, dtype, out_dtype, block,
@@ -194,7 +194,7 @@ def _costs(cfg, cost, y, blk: _Block, dtype) -> jax.Array:
   y = jnp.minimum(y, cfg.num_classes - 1)
   if cfg.cost_is_dense:
     sub = jax.lax.dynamic_slice_in_dim(cost, blk.start, cfg.block, axis=1)  # (K, n)
-    return _checks.gather_rows(sub, y).astype(dtype)
+    return _sharding.gather_rows(sub, y).astype(dtype)
   return cost.row_block(y, blk.cols).astype(dtype)
 
 
@@ -204,7 +204,7 @@ def _safe(m: jax.Array) -> jax.Array:
 
 def _replicated_like(x: jax.Array) -> Any:
   """Replicated over the explicit mesh of ``x``, or ``None`` without one."""
-  sharding = _checks._explicit_sharding(x)
+  sharding = _sharding.explicit_sharding(x)
   if sharding is None:
     return None
   return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())

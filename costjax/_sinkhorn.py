@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from costjax import _checks, _common, _cost_ops
+from costjax import _checks, _common, _cost_ops, _sharding
 
 # Largest (max(C) - min(C)) / epsilon at which the kernel exp(-C / eps) is used:
 # every row/column sum of the max-shifted kernel products is then at least
@@ -318,7 +318,7 @@ def sinkhorn_loss(
     rows = _common.target_cost_rows(p)
     out = jnp.sum(probs * rows, axis=-1)
     if debiased:
-      diag = _checks.gather_rows(jnp.diagonal(cost)[:, None], p.labels)[..., 0]
+      diag = _sharding.gather_rows(jnp.diagonal(cost)[:, None], p.labels)[..., 0]
       out = out - 0.5 * solve(lp, lp, active) - 0.5 * diag
   else:
     lq = _log_target(p.labels, active)
@@ -433,21 +433,21 @@ def sinkhorn_solve(
 def _check_static(name, tol, max_iterations, ground) -> None:
   if not isinstance(max_iterations, (int, np.integer)) or max_iterations < 1:
     raise ValueError(f"{name}: max_iterations must be a positive int; got {max_iterations!r}.")
-  if isinstance(tol, jax.core.Tracer) or not np.isfinite(tol) or tol <= 0:
+  if _sharding.is_tracer(tol) or not np.isfinite(tol) or tol <= 0:
     raise ValueError(f"{name}: tol must be a positive static float; got {tol!r}.")
   if ground not in (None, "ordinal"):
     raise ValueError(f"{name}: ground must be None or 'ordinal'; got {ground!r}.")
 
 
 def _is_static_zero(epsilon) -> bool:
-  if isinstance(epsilon, jax.core.Tracer):
+  if _sharding.is_tracer(epsilon):
     return False
   arr = np.asarray(epsilon)
   return arr.shape == () and float(arr) == 0.0
 
 
 def _check_epsilon(name, epsilon) -> None:
-  if isinstance(epsilon, jax.core.Tracer):
+  if _sharding.is_tracer(epsilon):
     if jnp.ndim(epsilon) != 0:
       raise ValueError(f"{name}: epsilon must be a scalar; got shape {jnp.shape(epsilon)}.")
     return
@@ -493,7 +493,7 @@ def _exact_value(name, p, lp, cost, ground) -> jax.Array:
         f"{name}: epsilon=0 (exact OT) is available for integer labels (expected cost) "
         "or with ground='ordinal' (C[i, j] = |i - j|); use epsilon > 0 otherwise."
     )
-  if not isinstance(cost, jax.core.Tracer):
+  if not _sharding.is_tracer(cost):
     k = np.arange(p.num_classes)
     if not np.allclose(np.asarray(cost), np.abs(k[:, None] - k[None, :])):
       raise ValueError(f"{name}: ground='ordinal' requires cost_matrix[i, j] == |i - j|.")
@@ -602,7 +602,7 @@ def _solve_jit(lp, lq, active, cost, eps, *, config: _Config) -> _Solution:
   eps_g = jnp.broadcast_to(jnp.asarray(eps, lp.dtype), ks).reshape(groups)
   # Compaction flattens the batch; an explicitly sharded batch axis cannot be
   # reshaped without naming the output sharding, so such batches skip it.
-  if any(_checks._explicit_sharding(x) is not None for x in (lp, lq, active)):
+  if any(_sharding.explicit_sharding(x) is not None for x in (lp, lq, active)):
     config = config._replace(stages=0)
   problems = _Problems(lp=to_groups(lp), lq=to_groups(lq), cost=cost_g, eps=eps_g)
   out = _solve_grouped(problems, to_groups(active), config)

@@ -21,15 +21,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import checkify
 
-from costjax import _checks, _cost_ops, _reductions, _trees
+from costjax import _cost_ops, _reductions, _trees
+from costjax._sharding import explicit_sharding, gather_rows, is_tracer, take_last
 
 # Largest depth * K for which TreeCost.rows keeps a (depth, K) ancestor table;
 # deeper trees use a top-down pass over the levels instead.
 _MAX_ANCESTOR_TABLE = 1 << 25
-
-
-def _is_tracer(x: Any) -> bool:
-  return isinstance(x, jax.core.Tracer)
 
 
 def _cost_name(obj: Any) -> str:
@@ -113,7 +110,7 @@ class _SlotPlan:
 def _slots(x: jax.Array, idx: np.ndarray, mask: np.ndarray) -> jax.Array:
   out = None
   for f in range(idx.shape[0]):
-    g = _take_last(x, idx[f])
+    g = take_last(x, idx[f])
     if not mask[f].all():
       g = jnp.where(jnp.asarray(mask[f]), g, 0)
     out = g if out is None else out + g
@@ -132,9 +129,10 @@ def _slot_sum(x: jax.Array, plan: _SlotPlan, compose: np.ndarray | None = None) 
     idx, mask = plan.chunks
     parts.append(_slot_sum(_slots(x, fix(idx), mask), plan.chunk_plan))  # type: ignore[arg-type]
   if plan.num_empty:
-    parts.append(jnp.zeros(x.shape[:-1] + (plan.num_empty,), x.dtype, out_sharding=_like(x)))
+    zeros_shape = x.shape[:-1] + (plan.num_empty,)
+    parts.append(jnp.zeros(zeros_shape, x.dtype, out_sharding=explicit_sharding(x)))
   out = parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
-  return out if plan.inverse is None else _take_last(out, plan.inverse)
+  return out if plan.inverse is None else take_last(out, plan.inverse)
 
 
 class _Topology:
@@ -277,11 +275,6 @@ class _Topology:
     return out
 
 
-def _gather(table: jax.Array, idx: jax.Array) -> jax.Array:
-  """``table[idx]`` for in-bounds ``idx`` that may be sharded over a mesh (labels)."""
-  return _checks.gather_rows(table, idx)
-
-
 def _level_split(x: jax.Array, topo: _Topology) -> list[jax.Array]:
   return [x[..., int(o):int(o + s)] for o, s in zip(topo.offsets, topo.sizes, strict=True)]
 
@@ -298,22 +291,6 @@ def _rank(x: Any, ndim: int) -> jax.Array:
   structures also run where implicit rank promotion is disabled
   (``jax.numpy_rank_promotion("raise")``)."""
   return jax.lax.broadcast_to_rank(jnp.asarray(x), ndim)
-
-
-def _take_last(x: jax.Array, idx: Any) -> jax.Array:
-  """``x[..., idx]`` for in-bounds ``idx`` (static or a 1-D array)."""
-  idx = jnp.asarray(idx)
-  if x.ndim > 1 and idx.ndim == 1 and _like(x) is None:
-    # A batched gather: XLA:CPU transposes the operand of ``x[..., idx]``
-    # (indexed axis first) inside the consumers' loops.
-    idx = jnp.broadcast_to(idx, x.shape[:-1] + idx.shape)
-    return jnp.take_along_axis(x, idx, axis=-1, mode="promise_in_bounds")
-  return x.at[..., idx].get(mode="promise_in_bounds", out_sharding=_like(x))
-
-
-def _like(x: jax.Array) -> Any:
-  """The explicit sharding of ``x`` (batch axes over a mesh), for outputs shaped alike."""
-  return _checks._explicit_sharding(x)
 
 
 @jax.tree_util.register_pytree_node_class
@@ -392,7 +369,7 @@ class TreeCost(_cost_ops.CostStructure):
     name = "costjax.TreeCost"
     if kind not in ("path_length", "lca_height"):
       raise ValueError(f"{name}: kind must be 'path_length' or 'lca_height'; got {kind!r}.")
-    if _is_tracer(parents):
+    if is_tracer(parents):
       raise TypeError(
           f"{name}: parents is the tree's static structure and must be concrete (NumPy or "
           "a jax.Array created outside jit); pass edge_weights as the traced part."
@@ -402,7 +379,7 @@ class TreeCost(_cost_ops.CostStructure):
     if edge_weights is None:
       w = jnp.ones((n,), jnp.float32)
     else:
-      if not _is_tracer(edge_weights):
+      if not is_tracer(edge_weights):
         # Values (finite, non-negative) and shape, eagerly, by the shared parser.
         _trees.parse_tree(topo.parents, num_classes, np.asarray(edge_weights), name)
       w = jnp.asarray(edge_weights)
@@ -449,7 +426,7 @@ class TreeCost(_cost_ops.CostStructure):
 
   def _flat_weights(self) -> jax.Array:
     """Edge weight of every kept node in flat order (root: 0)."""
-    w = _take_last(self.edge_weights, self._topo.node_of_flat)
+    w = take_last(self.edge_weights, self._topo.node_of_flat)
     return w.at[0].set(0)
 
   def _level_depths(self, w_flat: jax.Array) -> list[jax.Array]:
@@ -458,14 +435,14 @@ class TreeCost(_cost_ops.CostStructure):
     ws = _level_split(w_flat, topo)
     out = [jnp.zeros((1,), w_flat.dtype)]
     for t in range(1, topo.max_depth + 1):
-      out.append(_take_last(out[-1], topo.parent_local[t]) + ws[t])
+      out.append(take_last(out[-1], topo.parent_local[t]) + ws[t])
     return out
 
   def _gather_classes(self, per_level: list[jax.Array]) -> jax.Array:
     topo = self._topo
     if topo.single_level is not None:
       return per_level[topo.single_level]
-    return _take_last(jnp.concatenate(per_level, axis=-1), topo.class_flat)
+    return take_last(jnp.concatenate(per_level, axis=-1), topo.class_flat)
 
   def class_depths(self) -> jax.Array:
     """``(K,)`` weighted distance of each class to the root."""
@@ -482,7 +459,7 @@ class TreeCost(_cost_ops.CostStructure):
       lca_c = self._lca_depth_by_table(y, w_flat)
     else:
       lca_c = self._lca_depth_by_levels(y, w_flat)
-    d_y = _gather(d, y)[..., None]
+    d_y = gather_rows(d, y)[..., None]
     d = _rank(d, d_y.ndim)
     # Non-negative without a clamp: d(lca) is bitwise a partial sum of both root
     # distances (the same additions in the same order), so d_y - d(lca) >= 0
@@ -511,12 +488,12 @@ class TreeCost(_cost_ops.CostStructure):
     lca = jnp.zeros((), w_flat.dtype)
     d_anc = jnp.zeros(y.shape, w_flat.dtype)  # weighted depth of y's ancestor at level t
     for t in range(1, table.shape[0]):
-      a_y = _gather(table[t], y)  # y's ancestor at level t, or -1
-      d_anc = d_anc + jnp.where(a_y >= 0, _gather(w_flat, jnp.maximum(a_y, 0)), 0)
+      a_y = gather_rows(table[t], y)  # y's ancestor at level t, or -1
+      d_anc = d_anc + jnp.where(a_y >= 0, gather_rows(w_flat, jnp.maximum(a_y, 0)), 0)
       a_y = jnp.where(a_y >= 0, a_y, -2)  # below y: matches no class (the table has -1)
       same = _rank(block_table[t], y.ndim + 1) == a_y[..., None]
       lca = jnp.where(same, d_anc[..., None], lca)
-    d_y = _gather(d, y)[..., None]
+    d_y = gather_rows(d, y)[..., None]
     d_c = _rank(jnp.take(d, cols, mode="clip"), d_y.ndim)
     if self.kind == "path_length":
       return (d_y - lca) + (d_c - lca)
@@ -536,8 +513,8 @@ class TreeCost(_cost_ops.CostStructure):
     out = jnp.zeros((), w_flat.dtype)
     d_y = jnp.zeros(y.shape, w_flat.dtype)  # weighted depth of y's ancestor at level t
     for t in range(1, table.shape[0]):
-      a_y = _gather(jnp.asarray(table[t]), y)  # y's ancestor at level t, or -1
-      d_y = d_y + jnp.where(a_y >= 0, _gather(w_flat, jnp.maximum(a_y, 0)), 0)
+      a_y = gather_rows(jnp.asarray(table[t]), y)  # y's ancestor at level t, or -1
+      d_y = d_y + jnp.where(a_y >= 0, gather_rows(w_flat, jnp.maximum(a_y, 0)), 0)
       a_y = jnp.where(a_y >= 0, a_y, -2)  # below y: matches no class (the table has -1)
       out = jnp.where(_rank(table[t], y.ndim + 1) == a_y[..., None], d_y[..., None], out)
     return jnp.broadcast_to(out, y.shape + (self.num_classes,))
@@ -547,21 +524,21 @@ class TreeCost(_cost_ops.CostStructure):
     topo = self._topo
     ws = _level_split(w_flat, topo)
     # Flat position of y's ancestor at every level (-1 below y's depth).
-    a = _gather(jnp.asarray(topo.class_flat), y)
+    a = gather_rows(jnp.asarray(topo.class_flat), y)
     depth_flat = jnp.asarray(topo.depth_flat)
     parent_flat = jnp.asarray(topo.parent_flat)
     anc: list[Any] = [None] * (topo.max_depth + 1)
     for t in range(topo.max_depth, 0, -1):
-      on = _gather(depth_flat, a) == t
+      on = gather_rows(depth_flat, a) == t
       anc[t] = jnp.where(on, a - int(topo.offsets[t]), -1)
-      a = jnp.where(on, _gather(parent_flat, a), a)
+      a = jnp.where(on, gather_rows(parent_flat, a), a)
     # Top-down: lca[n] = d(lca(y, n)) accumulates the weights of shared ancestors.
     lca = [jnp.zeros(y.shape + (1,), w_flat.dtype)]
     for t in range(1, topo.max_depth + 1):
       nodes = _rank(jnp.arange(int(topo.sizes[t]), dtype=jnp.int32), y.ndim + 1)
       shared = nodes == anc[t][..., None]
       level_w = _rank(ws[t], y.ndim + 1)
-      lca.append(_take_last(lca[-1], topo.parent_local[t]) + jnp.where(shared, level_w, 0))
+      lca.append(take_last(lca[-1], topo.parent_local[t]) + jnp.where(shared, level_w, 0))
     return self._gather_classes(lca)
 
   def _subtree_masses(self, v: jax.Array) -> tuple[list[Any], jax.Array]:
@@ -583,7 +560,7 @@ class TreeCost(_cost_ops.CostStructure):
       has = cls >= 0
       m = below
       if has.any():
-        own = _take_last(v, np.where(has, cls, 0))
+        own = take_last(v, np.where(has, cls, 0))
         if not has.all():
           own = jnp.where(_rank(has, own.ndim), own, 0)
         m = m + own
@@ -593,7 +570,7 @@ class TreeCost(_cost_ops.CostStructure):
     pos = topo.upper_class_pos
     if pos is not None and depth > 1:
       upper = jnp.concatenate(mass[1:], axis=-1)
-      m_class = jnp.where(_rank(pos >= 0, v.ndim), _take_last(upper, np.maximum(pos, 0)), v)
+      m_class = jnp.where(_rank(pos >= 0, v.ndim), take_last(upper, np.maximum(pos, 0)), v)
     return mass, m_class
 
   def _top_down(self, mass: list[Any], m_class: jax.Array, w_flat: jax.Array,
@@ -605,11 +582,11 @@ class TreeCost(_cost_ops.CostStructure):
     nd = m_class.ndim
     acc = [jnp.zeros(m_class.shape[:-1] + (1,), m_class.dtype)]
     for t in range(1, topo.max_depth):
-      acc.append(_take_last(acc[-1], topo.parent_local[t])
+      acc.append(take_last(acc[-1], topo.parent_local[t])
                  + _rank(ws[t], nd) * edge_value(mass[t]))
     acc_all = acc[0] if len(acc) == 1 else jnp.concatenate(acc, axis=-1)
-    w_class = _rank(_take_last(w_flat, topo.class_flat), nd)
-    return _take_last(acc_all, topo.class_parent_flat) + w_class * edge_value(m_class)
+    w_class = _rank(take_last(w_flat, topo.class_flat), nd)
+    return take_last(acc_all, topo.class_parent_flat) + w_class * edge_value(m_class)
 
   def _lca_weighted_mass(self, v: jax.Array, w_flat: jax.Array) -> jax.Array:
     """``sum_i v[..., i] d(lca(i, j))`` for every class ``j``: ``(..., K)``.
@@ -701,8 +678,8 @@ class TreeCost(_cost_ops.CostStructure):
     def level_costs(v, d, lca):
       return finish(jnp.maximum(_sum_max_by_level(v, d, onehot) - lca, 0))
 
-    g = _take_last(d, rep)
-    by_level = jnp.all(d == _take_last(g, index))
+    g = take_last(d, rep)
+    by_level = jnp.all(d == take_last(g, index))
     if g.shape[-1] > 1:
       by_level = by_level & jnp.all(g[1:] >= g[:-1])
     return jax.lax.cond(by_level, level_costs, sorted_costs, v, d, lca)
@@ -714,25 +691,26 @@ class TreeCost(_cost_ops.CostStructure):
     depth_flat = jnp.asarray(topo.depth_flat)
     parent_flat = jnp.asarray(topo.parent_flat)
     cls = jnp.asarray(topo.class_flat)
-    a = _gather(cls, jnp.clip(i, 0, k - 1))
-    b = _gather(cls, jnp.clip(j, 0, k - 1))
+    a = gather_rows(cls, jnp.clip(i, 0, k - 1))
+    b = gather_rows(cls, jnp.clip(j, 0, k - 1))
     a, b = jnp.broadcast_arrays(a, b)
 
     def up_deeper(_, ab):
       a, b = ab
-      da, db = _gather(depth_flat, a), _gather(depth_flat, b)
-      return (jnp.where(da > db, _gather(parent_flat, a), a),
-              jnp.where(db > da, _gather(parent_flat, b), b))
+      da, db = gather_rows(depth_flat, a), gather_rows(depth_flat, b)
+      return (jnp.where(da > db, gather_rows(parent_flat, a), a),
+              jnp.where(db > da, gather_rows(parent_flat, b), b))
 
     def up_both(_, ab):
       a, b = ab
       ne = a != b
-      return jnp.where(ne, _gather(parent_flat, a), a), jnp.where(ne, _gather(parent_flat, b), b)
+      return (jnp.where(ne, gather_rows(parent_flat, a), a),
+              jnp.where(ne, gather_rows(parent_flat, b), b))
 
     steps = topo.max_depth
     l_a, l_b = jax.lax.fori_loop(0, steps, up_deeper, (a, b))
     l_a, _ = jax.lax.fori_loop(0, steps, up_both, (l_a, l_b))
-    da, db, dl = _gather(d_flat, a), _gather(d_flat, b), _gather(d_flat, l_a)
+    da, db, dl = gather_rows(d_flat, a), gather_rows(d_flat, b), gather_rows(d_flat, l_a)
     if self.kind == "path_length":
       out = da + db - 2 * dl
     else:
@@ -852,7 +830,7 @@ def _sum_max_sorted(v: jax.Array, d: jax.Array) -> jax.Array:
   order = jnp.argsort(d)
   inv = jnp.zeros_like(order).at[order].set(jnp.arange(order.shape[0], dtype=order.dtype))
   ds = _rank(d[order], v.ndim)
-  vs = _take_last(v, order)
+  vs = take_last(v, order)
   below = _cumsum_last(vs)  # mass with d_i <= d_j (ties: either side is exact)
   cum_vd = _cumsum_last(vs * ds)
   # The d_i > d_j side. The total is the prefix sum's last entry: a separate
@@ -861,7 +839,7 @@ def _sum_max_sorted(v: jax.Array, d: jax.Array) -> jax.Array:
   # "Closed-form losses vs optax cross-entropy") and made XLA write d
   # broadcast to (..., K).
   above_d = cum_vd[..., -1:] - cum_vd
-  return _take_last(ds * below + above_d, inv)
+  return take_last(ds * below + above_d, inv)
 
 
 # --------------------------------------------------------------------------- #
@@ -1059,7 +1037,7 @@ class EmbeddingCost(_cost_ops.CostStructure):
       raise ValueError(f"{name}: scale must be a scalar; got shape {s.shape}.")
     self.embeddings = e
     self.scale = s
-    if not _is_tracer(embeddings) and not _is_tracer(scale):
+    if not is_tracer(embeddings) and not is_tracer(scale):
       check_cost_structure(self)
 
   def tree_flatten(self) -> tuple[tuple[Any, ...], Any]:
@@ -1088,7 +1066,7 @@ class EmbeddingCost(_cost_ops.CostStructure):
   def rows(self, idx: jax.Array) -> jax.Array:
     e = self.embeddings
     y = jnp.clip(jnp.asarray(idx), 0, self.num_classes - 1)
-    ey = _take_rows(e, y)  # (..., D)
+    ey = gather_rows(e, y)  # (..., D)
     n = self._norms()
     out = jnp.sum(ey * ey, axis=-1, keepdims=True) + _rank(n, y.ndim + 1) - 2 * (ey @ e.T)
     # Exact zeros on the diagonal (the expansion leaves rounding there).
@@ -1099,7 +1077,7 @@ class EmbeddingCost(_cost_ops.CostStructure):
     e = self.embeddings
     y = jnp.clip(jnp.asarray(idx), 0, self.num_classes - 1)
     cols = jnp.asarray(cols)
-    ey = _take_rows(e, y)  # (..., D)
+    ey = gather_rows(e, y)  # (..., D)
     ec = jnp.take(e, cols, axis=0, mode="clip")  # (n, D)
     n_c = _rank(jnp.sum(ec * ec, axis=-1), y.ndim + 1)
     out = jnp.sum(ey * ey, axis=-1, keepdims=True) + n_c - 2 * (ey @ ec.T)
@@ -1117,8 +1095,8 @@ class EmbeddingCost(_cost_ops.CostStructure):
 
   def entries(self, i: jax.Array, j: jax.Array) -> jax.Array:
     k = self.num_classes
-    ei = _take_rows(self.embeddings, jnp.clip(jnp.asarray(i), 0, k - 1))
-    ej = _take_rows(self.embeddings, jnp.clip(jnp.asarray(j), 0, k - 1))
+    ei = gather_rows(self.embeddings, jnp.clip(jnp.asarray(i), 0, k - 1))
+    ej = gather_rows(self.embeddings, jnp.clip(jnp.asarray(j), 0, k - 1))
     return self.scale * jnp.sum((ei - ej) ** 2, axis=-1)
 
   def max_cost(self) -> jax.Array:
@@ -1151,10 +1129,6 @@ class EmbeddingCost(_cost_ops.CostStructure):
         f"{fn_name}: EmbeddingCost scale must be finite and >= 0; got {{s}}",
         s=self.scale,
     )
-
-
-def _take_rows(table: jax.Array, idx: jax.Array) -> jax.Array:
-  return _checks.gather_rows(table, idx)
 
 
 # --------------------------------------------------------------------------- #
@@ -1198,7 +1172,7 @@ def check_cost_structure(cost: _cost_ops.CostStructure) -> _cost_ops.CostStructu
         f"{type(cost).__name__}. Use check_cost_matrix for dense matrices."
     )
   leaves = jax.tree.leaves(cost)
-  if any(_is_tracer(x) for x in leaves):
+  if any(is_tracer(x) for x in leaves):
     raise TypeError(
         "check_cost_structure validates concrete values and cannot run under jit; "
         "call it once outside the jitted function."

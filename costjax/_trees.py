@@ -14,6 +14,8 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
+from costjax import _sharding
+
 
 class Tree(NamedTuple):
   """A validated class hierarchy (all NumPy arrays)."""
@@ -37,7 +39,7 @@ def parse_tree(
     fn_name: str = "costjax",
 ) -> Tree:
   """Validates a parent array; raises ``ValueError``/``TypeError`` naming the problem."""
-  if isinstance(parents, jax.core.Tracer) or isinstance(edge_weights, jax.core.Tracer):
+  if _sharding.is_tracer(parents) or _sharding.is_tracer(edge_weights):
     raise TypeError(
         f"{fn_name}: parents and edge_weights describe the tree's structure and must be "
         "concrete (NumPy or a jax.Array created outside jit), not traced values. Close "

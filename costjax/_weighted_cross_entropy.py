@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import checkify
 
-from costjax import _checks, _common, _cost_ops
+from costjax import _checks, _common, _cost_ops, _sharding
 from costjax._expected_cost import soft_cross_entropy
 
 
@@ -94,7 +94,7 @@ def weighted_cross_entropy(
   log_total = jnp.log(jnp.sum(jnp.exp(shifted), axis=-1))
   if p.is_index:
     # Invalid labels (sanitized to K) read clamped entries; finish makes them NaN.
-    wy = _checks.gather_rows(w, p.labels)
+    wy = _sharding.gather_rows(w, p.labels)
     picked = jnp.take_along_axis(
         shifted, p.labels[..., None], axis=-1, mode="promise_in_bounds"
     )[..., 0]
