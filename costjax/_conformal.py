@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from costjax import _checks, _cost_ops, _sharding
+from costjax import _checks, _sharding, _structures
 from costjax._decisions import _decision_costs
 
 _THRESHOLD_SLACK_ULPS = 16
@@ -33,7 +33,7 @@ def _gaps(logits, cost_matrix, fn_name):
 
 def cost_sets(
     logits: jax.typing.ArrayLike,
-    cost_matrix: jax.typing.ArrayLike | _cost_ops.CostStructure,
+    cost_matrix: jax.typing.ArrayLike | _structures.CostStructure,
     *,
     threshold: jax.typing.ArrayLike,
 ) -> jax.Array:
@@ -109,7 +109,7 @@ def _labels_for_sets(sets, labels, fn_name) -> tuple[jax.Array, bool]:
 def set_cost(
     sets: jax.typing.ArrayLike,
     labels: jax.typing.ArrayLike,
-    cost_matrix: jax.typing.ArrayLike | _cost_ops.CostStructure,
+    cost_matrix: jax.typing.ArrayLike | _structures.CostStructure,
 ) -> jax.Array:
   r"""Cost of the best choice in each set: ``min_{j in set} C[y, j]``.
 
@@ -150,10 +150,10 @@ def set_cost(
   sets = jnp.asarray(sets)
   if sets.ndim < 1:
     raise ValueError(f"{name}: sets must have a class axis (..., K); got sets.shape={sets.shape}.")
-  k = _cost_ops.num_classes(cost_matrix, name)
+  k = _structures.num_classes(cost_matrix, name)
   if sets.shape[-1] != k:
     shape = (
-        f"num_classes={k}" if _cost_ops.is_structure(cost_matrix)
+        f"num_classes={k}" if _structures.is_structure(cost_matrix)
         else f"cost_matrix.shape={jnp.shape(cost_matrix)}"  # type: ignore[arg-type]
     )
     raise ValueError(
@@ -161,22 +161,22 @@ def set_cost(
         f"got sets.shape={sets.shape} and {shape}."
     )
   labels, is_index = _labels_for_sets(sets, labels, name)
-  if _cost_ops.is_structure(cost_matrix):
+  if _structures.is_structure(cost_matrix):
     dtype = jnp.dtype(jnp.float32)
   else:
     dtype = jnp.asarray(cost_matrix).dtype
     if not jnp.issubdtype(dtype, jnp.floating):
       dtype = jnp.dtype(jnp.float32)
-  cost = _cost_ops.check_cost(cost_matrix, k, name, dtype, sets.shape[:-1],
+  cost = _structures.check_cost(cost_matrix, k, name, dtype, sets.shape[:-1],
                               f"sets.shape={sets.shape}")
   if is_index:
-    _cost_ops.check_values(cost, None, name)
+    _structures.check_values(cost, None, name)
     y = _checks.sanitize_indices(labels, k, name)
-    rows = _cost_ops.rows(cost, y)
+    rows = _structures.rows(cost, y)
   else:
     q = labels.astype(dtype)
-    _cost_ops.check_values(cost, q, name)
-    rows = _cost_ops.vecmat(q, cost)
+    _structures.check_values(cost, q, name)
+    rows = _structures.vecmat(q, cost)
   out = jnp.min(jnp.where(sets.astype(bool), rows, jnp.inf), axis=-1)
   if is_index:
     out = jnp.where(y == k, jnp.nan, out)
@@ -203,7 +203,7 @@ def _check_alpha(alpha, fn_name):
 def calibrate_cost_sets(
     logits: jax.typing.ArrayLike,
     labels: jax.typing.ArrayLike,
-    cost_matrix: jax.typing.ArrayLike | _cost_ops.CostStructure,
+    cost_matrix: jax.typing.ArrayLike | _structures.CostStructure,
     *,
     alpha: jax.typing.ArrayLike,
 ) -> jax.Array:
@@ -313,7 +313,7 @@ def calibrate_cost_sets(
     logits = jnp.asarray(logits)
   if not _sharding.is_tracer(labels):
     labels = jnp.asarray(labels)
-  if not _cost_ops.is_structure(cost_matrix):
+  if not _structures.is_structure(cost_matrix):
     cost_matrix = jnp.asarray(cost_matrix)
   return _calibrate_jit(logits, labels, cost_matrix, alpha, _checks.checks_on())
 
@@ -326,32 +326,32 @@ def _calibrate_jit(logits, labels, cost_matrix, alpha, checks):
   k = logits.shape[-1]
   labels, is_index = _checks.labels_are_indices(logits, labels, name)
   dtype = _checks.compute_dtype(logits.dtype)
-  cost = _cost_ops.check_cost(cost_matrix, k, name, dtype, logits.shape[:-1],
+  cost = _structures.check_cost(cost_matrix, k, name, dtype, logits.shape[:-1],
                               f"logits.shape={logits.shape}")
   gaps = _gaps(logits, cost, name).reshape(-1, k)
   n = gaps.shape[0]
   if is_index:
     y = _checks.sanitize_indices(labels, k, name)
     # Each example's own row C_i[y_i] when the costs are per example.
-    rows = _cost_ops.rows(cost, y).reshape(-1, k)
+    rows = _structures.rows(cost, y).reshape(-1, k)
     y = y.reshape(-1)
     bad = jnp.any(y == k)
   else:
     q = labels.astype(dtype)
-    _cost_ops.check_values(cost, q, name)
-    rows = _cost_ops.vecmat(q, cost).reshape(-1, k)
+    _structures.check_values(cost, q, name)
+    rows = _structures.vecmat(q, cost).reshape(-1, k)
     bad = jnp.array(False)
-  bound = _cost_ops.max_cost(cost).astype(dtype)
+  bound = _structures.max_cost(cost).astype(dtype)
   # L_i(t) = min {c_ij : g_ij <= t} with c_i = C[y_i]. Order the costs of
   # row c_i increasingly, c_(0) <= ... <= c_(K-1); the set reaches cost level
   # c_(m) once t >= tau_im = min_{m' <= m} g_i(m'). So
   #   L_i(t) = c_(K-1) - sum_{m < K-1} [tau_im <= t] (c_(m+1) - c_(m)),
   # and the total loss is a weighted count of the pairs (i, m) with
   # tau_im <= t: the threshold is a weighted quantile of the tau.
-  if is_index and not _cost_ops.is_structure(cost) and not _cost_ops.per_example(cost):
+  if is_index and not _structures.is_structure(cost) and not _structures.per_example(cost):
     # Only K distinct cost rows: sort those once, not one row per example. A
     # structure never builds that K x K table: it sorts each example's row.
-    table = _cost_ops.rows(cost, jnp.arange(k))
+    table = _structures.rows(cost, jnp.arange(k))
     order = jnp.argsort(table, axis=1)
     table_sorted = jnp.take_along_axis(table, order, axis=1)
     perm = _sharding.gather_rows(order, jnp.minimum(y, k - 1))

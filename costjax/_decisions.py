@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from costjax import _checks, _cost_ops, _reductions, _sharding
+from costjax import _checks, _reductions, _sharding, _structures
 
 
 def check_abstain_cost(
@@ -50,9 +50,9 @@ def _weights_and_cost(logits, cost_matrix, fn_name):
   the cost in the compute dtype, and the logits' dtype."""
   logits = _checks.check_logits(logits, fn_name)
   dtype = _checks.compute_dtype(logits.dtype)
-  cost = _cost_ops.check_cost(cost_matrix, logits.shape[-1], fn_name, dtype,
+  cost = _structures.check_cost(cost_matrix, logits.shape[-1], fn_name, dtype,
                               logits.shape[:-1], f"logits.shape={logits.shape}")
-  _cost_ops.check_values(cost, None, fn_name)
+  _structures.check_values(cost, None, fn_name)
   z = logits.astype(dtype)
   # As jax.nn.softmax: NaN rows for all -inf or any +inf logits.
   weights = jnp.exp(z - jnp.max(z, axis=-1, keepdims=True))
@@ -62,11 +62,11 @@ def _weights_and_cost(logits, cost_matrix, fn_name):
 def _decision_costs(logits, cost_matrix, fn_name):
   """Validated ``softmax(logits) @ C`` in the compute dtype, and the logits' dtype."""
   weights, total, cost, dtype = _weights_and_cost(logits, cost_matrix, fn_name)
-  return _cost_ops.vecmat(weights / total, cost), dtype
+  return _structures.vecmat(weights / total, cost), dtype
 
 
 def decision_costs(
-    logits: jax.typing.ArrayLike, cost_matrix: jax.typing.ArrayLike | _cost_ops.CostStructure
+    logits: jax.typing.ArrayLike, cost_matrix: jax.typing.ArrayLike | _structures.CostStructure
 ) -> jax.Array:
   r"""Expected cost of every possible decision: ``softmax(logits) @ C``.
 
@@ -112,7 +112,7 @@ def decision_costs(
 
 def bayes_decision(
     logits: jax.typing.ArrayLike,
-    cost_matrix: jax.typing.ArrayLike | _cost_ops.CostStructure,
+    cost_matrix: jax.typing.ArrayLike | _structures.CostStructure,
     *,
     abstain_cost: jax.typing.ArrayLike | None = None,
 ) -> jax.Array:
@@ -197,12 +197,12 @@ def bayes_decision(
                                       f"logits.shape={weights.shape}")
   # A structure may know its minimiser without the (..., K) decision costs; it
   # reads the unnormalised weights (skipping a pass that divides by the total).
-  shortcut = cost.bayes(weights) if _cost_ops.is_structure(cost) else None
+  shortcut = cost.bayes(weights) if _structures.is_structure(cost) else None
   if shortcut is not None:
     decision, best = shortcut
     best = best / total[..., 0]
   else:
-    risk = _cost_ops.vecmat(weights / total, cost)
+    risk = _structures.vecmat(weights / total, cost)
     decision = _reductions.argmin_last(risk)
     best = jnp.min(risk, axis=-1)
   # Non-finite logits or costs leave no decision: a sentinel that is no class and not -1.
@@ -237,7 +237,7 @@ def _check_index_pair(
 def mean_cost(
     predictions: jax.typing.ArrayLike,
     labels: jax.typing.ArrayLike,
-    cost_matrix: jax.typing.ArrayLike | _cost_ops.CostStructure,
+    cost_matrix: jax.typing.ArrayLike | _structures.CostStructure,
     *,
     abstain_cost: jax.typing.ArrayLike | None = None,
     where: jax.typing.ArrayLike | None = None,
@@ -296,16 +296,16 @@ def mean_cost(
   if abstain_cost is not None:
     abstain_cost = check_abstain_cost(abstain_cost, name, predictions.shape,
                                       f"predictions.shape={predictions.shape}")
-  num_classes = _cost_ops.num_classes(cost_matrix, name)
-  if _cost_ops.is_structure(cost_matrix):
+  num_classes = _structures.num_classes(cost_matrix, name)
+  if _structures.is_structure(cost_matrix):
     dtype = jnp.dtype(jnp.float32)
   else:
     dtype = jnp.asarray(cost_matrix).dtype
     if not jnp.issubdtype(dtype, jnp.floating):
       dtype = jnp.dtype(jnp.float32)
-  cost = _cost_ops.check_cost(cost_matrix, num_classes, name, dtype, predictions.shape,
+  cost = _structures.check_cost(cost_matrix, num_classes, name, dtype, predictions.shape,
                               f"predictions.shape={predictions.shape}")
-  _cost_ops.check_values(cost, None, name)
+  _structures.check_values(cost, None, name)
   y = _checks.sanitize_indices(labels, num_classes, name + " (labels)")
   if abstain_cost is None:
     abstain = jnp.zeros(predictions.shape, bool)
@@ -315,7 +315,7 @@ def mean_cost(
       jnp.where(abstain, 0, predictions), num_classes, name + " (predictions)"
   )
   bad = (y == num_classes) | (yhat == num_classes)
-  costs = _cost_ops.entries(cost, y, jnp.minimum(yhat, num_classes - 1))
+  costs = _structures.entries(cost, y, jnp.minimum(yhat, num_classes - 1))
   if abstain_cost is not None:
     abstain_cost = _checks.poison_param(abstain_cost, lambda a: (a >= 0) & (a < jnp.inf),
                                         name, "abstain_cost", "finite and >= 0", costs.dtype)
@@ -330,7 +330,7 @@ def mean_cost(
 def savings_score(
     predictions: jax.typing.ArrayLike,
     labels: jax.typing.ArrayLike,
-    cost_matrix: jax.typing.ArrayLike | _cost_ops.CostStructure,
+    cost_matrix: jax.typing.ArrayLike | _structures.CostStructure,
     *,
     abstain_cost: jax.typing.ArrayLike | None = None,
 ) -> jax.Array:
@@ -398,16 +398,16 @@ def savings_score(
   """
   name = "costjax.savings_score"
   predictions, labels = _check_index_pair(predictions, labels, name)
-  num_classes = _cost_ops.num_classes(cost_matrix, name)
-  if _cost_ops.is_structure(cost_matrix):
+  num_classes = _structures.num_classes(cost_matrix, name)
+  if _structures.is_structure(cost_matrix):
     dtype = jnp.dtype(jnp.float32)
   else:
     dtype = jnp.asarray(cost_matrix).dtype
     if not jnp.issubdtype(dtype, jnp.floating):
       dtype = jnp.dtype(jnp.float32)
-  cost = _cost_ops.check_cost(cost_matrix, num_classes, name, dtype, predictions.shape,
+  cost = _structures.check_cost(cost_matrix, num_classes, name, dtype, predictions.shape,
                               f"predictions.shape={predictions.shape}")
-  _cost_ops.check_values(cost, None, name)
+  _structures.check_values(cost, None, name)
   if abstain_cost is not None:
     abstain_cost = check_abstain_cost(abstain_cost, name, predictions.shape,
                                       f"predictions.shape={predictions.shape}")
@@ -419,12 +419,12 @@ def savings_score(
       jnp.where(abstain, 0, predictions), num_classes, name + " (predictions)"
   )
   bad = jnp.any(y == num_classes) | jnp.any(yhat == num_classes)
-  costs = _cost_ops.entries(cost, y, jnp.minimum(yhat, num_classes - 1))
+  costs = _structures.entries(cost, y, jnp.minimum(yhat, num_classes - 1))
   if abstain_cost is not None:
     costs = jnp.where(abstain, abstain_cost.astype(costs.dtype), costs)
   total = jnp.sum(costs)
   # The cost of each constant policy k: sum_b C_b[y_b, k].
-  constant = jnp.sum(_cost_ops.rows(cost, y).reshape(-1, num_classes), axis=0)
+  constant = jnp.sum(_structures.rows(cost, y).reshape(-1, num_classes), axis=0)
   best = jnp.min(constant)
   safe = jnp.where(best > 0, best, jnp.ones_like(best))
   out = jnp.where(best > 0, 1 - total / safe, jnp.nan)

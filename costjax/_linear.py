@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from costjax import _checks, _cost_ops, _sharding
+from costjax import _checks, _sharding, _structures
 
 # Default number of classes per block; see "Losses from features" in
 # docs/benchmarks.md for the measurement behind it.
@@ -120,9 +120,9 @@ def _prepare(
     )
   cost = None
   if cost_matrix is not None:
-    cost = _cost_ops.check_cost(cost_matrix, k, fn_name, dtype)
-    _cost_ops.check_values(cost, None, fn_name)
-    if not _cost_ops.is_structure(cost):
+    cost = _structures.check_cost(cost_matrix, k, fn_name, dtype)
+    _structures.check_values(cost, None, fn_name)
+    if not _structures.is_structure(cost):
       cost = jax.lax.stop_gradient(cost)
     else:
       cost = jax.tree.map(jax.lax.stop_gradient, cost)
@@ -333,7 +333,7 @@ def _run(fn_name, features, weights, labels, cost_matrix, bias, where, block_siz
   x = _prepare(fn_name, features, weights, labels, cost_matrix, bias, where, block_size)
   cfg = _Config(
       x.block, x.weights.shape[1], expected_cost, soft_labels,
-      x.cost is not None and not _cost_ops.is_structure(x.cost),
+      x.cost is not None and not _structures.is_structure(x.cost),
   )
   t = jnp.asarray(temperature, x.dtype)
   stats = _stats(cfg, x.features, x.weights, x.bias, x.labels, x.cost, t)

@@ -22,14 +22,14 @@ under :func:`jax.lax.stop_gradient`, so gradients are the envelope-theorem
 from __future__ import annotations
 
 import functools
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from costjax import _checks, _common, _cost_ops, _sharding
+from costjax import _checks, _common, _sharding, _structures
 
 # Largest (max(C) - min(C)) / epsilon at which the kernel exp(-C / eps) is used:
 # every row/column sum of the max-shifted kernel products is then at least
@@ -47,6 +47,8 @@ _COMPACT_STAGES = 1
 _RELAX_START = 10
 _RELAX_WINDOW = 4
 _RELAX_MAX = 1.8
+# Largest K for which sinkhorn_loss and sinkhorn_solve densify a cost structure.
+_MAX_DENSE_CLASSES = 4096
 
 
 class SinkhornOutput(NamedTuple):
@@ -296,7 +298,7 @@ def sinkhorn_loss(
   """
   name = "costjax.sinkhorn_loss"
   _check_static(name, tol, max_iterations, ground)
-  cost_matrix = _cost_ops.dense_for_sinkhorn(cost_matrix, name)
+  cost_matrix = _dense_for_sinkhorn(cost_matrix, name)
   p = _common.prepare(name, logits, labels, cost_matrix, where)
   exact = _is_static_zero(epsilon)
   if not exact:
@@ -397,7 +399,7 @@ def sinkhorn_solve(
   _check_epsilon(name, epsilon)
   epsilon = _checks.param(epsilon, lambda v: (v > 0) & (v < jnp.inf), name, "epsilon",
                           "finite and > 0")
-  cost_matrix = _cost_ops.dense_for_sinkhorn(cost_matrix, name)
+  cost_matrix = _dense_for_sinkhorn(cost_matrix, name)
   p = _common.prepare(name, logits, labels, cost_matrix, where)
   lp = jax.nn.log_softmax(p.logits, axis=-1)
   if p.is_index:
@@ -459,6 +461,20 @@ def _check_epsilon(name, epsilon) -> None:
         f"{name}: epsilon must be a finite positive number; got {float(arr)!r} "
         "(epsilon=0 is only available through the exact closed forms)."
     )
+
+
+def _dense_for_sinkhorn(cost: Any, fn_name: str) -> Any:
+  """A structure as its dense matrix while ``K <= 4096``; dense input unchanged."""
+  if not _structures.is_structure(cost):
+    return cost
+  if cost.num_classes > _MAX_DENSE_CLASSES:
+    raise ValueError(
+        f"{fn_name}: a cost structure with K = {cost.num_classes} classes would be "
+        f"densified to a {cost.num_classes} x {cost.num_classes} matrix (the limit is "
+        f"K <= {_MAX_DENSE_CLASSES}). For tree costs use costjax.tree_wasserstein, "
+        "the exact W1 in O(K * depth); otherwise expected_cost or a closed form."
+    )
+  return cost.dense()
 
 
 def _active(p: _common.Prepared) -> jax.Array:
