@@ -404,6 +404,67 @@ def finalize(out: jax.Array, row_mask: jax.Array | None, dtype: Any) -> jax.Arra
   return out.astype(dtype)
 
 
+# Messages of check_param: format strings over fn, name, shape and what (the shape rule),
+# value and dtype (the argument as given), op ("> 0" or ">= 0") and bad (the first offending
+# entry, a float).
+_PARAM_SHAPE = "{fn}: {name} must be {what}; got shape {shape}."
+_PARAM_REAL = "{fn}: {name} must be real; got {value!r} (shape {shape}, dtype {dtype})."
+_PARAM_RANGE = "{fn}: {name} must be finite and {op} 0; got {name}={bad}."
+
+
+def check_param(
+    value: Any,
+    fn_name: str,
+    name: str,
+    *,
+    strict: bool,
+    batch_shape: tuple[int, ...] = (),
+    batch_desc: str = "",
+    shape_message: str = _PARAM_SHAPE,
+    concrete_shape_message: str | None = None,
+    real_message: str | None = _PARAM_REAL,
+    range_message: str = _PARAM_RANGE,
+) -> jax.Array:
+  """A real hyperparameter (a scalar, or one value per example), ``value`` broadcast to
+  ``batch_shape``; ``ValueError`` naming ``fn_name`` and ``name`` otherwise.
+
+  ``value`` must broadcast to ``batch_shape`` (NumPy rules; ``()`` means a scalar,
+  ``batch_desc`` names the argument the batch shape comes from). A concrete value must
+  also be real (an integer or floating dtype; skipped when ``real_message`` is ``None``)
+  with every entry finite and ``> 0`` (``strict``) or ``>= 0``. A traced value is only
+  checked for shape: :func:`param` and checked mode take care of its values.
+
+  The messages are the format strings above; ``concrete_shape_message`` (default
+  ``shape_message``) is the one for a concrete value of the wrong shape.
+  """
+  shape = jnp.shape(value)
+  what = "a scalar" if not batch_shape else (
+      f"a scalar or an array that broadcasts to the batch shape {tuple(batch_shape)} of "
+      f"{batch_desc}")
+  fields: dict[str, Any] = {"fn": fn_name, "name": name, "shape": shape, "what": what,
+                            "value": value, "op": ">" if strict else ">="}
+  fits = len(shape) <= len(batch_shape) and all(
+      a in (1, b) for a, b in zip(shape[::-1], batch_shape[::-1], strict=False))
+  traced = _sharding.is_tracer(value)
+  if not fits:
+    message = shape_message if traced or concrete_shape_message is None else (
+        concrete_shape_message)
+    raise ValueError(message.format(**fields))
+  if traced:
+    return jnp.broadcast_to(value, batch_shape)
+  arr = np.asarray(value)
+  if real_message is not None and not (
+      np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
+  ):
+    raise ValueError(real_message.format(**fields, dtype=arr.dtype))
+  flat = arr.reshape(-1)
+  ok = np.isfinite(flat) & ((flat > 0) if strict else (flat >= 0))
+  if not np.all(ok):
+    raise ValueError(range_message.format(**fields, dtype=arr.dtype,
+                                          bad=float(flat[np.argmax(~ok)])))
+  return jnp.broadcast_to(jnp.asarray(value), batch_shape)
+
+
 # --------------------------------------------------------------------------- #
 # Internal: preconditions on values (NaN poisoning, and checked-mode reports
 # naming the function, the argument and the first offending index).

@@ -15,17 +15,15 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from costjax import _checks, _sharding, _structures
-from costjax._decisions import _decision_costs
+from costjax import _checks, _decisions, _sharding, _structures
 
 _THRESHOLD_SLACK_ULPS = 16
 
 
 def _gaps(logits, cost_matrix, fn_name):
   """``decision_costs - min decision_costs`` (>= 0, exactly 0 at the Bayes decision)."""
-  risk, _ = _decision_costs(logits, cost_matrix, fn_name)
+  risk, _ = _decisions.decision_costs_and_dtype(logits, cost_matrix, fn_name)
   # Non-negative by definition; clamped because XLA may recompute `risk` inside
   # a fusion with different rounding, which can leave -0.0 or -1e-7 here.
   return jnp.maximum(risk - jnp.min(risk, axis=-1, keepdims=True), 0.0)
@@ -183,23 +181,6 @@ def set_cost(
   return out
 
 
-def _check_alpha(alpha, fn_name):
-  if _sharding.is_tracer(alpha):
-    if jnp.ndim(alpha) != 0:
-      raise ValueError(f"{fn_name}: alpha must be a scalar; got shape {jnp.shape(alpha)}.")
-    return alpha
-  value = np.asarray(alpha)
-  if value.ndim != 0 or not (
-      np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer)
-  ):
-    raise ValueError(
-        f"{fn_name}: alpha must be a real scalar; got {alpha!r} (shape {value.shape})."
-    )
-  if not np.isfinite(value) or value <= 0:
-    raise ValueError(f"{fn_name}: alpha must be finite and > 0; got alpha={float(value)}.")
-  return jnp.asarray(alpha)
-
-
 def calibrate_cost_sets(
     logits: jax.typing.ArrayLike,
     labels: jax.typing.ArrayLike,
@@ -306,7 +287,9 @@ def calibrate_cost_sets(
     ICLR 2024.
   """
   name = "costjax.calibrate_cost_sets"
-  alpha = _check_alpha(alpha, name)
+  real_scalar = "{fn}: {name} must be a real scalar; got {value!r} (shape {shape})."
+  alpha = _checks.check_param(alpha, name, "alpha", strict=True,
+                              concrete_shape_message=real_scalar, real_message=real_scalar)
   alpha = _checks.param(alpha, lambda v: (v > 0) & (v < jnp.inf), name, "alpha",
                         "finite and > 0")
   if not _sharding.is_tracer(logits):

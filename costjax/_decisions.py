@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from costjax import _checks, _reductions, _sharding, _structures
 
@@ -21,28 +20,9 @@ def check_abstain_cost(
   rules; ``batch_desc`` names the argument it comes from), or if it is concrete
   and has a negative or non-finite entry.
   """
-  shape = jnp.shape(abstain_cost)
-  if len(shape) > len(batch_shape) or not all(
-      a in (1, b) for a, b in zip(shape[::-1], batch_shape[::-1], strict=False)
-  ):
-    what = "a scalar" if not batch_shape else (
-        f"a scalar or an array that broadcasts to the batch shape {tuple(batch_shape)} of "
-        f"{batch_desc}")
-    raise ValueError(f"{fn_name}: abstain_cost must be {what}; got abstain_cost.shape={shape}.")
-  if _sharding.is_tracer(abstain_cost):
-    return jnp.broadcast_to(abstain_cost, batch_shape)
-  value = np.asarray(abstain_cost)
-  if not (np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer)):
-    raise ValueError(
-        f"{fn_name}: abstain_cost must be real; got {abstain_cost!r} "
-        f"(shape {value.shape}, dtype {value.dtype})."
-    )
-  if not np.all(np.isfinite(value)) or np.any(value < 0):
-    bad = value.reshape(-1)[np.argmax(~np.isfinite(value.reshape(-1)) | (value.reshape(-1) < 0))]
-    raise ValueError(
-        f"{fn_name}: abstain_cost must be finite and >= 0; got abstain_cost={float(bad)}."
-    )
-  return jnp.broadcast_to(jnp.asarray(abstain_cost), batch_shape)
+  return _checks.check_param(
+      abstain_cost, fn_name, "abstain_cost", strict=False, batch_shape=batch_shape,
+      batch_desc=batch_desc, shape_message="{fn}: {name} must be {what}; got {name}.shape={shape}.")
 
 
 def _weights_and_cost(logits, cost_matrix, fn_name):
@@ -59,8 +39,9 @@ def _weights_and_cost(logits, cost_matrix, fn_name):
   return weights, jnp.sum(weights, axis=-1, keepdims=True), cost, logits.dtype
 
 
-def _decision_costs(logits, cost_matrix, fn_name):
-  """Validated ``softmax(logits) @ C`` in the compute dtype, and the logits' dtype."""
+def decision_costs_and_dtype(logits, cost_matrix, fn_name):
+  """Validated ``softmax(logits) @ C`` in the compute dtype, and the logits' dtype
+  (shared with the conformal cost sets)."""
   weights, total, cost, dtype = _weights_and_cost(logits, cost_matrix, fn_name)
   return _structures.vecmat(weights / total, cost), dtype
 
@@ -106,7 +87,7 @@ def decision_costs(
     >>> cj.decision_costs(jnp.log(jnp.array([0.9, 0.1])), C).round(4)
     Array([2. , 0.9], dtype=float32)
   """
-  risk, dtype = _decision_costs(logits, cost_matrix, "costjax.decision_costs")
+  risk, dtype = decision_costs_and_dtype(logits, cost_matrix, "costjax.decision_costs")
   return risk.astype(dtype)
 
 

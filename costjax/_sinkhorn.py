@@ -449,18 +449,10 @@ def _is_static_zero(epsilon) -> bool:
 
 
 def _check_epsilon(name, epsilon) -> None:
-  if _sharding.is_tracer(epsilon):
-    if jnp.ndim(epsilon) != 0:
-      raise ValueError(f"{name}: epsilon must be a scalar; got shape {jnp.shape(epsilon)}.")
-    return
-  arr = np.asarray(epsilon)
-  if arr.shape != ():
-    raise ValueError(f"{name}: epsilon must be a scalar; got shape {arr.shape}.")
-  if not np.isfinite(arr) or arr <= 0:
-    raise ValueError(
-        f"{name}: epsilon must be a finite positive number; got {float(arr)!r} "
-        "(epsilon=0 is only available through the exact closed forms)."
-    )
+  _checks.check_param(
+      epsilon, name, "epsilon", strict=True, real_message=None,
+      range_message="{fn}: {name} must be a finite positive number; got {bad!r} "
+      "(epsilon=0 is only available through the exact closed forms).")
 
 
 def _dense_for_sinkhorn(cost: Any, fn_name: str) -> Any:
