@@ -53,7 +53,7 @@ def cost_sets(
   | input | must be | otherwise |
   |---|---|---|
   | ``logits`` | no NaN, no ``+inf`` (``-inf``: probability 0) | empty set (that example) |
-  | ``cost_matrix`` (dense) | every entry finite and ``>= 0`` | empty sets |
+  | ``cost_matrix`` (dense) | every entry finite and ``>= 0`` | empty sets (examples using it) |
 
   Args:
     logits: calibrated scores or log-probabilities, shape ``(..., K)``.
@@ -122,7 +122,7 @@ def set_cost(
   | input | must be | otherwise |
   |---|---|---|
   | integer ``labels`` | in ``[0, K)`` | NaN (that example) |
-  | ``cost_matrix`` (dense) | every entry finite and ``>= 0`` | NaN (all) |
+  | ``cost_matrix`` (dense) | every entry finite and ``>= 0`` | NaN (examples using it) |
 
   Args:
     sets: boolean ``(..., K)`` membership, for example from :func:`cost_sets`.
@@ -244,7 +244,7 @@ def calibrate_cost_sets(
   |---|---|---|
   | ``logits`` | no NaN, no ``+inf`` (``-inf``: probability 0) | NaN or inf (that example) |
   | integer ``labels`` | in ``[0, K)`` | NaN (that example) |
-  | ``cost_matrix`` (dense) | every entry finite and ``>= 0`` | NaN (all) |
+  | ``cost_matrix`` (dense) | every entry finite and ``>= 0`` | NaN |
   | ``alpha`` | finite, ``> 0``; concrete: ``ValueError`` | NaN |
 
   Args:

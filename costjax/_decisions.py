@@ -68,7 +68,7 @@ def decision_costs(
   | input | must be | otherwise |
   |---|---|---|
   | ``logits`` | no NaN, no ``+inf`` (``-inf``: probability 0) | NaN or inf (that example) |
-  | ``cost_matrix`` (dense) | every entry finite and ``>= 0`` | NaN (all) |
+  | ``cost_matrix`` (dense) | every entry finite and ``>= 0`` | NaN (examples using it) |
 
   Args:
     logits: scores or log-probabilities, shape ``(..., K)``; calibrate them
@@ -124,7 +124,7 @@ def bayes_decision(
   | input | must be | otherwise |
   |---|---|---|
   | ``logits`` | no NaN, no ``+inf`` (``-inf``: probability 0) | ``-2**31`` [2] (that example) |
-  | ``cost_matrix`` (dense) | every entry finite and ``>= 0`` | ``-2**31`` [2] (all) |
+  | ``cost_matrix`` (dense) | every entry finite and ``>= 0`` | ``-2**31`` [2] (examples using it) |
   | ``abstain_cost`` | finite, ``>= 0``; concrete: ``ValueError`` | ``-2**31`` [2] (all) |
 
   [2] ``INVALID_DECISION = -2**31``: not a class and not ``-1`` (abstain);
@@ -238,7 +238,7 @@ def mean_cost(
   | input | must be | otherwise |
   |---|---|---|
   | ``predictions``, ``labels`` | in ``[0, K)``; ``-1`` abstains [3] | NaN |
-  | ``cost_matrix`` (dense) | every entry finite and ``>= 0`` | NaN (all) |
+  | ``cost_matrix`` (dense) | every entry finite and ``>= 0`` | NaN |
   | ``abstain_cost`` | finite, ``>= 0``; concrete: ``ValueError`` | NaN |
 
   [3] with ``abstain_cost``.

@@ -38,7 +38,7 @@ def cost_soft_labels(
   |---|---|---|
   | integer ``labels`` | in ``[0, K)`` | NaN (that example) |
   | probability ``labels`` | ``>= 0``, rows sum to 1 (tolerance [1]) | NaN (that example) |
-  | ``cost_matrix`` (dense) | every entry finite and ``>= 0`` | NaN (all) |
+  | ``cost_matrix`` (dense) | every entry finite and ``>= 0`` | NaN (examples using it) |
   | ``temperature`` | ``> 0`` | NaN (all) |
 
   [1] ``1e-3`` on each row's sum, ``2e-2`` for 16-bit labels.
@@ -155,7 +155,7 @@ def soft_label_cross_entropy(
   | ``logits`` | no NaN, no ``+inf`` (``-inf``: probability 0) | NaN or inf (that example) |
   | integer ``labels`` | in ``[0, K)`` | NaN (that example) |
   | probability ``labels`` | ``>= 0``, rows sum to 1 (tolerance [1]) | NaN (that example) |
-  | ``cost_matrix`` (dense) | every entry finite and ``>= 0`` | NaN (all) |
+  | ``cost_matrix`` (dense) | every entry finite and ``>= 0`` | NaN (examples using it) |
   | ``temperature`` | ``> 0`` | NaN (all) |
 
   [1] ``1e-3`` on each row's sum, ``2e-2`` for 16-bit labels.
