@@ -36,30 +36,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from structured import taxonomy  # the sibling benchmark's tree (run as a script)
 
 import costjax as cj
 
 
-def taxonomy(num_classes: int, rng: np.random.Generator, levels: int = 4) -> np.ndarray:
-  """A random ``levels``-level tree with the ``K`` classes as leaves (classes in tree order)."""
-  sizes = np.unique(np.geomspace(8, num_classes, levels).astype(int))
-  sizes = [1, *sizes[:-1].tolist(), num_classes]
-  ids, start = [], num_classes
-  for s in sizes[:-1]:
-    ids.append(np.arange(start, start + s))
-    start += s
-  ids.append(np.arange(num_classes))
-  parents = np.full(start, -1, np.int64)
-  for t in range(1, len(sizes)):
-    npar, nch = sizes[t - 1], sizes[t]
-    assign = np.sort(np.concatenate([np.arange(npar), rng.integers(0, npar, nch - npar)]))
-    parents[ids[t]] = ids[t - 1][assign]
-  return parents
-
-
 def losses(k: int, rng: np.random.Generator, block: int | None) -> dict:
   """name -> (blockwise loss, materialized loss), both ``f(h, w, b, y)``."""
-  tree = cj.TreeCost(taxonomy(k, rng), k)
+  # A random 4-level taxonomy with the classes as leaves (classes in tree order).
+  tree = cj.TreeCost(taxonomy(k, rng, levels=4, smallest=8), k)
   ordinal = cj.OrdinalCost(k)
   kw = {"block_size": block}
   out = {

@@ -42,9 +42,14 @@ import optax
 import costjax as cj
 
 
-def taxonomy(num_classes: int, rng: np.random.Generator, levels: int = 7) -> np.ndarray:
-  """Parents of a random taxonomy: leaves 0..K-1 (the classes) under ``levels`` levels."""
-  sizes = np.unique(np.geomspace(3, num_classes, levels).astype(int))
+def taxonomy(num_classes: int, rng: np.random.Generator, levels: int = 7,
+             smallest: int = 3) -> np.ndarray:
+  """Parents of a random taxonomy: leaves 0..K-1 (the classes) under ``levels`` levels.
+
+  Below the root, level sizes grow geometrically from ``smallest`` to ``K``; each node
+  of a level has at least one child. Also used by ``linear.py``.
+  """
+  sizes = np.unique(np.geomspace(smallest, num_classes, levels).astype(int))
   sizes = [1, *sizes[:-1].tolist(), num_classes]
   k = num_classes
   ids, start = [], k

@@ -23,7 +23,6 @@ from costjax._conformal import cost_sets as cost_sets
 from costjax._conformal import set_cost as set_cost
 from costjax._cost_matrices import hierarchy_cost_matrix as hierarchy_cost_matrix
 from costjax._cost_matrices import ordinal_cost_matrix as ordinal_cost_matrix
-from costjax._cost_ops import CostStructure as CostStructure
 from costjax._decisions import bayes_decision as bayes_decision
 from costjax._decisions import confusion_matrix as confusion_matrix
 from costjax._decisions import decision_costs as decision_costs
@@ -46,6 +45,7 @@ from costjax._sinkhorn import sinkhorn_loss as sinkhorn_loss
 from costjax._sinkhorn import sinkhorn_solve as sinkhorn_solve
 from costjax._soft_labels import cost_soft_labels as cost_soft_labels
 from costjax._soft_labels import soft_label_cross_entropy as soft_label_cross_entropy
+from costjax._structures import CostStructure as CostStructure
 from costjax._structures import EmbeddingCost as EmbeddingCost
 from costjax._structures import OrdinalCost as OrdinalCost
 from costjax._structures import TreeCost as TreeCost

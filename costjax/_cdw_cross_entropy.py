@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
 
-from costjax import _cdw_dot_sums, _checks, _common
+from costjax import _cdw_dot_sums, _checks, _common, _reductions
 
 
 @jax.custom_jvp
@@ -135,7 +135,7 @@ def class_distance_weighted_cross_entropy(
   | ``logits`` | no NaN, no ``+inf`` (``-inf``: probability 0) | NaN or inf (that example) |
   | integer ``labels`` | in ``[0, K)`` | NaN (that example) |
   | probability ``labels`` | ``>= 0``, rows sum to 1 (tolerance [1]) | NaN (that example) |
-  | ``cost_matrix`` (dense) | every entry finite and ``>= 0`` | NaN (all) |
+  | ``cost_matrix`` (dense) | every entry finite and ``>= 0`` | NaN (examples using it) |
   | ``alpha`` | finite, ``>= 0`` | NaN (all) |
 
   [1] ``1e-3`` on each row's sum, ``2e-2`` for 16-bit labels.
@@ -173,7 +173,7 @@ def class_distance_weighted_cross_entropy(
     transform = None  # skip K * K transcendental ops in the common case
   else:
     alpha = jnp.asarray(alpha, p.logits.dtype)
-    transform = lambda c: _checks.safe_pow(c, alpha)
+    transform = lambda c: _reductions.safe_pow(c, alpha)
   weights = _common.target_cost_rows(p, transform)
   if _cdw_dot_sums.use_dot_sums(p.logits):
     out = _cdw_dot_sums.cdw_dot_sums(p.logits, weights)

@@ -28,6 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import checkify
 
+from costjax import _sharding
+
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 _CHECKS_ENABLED = contextvars.ContextVar("costjax_checks_enabled", default=False)
@@ -72,7 +74,7 @@ def check_cost_matrix(cost_matrix: jax.typing.ArrayLike) -> jax.Array:
       ...
     ValueError: cost_matrix has a negative entry: C[0, 1] = -1.0; costs must be >= 0.
   """
-  if isinstance(cost_matrix, jax.core.Tracer):
+  if _sharding.is_tracer(cost_matrix):
     raise TypeError(
         "check_cost_matrix validates concrete values and cannot run under jit; "
         "call it once outside the jitted function."
@@ -367,49 +369,6 @@ def maybe_check_values(
                  ">= 0", fn_name, probs, m=jnp.min(probs))
 
 
-def _explicit_sharding(x: jax.Array) -> jax.sharding.NamedSharding | None:
-  """The NamedSharding of ``x`` if it is sharded over explicit mesh axes, else None."""
-  sharding = getattr(jax.typeof(x), "sharding", None)
-  spec = getattr(sharding, "spec", None)
-  if (
-      isinstance(sharding, jax.sharding.NamedSharding)
-      and not sharding.mesh.empty
-      and spec is not None
-      and any(axis is not None for axis in spec)
-  ):
-    return sharding
-  return None
-
-
-def replicate(x: jax.Array) -> jax.Array:
-  """Gathers an explicitly sharded array onto every device (no-op otherwise)."""
-  sharding = _explicit_sharding(x)
-  if sharding is None:
-    return x
-  return jax.sharding.reshard(
-      x, jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
-  )
-
-
-def gather_rows(table: jax.Array, indices: jax.Array) -> jax.Array:
-  """``table[indices]`` along axis 0, for sanitized indices (invalid -> ``len(table)``).
-
-  Rows of invalid indices are unspecified (XLA clamps): callers mask them
-  explicitly (:func:`costjax._common.finish`), which is faster than a
-  fill-mode gather's per-element bounds select and survives XLA reductions
-  that drop NaNs. Under a mesh with explicit axes (the default of
-  ``jax.make_mesh``) the output is sharded like ``indices``, with the class
-  axis replicated; JAX cannot infer that for a gather from a replicated
-  table, so it is spelled out.
-  """
-  sharding = _explicit_sharding(indices)
-  out = None
-  if sharding is not None:
-    spec = (*sharding.spec, *([None] * (table.ndim - 1)))
-    out = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(*spec))
-  return table.at[indices].get(mode="promise_in_bounds", out_sharding=out)
-
-
 def prepare_where(
     logits: jax.Array, where: jax.typing.ArrayLike | None, fn_name: str
 ) -> tuple[jax.Array, jax.Array | None]:
@@ -445,11 +404,65 @@ def finalize(out: jax.Array, row_mask: jax.Array | None, dtype: Any) -> jax.Arra
   return out.astype(dtype)
 
 
-def safe_pow(x: jax.Array, power: jax.typing.ArrayLike) -> jax.Array:
-  """``x ** power`` for ``x >= 0`` with finite gradients at ``x == 0``; NaN stays NaN."""
-  positive = x != 0
-  safe_x = jnp.where(positive, x, jnp.ones_like(x))
-  return jnp.where(positive, safe_x**power, jnp.zeros_like(x))
+# Messages of check_param: format strings over fn, name, shape and what (the shape rule),
+# value and dtype (the argument as given), op ("> 0" or ">= 0") and bad (the first offending
+# entry, a float).
+_PARAM_SHAPE = "{fn}: {name} must be {what}; got shape {shape}."
+_PARAM_REAL = "{fn}: {name} must be real; got {value!r} (shape {shape}, dtype {dtype})."
+_PARAM_RANGE = "{fn}: {name} must be finite and {op} 0; got {name}={bad}."
+
+
+def check_param(
+    value: Any,
+    fn_name: str,
+    name: str,
+    *,
+    strict: bool,
+    batch_shape: tuple[int, ...] = (),
+    batch_desc: str = "",
+    shape_message: str = _PARAM_SHAPE,
+    concrete_shape_message: str | None = None,
+    real_message: str | None = _PARAM_REAL,
+    range_message: str = _PARAM_RANGE,
+) -> jax.Array:
+  """A real hyperparameter (a scalar, or one value per example), ``value`` broadcast to
+  ``batch_shape``; ``ValueError`` naming ``fn_name`` and ``name`` otherwise.
+
+  ``value`` must broadcast to ``batch_shape`` (NumPy rules; ``()`` means a scalar,
+  ``batch_desc`` names the argument the batch shape comes from). A concrete value must
+  also be real (an integer or floating dtype; skipped when ``real_message`` is ``None``)
+  with every entry finite and ``> 0`` (``strict``) or ``>= 0``. A traced value is only
+  checked for shape: :func:`param` and checked mode take care of its values.
+
+  The messages are the format strings above; ``concrete_shape_message`` (default
+  ``shape_message``) is the one for a concrete value of the wrong shape.
+  """
+  shape = jnp.shape(value)
+  what = "a scalar" if not batch_shape else (
+      f"a scalar or an array that broadcasts to the batch shape {tuple(batch_shape)} of "
+      f"{batch_desc}")
+  fields: dict[str, Any] = {"fn": fn_name, "name": name, "shape": shape, "what": what,
+                            "value": value, "op": ">" if strict else ">="}
+  fits = len(shape) <= len(batch_shape) and all(
+      a in (1, b) for a, b in zip(shape[::-1], batch_shape[::-1], strict=False))
+  traced = _sharding.is_tracer(value)
+  if not fits:
+    message = shape_message if traced or concrete_shape_message is None else (
+        concrete_shape_message)
+    raise ValueError(message.format(**fields))
+  if traced:
+    return jnp.broadcast_to(value, batch_shape)
+  arr = np.asarray(value)
+  if real_message is not None and not (
+      np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
+  ):
+    raise ValueError(real_message.format(**fields, dtype=arr.dtype))
+  flat = arr.reshape(-1)
+  ok = np.isfinite(flat) & ((flat > 0) if strict else (flat >= 0))
+  if not np.all(ok):
+    raise ValueError(range_message.format(**fields, dtype=arr.dtype,
+                                          bad=float(flat[np.argmax(~ok)])))
+  return jnp.broadcast_to(jnp.asarray(value), batch_shape)
 
 
 # --------------------------------------------------------------------------- #

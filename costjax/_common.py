@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from costjax import _checks, _cost_ops, _reductions
+from costjax import _checks, _reductions, _structures
 
 
 class Prepared(NamedTuple):
@@ -17,8 +17,8 @@ class Prepared(NamedTuple):
   labels: jax.Array  # sanitized indices (...,) or probabilities (..., K)
   is_index: bool
   # (K, K) array, a per-example stack (..., K, K) padded to the rank of the
-  # batch, or a _cost_ops.CostStructure, in the compute dtype; read it only
-  # through _cost_ops (rows / vecmat / entries).
+  # batch, or a _structures.CostStructure, in the compute dtype; read it only
+  # through the _structures interface (rows / vecmat / entries).
   cost_matrix: Any
   row_mask: jax.Array | None  # per-example mask from `where`
   out_dtype: Any
@@ -39,14 +39,14 @@ def prepare(
   dtype = _checks.compute_dtype(logits.dtype)
   cost = None
   if cost_matrix is not None:
-    cost = _cost_ops.check_cost(cost_matrix, num_classes, fn_name, dtype, logits.shape[:-1],
+    cost = _structures.check_cost(cost_matrix, num_classes, fn_name, dtype, logits.shape[:-1],
                                 f"logits.shape={logits.shape}")
   if is_index:
     labels = _checks.sanitize_indices(labels, num_classes, fn_name)
-    _cost_ops.check_values(cost, None, fn_name)
+    _structures.check_values(cost, None, fn_name)
   else:
     labels = _checks.poison_probs(labels.astype(dtype), fn_name)
-    _cost_ops.check_values(cost, labels, fn_name)
+    _structures.check_values(cost, labels, fn_name)
   x, row_mask = _checks.prepare_where(logits.astype(dtype), where, fn_name)
   return Prepared(x, labels, is_index, cost, row_mask, logits.dtype, num_classes)
 
@@ -62,16 +62,16 @@ def finish(out: jax.Array, p: Prepared) -> jax.Array:
   return _checks.finalize(out, p.row_mask, p.out_dtype)
 
 
-def target_cost_rows(p: Prepared, transform: _cost_ops.Transform = None) -> jax.Array:
+def target_cost_rows(p: Prepared, transform: _structures.Transform = None) -> jax.Array:
   """``sum_i q_i f(C[i, :])`` per example: the (transformed) row for integer labels.
 
   ``transform`` (``f``) is an optional row-wise map of cost rows (see
-  :mod:`costjax._cost_ops`). Shape ``(..., K)``. Rows of out-of-range labels
+  :mod:`costjax._structures.interface`). Shape ``(..., K)``. Rows of out-of-range labels
   are unspecified: every loss ends with :func:`finish`, which makes them NaN.
   """
   if p.is_index:
-    return _cost_ops.rows(p.cost_matrix, p.labels, transform)
-  return _cost_ops.vecmat(p.labels, p.cost_matrix, transform)
+    return _structures.rows(p.cost_matrix, p.labels, transform)
+  return _structures.vecmat(p.labels, p.cost_matrix, transform)
 
 
 class SoftmaxParts(NamedTuple):

@@ -15,17 +15,15 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from costjax import _checks, _cost_ops
-from costjax._decisions import _decision_costs
+from costjax import _checks, _decisions, _sharding, _structures
 
 _THRESHOLD_SLACK_ULPS = 16
 
 
 def _gaps(logits, cost_matrix, fn_name):
   """``decision_costs - min decision_costs`` (>= 0, exactly 0 at the Bayes decision)."""
-  risk, _ = _decision_costs(logits, cost_matrix, fn_name)
+  risk, _ = _decisions.decision_costs_and_dtype(logits, cost_matrix, fn_name)
   # Non-negative by definition; clamped because XLA may recompute `risk` inside
   # a fusion with different rounding, which can leave -0.0 or -1e-7 here.
   return jnp.maximum(risk - jnp.min(risk, axis=-1, keepdims=True), 0.0)
@@ -33,7 +31,7 @@ def _gaps(logits, cost_matrix, fn_name):
 
 def cost_sets(
     logits: jax.typing.ArrayLike,
-    cost_matrix: jax.typing.ArrayLike | _cost_ops.CostStructure,
+    cost_matrix: jax.typing.ArrayLike | _structures.CostStructure,
     *,
     threshold: jax.typing.ArrayLike,
 ) -> jax.Array:
@@ -55,7 +53,7 @@ def cost_sets(
   | input | must be | otherwise |
   |---|---|---|
   | ``logits`` | no NaN, no ``+inf`` (``-inf``: probability 0) | empty set (that example) |
-  | ``cost_matrix`` (dense) | every entry finite and ``>= 0`` | empty sets |
+  | ``cost_matrix`` (dense) | every entry finite and ``>= 0`` | empty sets (examples using it) |
 
   Args:
     logits: calibrated scores or log-probabilities, shape ``(..., K)``.
@@ -109,7 +107,7 @@ def _labels_for_sets(sets, labels, fn_name) -> tuple[jax.Array, bool]:
 def set_cost(
     sets: jax.typing.ArrayLike,
     labels: jax.typing.ArrayLike,
-    cost_matrix: jax.typing.ArrayLike | _cost_ops.CostStructure,
+    cost_matrix: jax.typing.ArrayLike | _structures.CostStructure,
 ) -> jax.Array:
   r"""Cost of the best choice in each set: ``min_{j in set} C[y, j]``.
 
@@ -124,7 +122,7 @@ def set_cost(
   | input | must be | otherwise |
   |---|---|---|
   | integer ``labels`` | in ``[0, K)`` | NaN (that example) |
-  | ``cost_matrix`` (dense) | every entry finite and ``>= 0`` | NaN (all) |
+  | ``cost_matrix`` (dense) | every entry finite and ``>= 0`` | NaN (examples using it) |
 
   Args:
     sets: boolean ``(..., K)`` membership, for example from :func:`cost_sets`.
@@ -150,10 +148,10 @@ def set_cost(
   sets = jnp.asarray(sets)
   if sets.ndim < 1:
     raise ValueError(f"{name}: sets must have a class axis (..., K); got sets.shape={sets.shape}.")
-  k = _cost_ops.num_classes(cost_matrix, name)
+  k = _structures.num_classes(cost_matrix, name)
   if sets.shape[-1] != k:
     shape = (
-        f"num_classes={k}" if _cost_ops.is_structure(cost_matrix)
+        f"num_classes={k}" if _structures.is_structure(cost_matrix)
         else f"cost_matrix.shape={jnp.shape(cost_matrix)}"  # type: ignore[arg-type]
     )
     raise ValueError(
@@ -161,49 +159,32 @@ def set_cost(
         f"got sets.shape={sets.shape} and {shape}."
     )
   labels, is_index = _labels_for_sets(sets, labels, name)
-  if _cost_ops.is_structure(cost_matrix):
+  if _structures.is_structure(cost_matrix):
     dtype = jnp.dtype(jnp.float32)
   else:
     dtype = jnp.asarray(cost_matrix).dtype
     if not jnp.issubdtype(dtype, jnp.floating):
       dtype = jnp.dtype(jnp.float32)
-  cost = _cost_ops.check_cost(cost_matrix, k, name, dtype, sets.shape[:-1],
+  cost = _structures.check_cost(cost_matrix, k, name, dtype, sets.shape[:-1],
                               f"sets.shape={sets.shape}")
   if is_index:
-    _cost_ops.check_values(cost, None, name)
+    _structures.check_values(cost, None, name)
     y = _checks.sanitize_indices(labels, k, name)
-    rows = _cost_ops.rows(cost, y)
+    rows = _structures.rows(cost, y)
   else:
     q = labels.astype(dtype)
-    _cost_ops.check_values(cost, q, name)
-    rows = _cost_ops.vecmat(q, cost)
+    _structures.check_values(cost, q, name)
+    rows = _structures.vecmat(q, cost)
   out = jnp.min(jnp.where(sets.astype(bool), rows, jnp.inf), axis=-1)
   if is_index:
     out = jnp.where(y == k, jnp.nan, out)
   return out
 
 
-def _check_alpha(alpha, fn_name):
-  if isinstance(alpha, jax.core.Tracer):
-    if jnp.ndim(alpha) != 0:
-      raise ValueError(f"{fn_name}: alpha must be a scalar; got shape {jnp.shape(alpha)}.")
-    return alpha
-  value = np.asarray(alpha)
-  if value.ndim != 0 or not (
-      np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer)
-  ):
-    raise ValueError(
-        f"{fn_name}: alpha must be a real scalar; got {alpha!r} (shape {value.shape})."
-    )
-  if not np.isfinite(value) or value <= 0:
-    raise ValueError(f"{fn_name}: alpha must be finite and > 0; got alpha={float(value)}.")
-  return jnp.asarray(alpha)
-
-
 def calibrate_cost_sets(
     logits: jax.typing.ArrayLike,
     labels: jax.typing.ArrayLike,
-    cost_matrix: jax.typing.ArrayLike | _cost_ops.CostStructure,
+    cost_matrix: jax.typing.ArrayLike | _structures.CostStructure,
     *,
     alpha: jax.typing.ArrayLike,
 ) -> jax.Array:
@@ -263,7 +244,7 @@ def calibrate_cost_sets(
   |---|---|---|
   | ``logits`` | no NaN, no ``+inf`` (``-inf``: probability 0) | NaN or inf (that example) |
   | integer ``labels`` | in ``[0, K)`` | NaN (that example) |
-  | ``cost_matrix`` (dense) | every entry finite and ``>= 0`` | NaN (all) |
+  | ``cost_matrix`` (dense) | every entry finite and ``>= 0`` | NaN |
   | ``alpha`` | finite, ``> 0``; concrete: ``ValueError`` | NaN |
 
   Args:
@@ -306,14 +287,16 @@ def calibrate_cost_sets(
     ICLR 2024.
   """
   name = "costjax.calibrate_cost_sets"
-  alpha = _check_alpha(alpha, name)
+  real_scalar = "{fn}: {name} must be a real scalar; got {value!r} (shape {shape})."
+  alpha = _checks.check_param(alpha, name, "alpha", strict=True,
+                              concrete_shape_message=real_scalar, real_message=real_scalar)
   alpha = _checks.param(alpha, lambda v: (v > 0) & (v < jnp.inf), name, "alpha",
                         "finite and > 0")
-  if not isinstance(logits, jax.core.Tracer):
+  if not _sharding.is_tracer(logits):
     logits = jnp.asarray(logits)
-  if not isinstance(labels, jax.core.Tracer):
+  if not _sharding.is_tracer(labels):
     labels = jnp.asarray(labels)
-  if not _cost_ops.is_structure(cost_matrix):
+  if not _structures.is_structure(cost_matrix):
     cost_matrix = jnp.asarray(cost_matrix)
   return _calibrate_jit(logits, labels, cost_matrix, alpha, _checks.checks_on())
 
@@ -326,36 +309,36 @@ def _calibrate_jit(logits, labels, cost_matrix, alpha, checks):
   k = logits.shape[-1]
   labels, is_index = _checks.labels_are_indices(logits, labels, name)
   dtype = _checks.compute_dtype(logits.dtype)
-  cost = _cost_ops.check_cost(cost_matrix, k, name, dtype, logits.shape[:-1],
+  cost = _structures.check_cost(cost_matrix, k, name, dtype, logits.shape[:-1],
                               f"logits.shape={logits.shape}")
   gaps = _gaps(logits, cost, name).reshape(-1, k)
   n = gaps.shape[0]
   if is_index:
     y = _checks.sanitize_indices(labels, k, name)
     # Each example's own row C_i[y_i] when the costs are per example.
-    rows = _cost_ops.rows(cost, y).reshape(-1, k)
+    rows = _structures.rows(cost, y).reshape(-1, k)
     y = y.reshape(-1)
     bad = jnp.any(y == k)
   else:
     q = labels.astype(dtype)
-    _cost_ops.check_values(cost, q, name)
-    rows = _cost_ops.vecmat(q, cost).reshape(-1, k)
+    _structures.check_values(cost, q, name)
+    rows = _structures.vecmat(q, cost).reshape(-1, k)
     bad = jnp.array(False)
-  bound = _cost_ops.max_cost(cost).astype(dtype)
+  bound = _structures.max_cost(cost).astype(dtype)
   # L_i(t) = min {c_ij : g_ij <= t} with c_i = C[y_i]. Order the costs of
   # row c_i increasingly, c_(0) <= ... <= c_(K-1); the set reaches cost level
   # c_(m) once t >= tau_im = min_{m' <= m} g_i(m'). So
   #   L_i(t) = c_(K-1) - sum_{m < K-1} [tau_im <= t] (c_(m+1) - c_(m)),
   # and the total loss is a weighted count of the pairs (i, m) with
   # tau_im <= t: the threshold is a weighted quantile of the tau.
-  if is_index and not _cost_ops.is_structure(cost) and not _cost_ops.per_example(cost):
+  if is_index and not _structures.is_structure(cost) and not _structures.per_example(cost):
     # Only K distinct cost rows: sort those once, not one row per example. A
     # structure never builds that K x K table: it sorts each example's row.
-    table = _cost_ops.rows(cost, jnp.arange(k))
+    table = _structures.rows(cost, jnp.arange(k))
     order = jnp.argsort(table, axis=1)
     table_sorted = jnp.take_along_axis(table, order, axis=1)
-    perm = _checks.gather_rows(order, jnp.minimum(y, k - 1))
-    costs_sorted = _checks.gather_rows(table_sorted, jnp.minimum(y, k - 1))
+    perm = _sharding.gather_rows(order, jnp.minimum(y, k - 1))
+    costs_sorted = _sharding.gather_rows(table_sorted, jnp.minimum(y, k - 1))
   else:
     perm = jnp.argsort(rows, axis=1)
     costs_sorted = jnp.take_along_axis(rows, perm, axis=1)
@@ -367,8 +350,8 @@ def _calibrate_jit(logits, labels, cost_matrix, alpha, checks):
   need = jnp.sum(costs_sorted[:, -1]) + bound - alpha * (n + 1)
   # The histograms scatter into 256 bins: gather an explicitly sharded batch first
   # (as confusion_matrix does), since JAX cannot infer the sharding of that scatter.
-  tau_hat = _weighted_quantile(_checks.replicate(tau.reshape(-1)),
-                               _checks.replicate(weight.reshape(-1)), need)
+  tau_hat = _weighted_quantile(_sharding.replicate(tau.reshape(-1)),
+                               _sharding.replicate(weight.reshape(-1)), need)
   # Rounded up by 16 ulps: decision costs recomputed in another compiled
   # program (cost_sets outside this jit) may differ in their last bits, and the
   # sets at the returned threshold must still hold every decision counted here.

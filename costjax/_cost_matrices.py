@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from costjax import _checks, _trees
+from costjax import _checks, _structures
 
 
 def ordinal_cost_matrix(
@@ -111,9 +111,9 @@ def hierarchy_cost_matrix(
   name = "costjax.hierarchy_cost_matrix"
   if kind not in ("path_length", "lca_height"):
     raise ValueError(f"{name}: kind must be 'path_length' or 'lca_height'; got {kind!r}.")
-  tree = _trees.parse_tree(parents, num_classes, edge_weights, name)
+  tree = _structures.parse_tree(parents, num_classes, edge_weights, name)
   classes = np.arange(num_classes)
-  anc = _trees.ancestor_matrix(tree, classes).astype(np.float64)
+  anc = _structures.ancestor_matrix(tree, classes).astype(np.float64)
   # Distance from the root to lca(i, j) = total weight of the shared ancestors'
   # edges (each ancestor n contributes the edge n -> parent(n); the root has 0).
   lca_depth = (anc * tree.edge_weights) @ anc.T

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from costjax import _checks, _cost_ops, _reductions
+from costjax import _checks, _reductions, _sharding, _structures
 
 
 def check_abstain_cost(
@@ -21,28 +20,9 @@ def check_abstain_cost(
   rules; ``batch_desc`` names the argument it comes from), or if it is concrete
   and has a negative or non-finite entry.
   """
-  shape = jnp.shape(abstain_cost)
-  if len(shape) > len(batch_shape) or not all(
-      a in (1, b) for a, b in zip(shape[::-1], batch_shape[::-1], strict=False)
-  ):
-    what = "a scalar" if not batch_shape else (
-        f"a scalar or an array that broadcasts to the batch shape {tuple(batch_shape)} of "
-        f"{batch_desc}")
-    raise ValueError(f"{fn_name}: abstain_cost must be {what}; got abstain_cost.shape={shape}.")
-  if isinstance(abstain_cost, jax.core.Tracer):
-    return jnp.broadcast_to(abstain_cost, batch_shape)
-  value = np.asarray(abstain_cost)
-  if not (np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer)):
-    raise ValueError(
-        f"{fn_name}: abstain_cost must be real; got {abstain_cost!r} "
-        f"(shape {value.shape}, dtype {value.dtype})."
-    )
-  if not np.all(np.isfinite(value)) or np.any(value < 0):
-    bad = value.reshape(-1)[np.argmax(~np.isfinite(value.reshape(-1)) | (value.reshape(-1) < 0))]
-    raise ValueError(
-        f"{fn_name}: abstain_cost must be finite and >= 0; got abstain_cost={float(bad)}."
-    )
-  return jnp.broadcast_to(jnp.asarray(abstain_cost), batch_shape)
+  return _checks.check_param(
+      abstain_cost, fn_name, "abstain_cost", strict=False, batch_shape=batch_shape,
+      batch_desc=batch_desc, shape_message="{fn}: {name} must be {what}; got {name}.shape={shape}.")
 
 
 def _weights_and_cost(logits, cost_matrix, fn_name):
@@ -50,23 +30,24 @@ def _weights_and_cost(logits, cost_matrix, fn_name):
   the cost in the compute dtype, and the logits' dtype."""
   logits = _checks.check_logits(logits, fn_name)
   dtype = _checks.compute_dtype(logits.dtype)
-  cost = _cost_ops.check_cost(cost_matrix, logits.shape[-1], fn_name, dtype,
+  cost = _structures.check_cost(cost_matrix, logits.shape[-1], fn_name, dtype,
                               logits.shape[:-1], f"logits.shape={logits.shape}")
-  _cost_ops.check_values(cost, None, fn_name)
+  _structures.check_values(cost, None, fn_name)
   z = logits.astype(dtype)
   # As jax.nn.softmax: NaN rows for all -inf or any +inf logits.
   weights = jnp.exp(z - jnp.max(z, axis=-1, keepdims=True))
   return weights, jnp.sum(weights, axis=-1, keepdims=True), cost, logits.dtype
 
 
-def _decision_costs(logits, cost_matrix, fn_name):
-  """Validated ``softmax(logits) @ C`` in the compute dtype, and the logits' dtype."""
+def decision_costs_and_dtype(logits, cost_matrix, fn_name):
+  """Validated ``softmax(logits) @ C`` in the compute dtype, and the logits' dtype
+  (shared with the conformal cost sets)."""
   weights, total, cost, dtype = _weights_and_cost(logits, cost_matrix, fn_name)
-  return _cost_ops.vecmat(weights / total, cost), dtype
+  return _structures.vecmat(weights / total, cost), dtype
 
 
 def decision_costs(
-    logits: jax.typing.ArrayLike, cost_matrix: jax.typing.ArrayLike | _cost_ops.CostStructure
+    logits: jax.typing.ArrayLike, cost_matrix: jax.typing.ArrayLike | _structures.CostStructure
 ) -> jax.Array:
   r"""Expected cost of every possible decision: ``softmax(logits) @ C``.
 
@@ -87,7 +68,7 @@ def decision_costs(
   | input | must be | otherwise |
   |---|---|---|
   | ``logits`` | no NaN, no ``+inf`` (``-inf``: probability 0) | NaN or inf (that example) |
-  | ``cost_matrix`` (dense) | every entry finite and ``>= 0`` | NaN (all) |
+  | ``cost_matrix`` (dense) | every entry finite and ``>= 0`` | NaN (examples using it) |
 
   Args:
     logits: scores or log-probabilities, shape ``(..., K)``; calibrate them
@@ -106,13 +87,13 @@ def decision_costs(
     >>> cj.decision_costs(jnp.log(jnp.array([0.9, 0.1])), C).round(4)
     Array([2. , 0.9], dtype=float32)
   """
-  risk, dtype = _decision_costs(logits, cost_matrix, "costjax.decision_costs")
+  risk, dtype = decision_costs_and_dtype(logits, cost_matrix, "costjax.decision_costs")
   return risk.astype(dtype)
 
 
 def bayes_decision(
     logits: jax.typing.ArrayLike,
-    cost_matrix: jax.typing.ArrayLike | _cost_ops.CostStructure,
+    cost_matrix: jax.typing.ArrayLike | _structures.CostStructure,
     *,
     abstain_cost: jax.typing.ArrayLike | None = None,
 ) -> jax.Array:
@@ -143,7 +124,7 @@ def bayes_decision(
   | input | must be | otherwise |
   |---|---|---|
   | ``logits`` | no NaN, no ``+inf`` (``-inf``: probability 0) | ``-2**31`` [2] (that example) |
-  | ``cost_matrix`` (dense) | every entry finite and ``>= 0`` | ``-2**31`` [2] (all) |
+  | ``cost_matrix`` (dense) | every entry finite and ``>= 0`` | ``-2**31`` [2] (examples using it) |
   | ``abstain_cost`` | finite, ``>= 0``; concrete: ``ValueError`` | ``-2**31`` [2] (all) |
 
   [2] ``INVALID_DECISION = -2**31``: not a class and not ``-1`` (abstain);
@@ -197,12 +178,12 @@ def bayes_decision(
                                       f"logits.shape={weights.shape}")
   # A structure may know its minimiser without the (..., K) decision costs; it
   # reads the unnormalised weights (skipping a pass that divides by the total).
-  shortcut = cost.bayes(weights) if _cost_ops.is_structure(cost) else None
+  shortcut = cost.bayes(weights) if _structures.is_structure(cost) else None
   if shortcut is not None:
     decision, best = shortcut
     best = best / total[..., 0]
   else:
-    risk = _cost_ops.vecmat(weights / total, cost)
+    risk = _structures.vecmat(weights / total, cost)
     decision = _reductions.argmin_last(risk)
     best = jnp.min(risk, axis=-1)
   # Non-finite logits or costs leave no decision: a sentinel that is no class and not -1.
@@ -237,7 +218,7 @@ def _check_index_pair(
 def mean_cost(
     predictions: jax.typing.ArrayLike,
     labels: jax.typing.ArrayLike,
-    cost_matrix: jax.typing.ArrayLike | _cost_ops.CostStructure,
+    cost_matrix: jax.typing.ArrayLike | _structures.CostStructure,
     *,
     abstain_cost: jax.typing.ArrayLike | None = None,
     where: jax.typing.ArrayLike | None = None,
@@ -257,7 +238,7 @@ def mean_cost(
   | input | must be | otherwise |
   |---|---|---|
   | ``predictions``, ``labels`` | in ``[0, K)``; ``-1`` abstains [3] | NaN |
-  | ``cost_matrix`` (dense) | every entry finite and ``>= 0`` | NaN (all) |
+  | ``cost_matrix`` (dense) | every entry finite and ``>= 0`` | NaN |
   | ``abstain_cost`` | finite, ``>= 0``; concrete: ``ValueError`` | NaN |
 
   [3] with ``abstain_cost``.
@@ -296,16 +277,16 @@ def mean_cost(
   if abstain_cost is not None:
     abstain_cost = check_abstain_cost(abstain_cost, name, predictions.shape,
                                       f"predictions.shape={predictions.shape}")
-  num_classes = _cost_ops.num_classes(cost_matrix, name)
-  if _cost_ops.is_structure(cost_matrix):
+  num_classes = _structures.num_classes(cost_matrix, name)
+  if _structures.is_structure(cost_matrix):
     dtype = jnp.dtype(jnp.float32)
   else:
     dtype = jnp.asarray(cost_matrix).dtype
     if not jnp.issubdtype(dtype, jnp.floating):
       dtype = jnp.dtype(jnp.float32)
-  cost = _cost_ops.check_cost(cost_matrix, num_classes, name, dtype, predictions.shape,
+  cost = _structures.check_cost(cost_matrix, num_classes, name, dtype, predictions.shape,
                               f"predictions.shape={predictions.shape}")
-  _cost_ops.check_values(cost, None, name)
+  _structures.check_values(cost, None, name)
   y = _checks.sanitize_indices(labels, num_classes, name + " (labels)")
   if abstain_cost is None:
     abstain = jnp.zeros(predictions.shape, bool)
@@ -315,7 +296,7 @@ def mean_cost(
       jnp.where(abstain, 0, predictions), num_classes, name + " (predictions)"
   )
   bad = (y == num_classes) | (yhat == num_classes)
-  costs = _cost_ops.entries(cost, y, jnp.minimum(yhat, num_classes - 1))
+  costs = _structures.entries(cost, y, jnp.minimum(yhat, num_classes - 1))
   if abstain_cost is not None:
     abstain_cost = _checks.poison_param(abstain_cost, lambda a: (a >= 0) & (a < jnp.inf),
                                         name, "abstain_cost", "finite and >= 0", costs.dtype)
@@ -330,7 +311,7 @@ def mean_cost(
 def savings_score(
     predictions: jax.typing.ArrayLike,
     labels: jax.typing.ArrayLike,
-    cost_matrix: jax.typing.ArrayLike | _cost_ops.CostStructure,
+    cost_matrix: jax.typing.ArrayLike | _structures.CostStructure,
     *,
     abstain_cost: jax.typing.ArrayLike | None = None,
 ) -> jax.Array:
@@ -398,16 +379,16 @@ def savings_score(
   """
   name = "costjax.savings_score"
   predictions, labels = _check_index_pair(predictions, labels, name)
-  num_classes = _cost_ops.num_classes(cost_matrix, name)
-  if _cost_ops.is_structure(cost_matrix):
+  num_classes = _structures.num_classes(cost_matrix, name)
+  if _structures.is_structure(cost_matrix):
     dtype = jnp.dtype(jnp.float32)
   else:
     dtype = jnp.asarray(cost_matrix).dtype
     if not jnp.issubdtype(dtype, jnp.floating):
       dtype = jnp.dtype(jnp.float32)
-  cost = _cost_ops.check_cost(cost_matrix, num_classes, name, dtype, predictions.shape,
+  cost = _structures.check_cost(cost_matrix, num_classes, name, dtype, predictions.shape,
                               f"predictions.shape={predictions.shape}")
-  _cost_ops.check_values(cost, None, name)
+  _structures.check_values(cost, None, name)
   if abstain_cost is not None:
     abstain_cost = check_abstain_cost(abstain_cost, name, predictions.shape,
                                       f"predictions.shape={predictions.shape}")
@@ -419,12 +400,12 @@ def savings_score(
       jnp.where(abstain, 0, predictions), num_classes, name + " (predictions)"
   )
   bad = jnp.any(y == num_classes) | jnp.any(yhat == num_classes)
-  costs = _cost_ops.entries(cost, y, jnp.minimum(yhat, num_classes - 1))
+  costs = _structures.entries(cost, y, jnp.minimum(yhat, num_classes - 1))
   if abstain_cost is not None:
     costs = jnp.where(abstain, abstain_cost.astype(costs.dtype), costs)
   total = jnp.sum(costs)
   # The cost of each constant policy k: sum_b C_b[y_b, k].
-  constant = jnp.sum(_cost_ops.rows(cost, y).reshape(-1, num_classes), axis=0)
+  constant = jnp.sum(_structures.rows(cost, y).reshape(-1, num_classes), axis=0)
   best = jnp.min(constant)
   safe = jnp.where(best > 0, best, jnp.ones_like(best))
   out = jnp.where(best > 0, 1 - total / safe, jnp.nan)
@@ -463,7 +444,7 @@ def confusion_matrix(
   name = "costjax.confusion_matrix"
   predictions, labels = _check_index_pair(predictions, labels, name)
   # A scatter into one small (K, K) table: gather sharded batches first.
-  labels, predictions = _checks.replicate(labels), _checks.replicate(predictions)
+  labels, predictions = _sharding.replicate(labels), _sharding.replicate(predictions)
   y = _checks.sanitize_indices(labels.reshape(-1), num_classes, name + " (labels)")
   yhat = _checks.sanitize_indices(predictions.reshape(-1), num_classes, name + " (predictions)")
   counts = jnp.zeros((num_classes, num_classes), jnp.int32)

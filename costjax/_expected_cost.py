@@ -40,7 +40,7 @@ def expected_cost(
   | ``logits`` | no NaN, no ``+inf`` (``-inf``: probability 0) | NaN or inf (that example) |
   | integer ``labels`` | in ``[0, K)`` | NaN (that example) |
   | probability ``labels`` | ``>= 0``, rows sum to 1 (tolerance [1]) | NaN (that example) |
-  | ``cost_matrix`` (dense) | every entry finite and ``>= 0`` | NaN (all) |
+  | ``cost_matrix`` (dense) | every entry finite and ``>= 0`` | NaN (examples using it) |
 
   [1] ``1e-3`` on each row's sum, ``2e-2`` for 16-bit labels.
 
@@ -107,7 +107,7 @@ def cost_regularized_cross_entropy(
   | ``logits`` | no NaN, no ``+inf`` (``-inf``: probability 0) | NaN or inf (that example) |
   | integer ``labels`` | in ``[0, K)`` | NaN (that example) |
   | probability ``labels`` | ``>= 0``, rows sum to 1 (tolerance [1]) | NaN (that example) |
-  | ``cost_matrix`` (dense) | every entry finite and ``>= 0`` | NaN (all) |
+  | ``cost_matrix`` (dense) | every entry finite and ``>= 0`` | NaN (examples using it) |
   | ``lam`` | finite, ``>= 0`` | NaN (all) |
 
   [1] ``1e-3`` on each row's sum, ``2e-2`` for 16-bit labels.

@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from costjax import _checks, _cost_ops
+from costjax import _checks, _sharding, _structures
 
 # Default number of classes per block; see "Losses from features" in
 # docs/benchmarks.md for the measurement behind it.
@@ -120,9 +120,9 @@ def _prepare(
     )
   cost = None
   if cost_matrix is not None:
-    cost = _cost_ops.check_cost(cost_matrix, k, fn_name, dtype)
-    _cost_ops.check_values(cost, None, fn_name)
-    if not _cost_ops.is_structure(cost):
+    cost = _structures.check_cost(cost_matrix, k, fn_name, dtype)
+    _structures.check_values(cost, None, fn_name)
+    if not _structures.is_structure(cost):
       cost = jax.lax.stop_gradient(cost)
     else:
       cost = jax.tree.map(jax.lax.stop_gradient, cost)
@@ -147,7 +147,7 @@ def _prepare(
   # Under explicit mesh axes, weights and bias sharded over classes are gathered:
   # the scan slices blocks of classes at traced offsets. (Automatic sharding
   # under jit leaves the placement to XLA.)
-  weights, b = _checks.replicate(weights), _checks.replicate(b)
+  weights, b = _sharding.replicate(weights), _sharding.replicate(b)
   return _Inputs(
       features.reshape(-1, d), weights, b, labels.reshape(-1), cost, row_mask,
       batch_shape, dtype, out_dtype, block,
@@ -194,7 +194,7 @@ def _costs(cfg, cost, y, blk: _Block, dtype) -> jax.Array:
   y = jnp.minimum(y, cfg.num_classes - 1)
   if cfg.cost_is_dense:
     sub = jax.lax.dynamic_slice_in_dim(cost, blk.start, cfg.block, axis=1)  # (K, n)
-    return _checks.gather_rows(sub, y).astype(dtype)
+    return _sharding.gather_rows(sub, y).astype(dtype)
   return cost.row_block(y, blk.cols).astype(dtype)
 
 
@@ -204,7 +204,7 @@ def _safe(m: jax.Array) -> jax.Array:
 
 def _replicated_like(x: jax.Array) -> Any:
   """Replicated over the explicit mesh of ``x``, or ``None`` without one."""
-  sharding = _checks._explicit_sharding(x)
+  sharding = _sharding.explicit_sharding(x)
   if sharding is None:
     return None
   return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
@@ -333,7 +333,7 @@ def _run(fn_name, features, weights, labels, cost_matrix, bias, where, block_siz
   x = _prepare(fn_name, features, weights, labels, cost_matrix, bias, where, block_size)
   cfg = _Config(
       x.block, x.weights.shape[1], expected_cost, soft_labels,
-      x.cost is not None and not _cost_ops.is_structure(x.cost),
+      x.cost is not None and not _structures.is_structure(x.cost),
   )
   t = jnp.asarray(temperature, x.dtype)
   stats = _stats(cfg, x.features, x.weights, x.bias, x.labels, x.cost, t)

@@ -83,7 +83,7 @@ def ordinal_emd(
     # 1[k >= y]; a sanitized bad label (== K) gives 0 here and NaN in finish.
     cdf_q = (position >= p.labels[..., None].astype(position.dtype)).astype(position.dtype)
   else:
-    cdf_q = prefix_sum(p.labels)
+    cdf_q = _reductions.prefix_sum(p.labels)
   if isinstance(power, (int, float)) and power in (1, 2):
     out = _emd_static(p.logits, cdf_q, int(power))
   else:
@@ -102,7 +102,7 @@ def _cdf_gap(logits: jax.Array, cdf_q: jax.Array):
   """
   sm = _common.softmax_parts(logits, matvec_total=True)
   probs = sm.probs
-  diff = prefix_sum(sm.exp_shifted) / sm.total - cdf_q
+  diff = _reductions.prefix_sum(sm.exp_shifted) / sm.total - cdf_q
   k = logits.shape[-1]
   last = jax.lax.broadcasted_iota(jnp.int32, (k,), 0) == k - 1
   return probs, jnp.where(last, jnp.zeros_like(diff), diff)
@@ -130,7 +130,7 @@ def _emd_tangent(logits, cdf_q, power, dlogits, dcdf_q):
   """
   probs, diff = _cdf_gap(logits, cdf_q)
   value, slope = _phi(diff, power)
-  suffix = jnp.sum(slope, axis=-1, keepdims=True) - prefix_sum(slope) + slope
+  suffix = jnp.sum(slope, axis=-1, keepdims=True) - _reductions.prefix_sum(slope) + slope
   mean_u = _reductions.matvec_sum(probs * suffix)[..., None]  # as the total above
   tangent: jax.Array | float = 0.0
   if not isinstance(dlogits, SymbolicZero):
@@ -181,63 +181,3 @@ def _emd_traced_jvp(primals, tangents):
 
 
 _emd_traced.defjvp(_emd_traced_jvp, symbolic_zeros=True)
-
-
-
-# Largest K summed with one triangular matrix product; beyond it, blocks.
-_FULL_TRIANGLE_MAX = 128
-
-
-def prefix_sum(x: jax.Array, *, totals_from_products: bool = False) -> jax.Array:
-  """``jnp.cumsum(x, axis=-1)`` through small triangular matrix products.
-
-  On XLA:CPU ``jnp.cumsum`` lowers to a windowed reduction with ``O(K^2)``
-  work per row (many times an ``exp`` pass at ``K = 1000``), and
-  ``lax.associative_scan`` is no faster (``docs/benchmarks.md``, section
-  "Closed-form losses vs optax cross-entropy"). Here the last axis is cut into
-  blocks of ``b ~ 40``; one ``(b, b)`` upper-triangular product gives the sums within
-  blocks, and the exclusive prefix sums of the block totals (the same function,
-  recursively) give the offsets: ``O(K b)`` multiply-adds that run as matrix
-  products, and the reverse-mode derivative (a suffix sum) is again matrix
-  products. ``precision=HIGHEST`` keeps float32 exact on GPUs that would
-  otherwise use TF32. Rounding error matches ``cumsum``'s (a few ulps of the
-  running total).
-
-  ``totals_from_products`` (static) reads the block totals off the last
-  column of the within-block products instead of summing the blocks again.
-  On XLA:CPU that is faster where the prefix sum stands alone (the cost
-  structures) and slower inside ordinal EMD ``power=2``'s fused gradient,
-  which keeps the default (``docs/benchmarks.md``, sections
-  "Structured costs at huge K" and "Closed-form losses vs optax cross-entropy").
-  """
-  k = x.shape[-1]
-  lead = x.shape[:-1]
-  hi = jax.lax.Precision.HIGHEST
-  if k <= _FULL_TRIANGLE_MAX:
-    tri = jnp.triu(jnp.ones((k, k), x.dtype))
-    return jnp.matmul(x, tri, precision=hi)
-  b = _block_size(k)
-  padded = -(-k // b) * b
-  if padded != k:
-    x = jnp.pad(x, [(0, 0)] * len(lead) + [(0, padded - k)])
-  blocks = x.reshape(*lead, padded // b, b)
-  within = jnp.matmul(blocks, jnp.triu(jnp.ones((b, b), x.dtype)), precision=hi)
-  totals = within[..., -1] if totals_from_products else jnp.sum(blocks, axis=-1)
-  # exclusive prefix sums of block totals
-  offsets = prefix_sum(totals, totals_from_products=totals_from_products) - totals
-  out = (within + offsets[..., None]).reshape(*lead, padded)
-  return out if padded == k else out[..., :k]
-
-
-def _block_size(k: int) -> int:
-  """Block length for :func:`prefix_sum`: a divisor of ``k``, else 40 (with padding).
-
-  On XLA:CPU blocks near 40 ran the within-block product faster than blocks
-  of 20 or 25; multiples of 8 between 32 and 64 are preferred
-  (``docs/benchmarks.md``, section "Closed-form losses vs optax cross-entropy").
-  """
-  for lo, hi, step in ((32, 64, 8), (20, 80, 1)):
-    divisors = [b for b in range(lo, hi + 1, step) if k % b == 0]
-    if divisors:
-      return min(divisors, key=lambda b: abs(b - 40))
-  return 40

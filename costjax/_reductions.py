@@ -1,4 +1,8 @@
-"""Reductions over the class axis that XLA:CPU runs slowly as written."""
+"""Numeric helpers over the class axis, shared by the losses and the cost structures.
+
+Reductions that XLA:CPU runs slowly as written (arg-min, long row sums), prefix sums as
+matrix products, and a power with finite gradients at zero.
+"""
 
 from __future__ import annotations
 
@@ -94,3 +98,69 @@ def row_sum(x: jax.Array) -> jax.Array:
   if jax.default_backend() != "cpu" or x.shape[-1] < LONG_ROW_CLASSES:
     return jnp.sum(x, axis=-1)
   return matvec_sum(x)
+
+
+# Largest K summed with one triangular matrix product; beyond it, blocks.
+_FULL_TRIANGLE_MAX = 128
+
+
+def prefix_sum(x: jax.Array, *, totals_from_products: bool = False) -> jax.Array:
+  """``jnp.cumsum(x, axis=-1)`` through small triangular matrix products.
+
+  On XLA:CPU ``jnp.cumsum`` lowers to a windowed reduction with ``O(K^2)``
+  work per row (many times an ``exp`` pass at ``K = 1000``), and
+  ``lax.associative_scan`` is no faster (``docs/benchmarks.md``, section
+  "Closed-form losses vs optax cross-entropy"). Here the last axis is cut into
+  blocks of ``b ~ 40``; one ``(b, b)`` upper-triangular product gives the sums within
+  blocks, and the exclusive prefix sums of the block totals (the same function,
+  recursively) give the offsets: ``O(K b)`` multiply-adds that run as matrix
+  products, and the reverse-mode derivative (a suffix sum) is again matrix
+  products. ``precision=HIGHEST`` keeps float32 exact on GPUs that would
+  otherwise use TF32. Rounding error matches ``cumsum``'s (a few ulps of the
+  running total).
+
+  ``totals_from_products`` (static) reads the block totals off the last
+  column of the within-block products instead of summing the blocks again.
+  On XLA:CPU that is faster where the prefix sum stands alone (the cost
+  structures) and slower inside ordinal EMD ``power=2``'s fused gradient,
+  which keeps the default (``docs/benchmarks.md``, sections
+  "Structured costs at huge K" and "Closed-form losses vs optax cross-entropy").
+  """
+  k = x.shape[-1]
+  lead = x.shape[:-1]
+  hi = jax.lax.Precision.HIGHEST
+  if k <= _FULL_TRIANGLE_MAX:
+    tri = jnp.triu(jnp.ones((k, k), x.dtype))
+    return jnp.matmul(x, tri, precision=hi)
+  b = _block_size(k)
+  padded = -(-k // b) * b
+  if padded != k:
+    x = jnp.pad(x, [(0, 0)] * len(lead) + [(0, padded - k)])
+  blocks = x.reshape(*lead, padded // b, b)
+  within = jnp.matmul(blocks, jnp.triu(jnp.ones((b, b), x.dtype)), precision=hi)
+  totals = within[..., -1] if totals_from_products else jnp.sum(blocks, axis=-1)
+  # exclusive prefix sums of block totals
+  offsets = prefix_sum(totals, totals_from_products=totals_from_products) - totals
+  out = (within + offsets[..., None]).reshape(*lead, padded)
+  return out if padded == k else out[..., :k]
+
+
+def _block_size(k: int) -> int:
+  """Block length for :func:`prefix_sum`: a divisor of ``k``, else 40 (with padding).
+
+  On XLA:CPU blocks near 40 ran the within-block product faster than blocks
+  of 20 or 25; multiples of 8 between 32 and 64 are preferred
+  (``docs/benchmarks.md``, section "Closed-form losses vs optax cross-entropy").
+  """
+  for lo, hi, step in ((32, 64, 8), (20, 80, 1)):
+    divisors = [b for b in range(lo, hi + 1, step) if k % b == 0]
+    if divisors:
+      return min(divisors, key=lambda b: abs(b - 40))
+  return 40
+
+
+def safe_pow(x: jax.Array, power: jax.typing.ArrayLike) -> jax.Array:
+  """``x ** power`` for ``x >= 0`` with finite gradients at ``x == 0``; NaN stays NaN."""
+  positive = x != 0
+  safe_x = jnp.where(positive, x, jnp.ones_like(x))
+  return jnp.where(positive, safe_x**power, jnp.zeros_like(x))

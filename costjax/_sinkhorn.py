@@ -22,14 +22,14 @@ under :func:`jax.lax.stop_gradient`, so gradients are the envelope-theorem
 from __future__ import annotations
 
 import functools
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from costjax import _checks, _common, _cost_ops
+from costjax import _checks, _common, _sharding, _structures
 
 # Largest (max(C) - min(C)) / epsilon at which the kernel exp(-C / eps) is used:
 # every row/column sum of the max-shifted kernel products is then at least
@@ -47,6 +47,8 @@ _COMPACT_STAGES = 1
 _RELAX_START = 10
 _RELAX_WINDOW = 4
 _RELAX_MAX = 1.8
+# Largest K for which sinkhorn_loss and sinkhorn_solve densify a cost structure.
+_MAX_DENSE_CLASSES = 4096
 
 
 class SinkhornOutput(NamedTuple):
@@ -296,7 +298,7 @@ def sinkhorn_loss(
   """
   name = "costjax.sinkhorn_loss"
   _check_static(name, tol, max_iterations, ground)
-  cost_matrix = _cost_ops.dense_for_sinkhorn(cost_matrix, name)
+  cost_matrix = _dense_for_sinkhorn(cost_matrix, name)
   p = _common.prepare(name, logits, labels, cost_matrix, where)
   exact = _is_static_zero(epsilon)
   if not exact:
@@ -318,7 +320,7 @@ def sinkhorn_loss(
     rows = _common.target_cost_rows(p)
     out = jnp.sum(probs * rows, axis=-1)
     if debiased:
-      diag = _checks.gather_rows(jnp.diagonal(cost)[:, None], p.labels)[..., 0]
+      diag = _sharding.gather_rows(jnp.diagonal(cost)[:, None], p.labels)[..., 0]
       out = out - 0.5 * solve(lp, lp, active) - 0.5 * diag
   else:
     lq = _log_target(p.labels, active)
@@ -397,7 +399,7 @@ def sinkhorn_solve(
   _check_epsilon(name, epsilon)
   epsilon = _checks.param(epsilon, lambda v: (v > 0) & (v < jnp.inf), name, "epsilon",
                           "finite and > 0")
-  cost_matrix = _cost_ops.dense_for_sinkhorn(cost_matrix, name)
+  cost_matrix = _dense_for_sinkhorn(cost_matrix, name)
   p = _common.prepare(name, logits, labels, cost_matrix, where)
   lp = jax.nn.log_softmax(p.logits, axis=-1)
   if p.is_index:
@@ -433,32 +435,38 @@ def sinkhorn_solve(
 def _check_static(name, tol, max_iterations, ground) -> None:
   if not isinstance(max_iterations, (int, np.integer)) or max_iterations < 1:
     raise ValueError(f"{name}: max_iterations must be a positive int; got {max_iterations!r}.")
-  if isinstance(tol, jax.core.Tracer) or not np.isfinite(tol) or tol <= 0:
+  if _sharding.is_tracer(tol) or not np.isfinite(tol) or tol <= 0:
     raise ValueError(f"{name}: tol must be a positive static float; got {tol!r}.")
   if ground not in (None, "ordinal"):
     raise ValueError(f"{name}: ground must be None or 'ordinal'; got {ground!r}.")
 
 
 def _is_static_zero(epsilon) -> bool:
-  if isinstance(epsilon, jax.core.Tracer):
+  if _sharding.is_tracer(epsilon):
     return False
   arr = np.asarray(epsilon)
   return arr.shape == () and float(arr) == 0.0
 
 
 def _check_epsilon(name, epsilon) -> None:
-  if isinstance(epsilon, jax.core.Tracer):
-    if jnp.ndim(epsilon) != 0:
-      raise ValueError(f"{name}: epsilon must be a scalar; got shape {jnp.shape(epsilon)}.")
-    return
-  arr = np.asarray(epsilon)
-  if arr.shape != ():
-    raise ValueError(f"{name}: epsilon must be a scalar; got shape {arr.shape}.")
-  if not np.isfinite(arr) or arr <= 0:
+  _checks.check_param(
+      epsilon, name, "epsilon", strict=True, real_message=None,
+      range_message="{fn}: {name} must be a finite positive number; got {bad!r} "
+      "(epsilon=0 is only available through the exact closed forms).")
+
+
+def _dense_for_sinkhorn(cost: Any, fn_name: str) -> Any:
+  """A structure as its dense matrix while ``K <= 4096``; dense input unchanged."""
+  if not _structures.is_structure(cost):
+    return cost
+  if cost.num_classes > _MAX_DENSE_CLASSES:
     raise ValueError(
-        f"{name}: epsilon must be a finite positive number; got {float(arr)!r} "
-        "(epsilon=0 is only available through the exact closed forms)."
+        f"{fn_name}: a cost structure with K = {cost.num_classes} classes would be "
+        f"densified to a {cost.num_classes} x {cost.num_classes} matrix (the limit is "
+        f"K <= {_MAX_DENSE_CLASSES}). For tree costs use costjax.tree_wasserstein, "
+        "the exact W1 in O(K * depth); otherwise expected_cost or a closed form."
     )
+  return cost.dense()
 
 
 def _active(p: _common.Prepared) -> jax.Array:
@@ -493,7 +501,7 @@ def _exact_value(name, p, lp, cost, ground) -> jax.Array:
         f"{name}: epsilon=0 (exact OT) is available for integer labels (expected cost) "
         "or with ground='ordinal' (C[i, j] = |i - j|); use epsilon > 0 otherwise."
     )
-  if not isinstance(cost, jax.core.Tracer):
+  if not _sharding.is_tracer(cost):
     k = np.arange(p.num_classes)
     if not np.allclose(np.asarray(cost), np.abs(k[:, None] - k[None, :])):
       raise ValueError(f"{name}: ground='ordinal' requires cost_matrix[i, j] == |i - j|.")
@@ -602,7 +610,7 @@ def _solve_jit(lp, lq, active, cost, eps, *, config: _Config) -> _Solution:
   eps_g = jnp.broadcast_to(jnp.asarray(eps, lp.dtype), ks).reshape(groups)
   # Compaction flattens the batch; an explicitly sharded batch axis cannot be
   # reshaped without naming the output sharding, so such batches skip it.
-  if any(_checks._explicit_sharding(x) is not None for x in (lp, lq, active)):
+  if any(_sharding.explicit_sharding(x) is not None for x in (lp, lq, active)):
     config = config._replace(stages=0)
   problems = _Problems(lp=to_groups(lp), lq=to_groups(lq), cost=cost_g, eps=eps_g)
   out = _solve_grouped(problems, to_groups(active), config)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from costjax import _checks, _common, _cost_ops, _reductions
+from costjax import _checks, _common, _reductions, _structures
 
 
 def cost_soft_labels(
@@ -38,7 +38,7 @@ def cost_soft_labels(
   |---|---|---|
   | integer ``labels`` | in ``[0, K)`` | NaN (that example) |
   | probability ``labels`` | ``>= 0``, rows sum to 1 (tolerance [1]) | NaN (that example) |
-  | ``cost_matrix`` (dense) | every entry finite and ``>= 0`` | NaN (all) |
+  | ``cost_matrix`` (dense) | every entry finite and ``>= 0`` | NaN (examples using it) |
   | ``temperature`` | ``> 0`` | NaN (all) |
 
   [1] ``1e-3`` on each row's sum, ``2e-2`` for 16-bit labels.
@@ -70,18 +70,18 @@ def cost_soft_labels(
   name = "costjax.cost_soft_labels"
   temperature = _checks.param(temperature, lambda v: v > 0, name, "temperature", "> 0")
   labels = jnp.asarray(labels)
-  num_classes = _cost_ops.num_classes(cost_matrix, name)
-  transform = lambda c: _target_table(c, temperature, _cost_ops.is_structure(cost_matrix))
+  num_classes = _structures.num_classes(cost_matrix, name)
+  transform = lambda c: _target_table(c, temperature, _structures.is_structure(cost_matrix))
   if jnp.issubdtype(labels.dtype, jnp.integer):
-    cost_dtype = (jnp.float32 if _cost_ops.is_structure(cost_matrix)
+    cost_dtype = (jnp.float32 if _structures.is_structure(cost_matrix)
                   else jnp.asarray(cost_matrix).dtype)
     dtype = jnp.dtype(jnp.float32) if not jnp.issubdtype(cost_dtype, jnp.floating) else (
         _checks.compute_dtype(cost_dtype))
-    cost = _cost_ops.check_cost(cost_matrix, num_classes, name, dtype, labels.shape,
+    cost = _structures.check_cost(cost_matrix, num_classes, name, dtype, labels.shape,
                                 f"labels.shape={labels.shape}")
-    _cost_ops.check_values(cost, None, name)
+    _structures.check_values(cost, None, name)
     idx = _checks.sanitize_indices(labels, num_classes, name)
-    rows = _cost_ops.rows(cost, idx, transform)
+    rows = _structures.rows(cost, idx, transform)
     return jnp.where((idx == num_classes)[..., None], jnp.nan, rows)
   if not jnp.issubdtype(labels.dtype, jnp.floating):
     raise TypeError(
@@ -95,11 +95,11 @@ def cost_soft_labels(
         f"labels.shape={labels.shape}."
     )
   dtype = _checks.compute_dtype(labels.dtype)
-  cost = _cost_ops.check_cost(cost_matrix, num_classes, name, dtype, labels.shape[:-1],
+  cost = _structures.check_cost(cost_matrix, num_classes, name, dtype, labels.shape[:-1],
                               f"labels.shape={labels.shape}")
   labels = labels.astype(dtype)
-  _cost_ops.check_values(cost, labels, name)
-  return _cost_ops.vecmat(labels, cost, transform)
+  _structures.check_values(cost, labels, name)
+  return _structures.vecmat(labels, cost, transform)
 
 
 def _target_table(cost: jax.Array, temperature: jax.typing.ArrayLike,
@@ -155,7 +155,7 @@ def soft_label_cross_entropy(
   | ``logits`` | no NaN, no ``+inf`` (``-inf``: probability 0) | NaN or inf (that example) |
   | integer ``labels`` | in ``[0, K)`` | NaN (that example) |
   | probability ``labels`` | ``>= 0``, rows sum to 1 (tolerance [1]) | NaN (that example) |
-  | ``cost_matrix`` (dense) | every entry finite and ``>= 0`` | NaN (all) |
+  | ``cost_matrix`` (dense) | every entry finite and ``>= 0`` | NaN (examples using it) |
   | ``temperature`` | ``> 0`` | NaN (all) |
 
   [1] ``1e-3`` on each row's sum, ``2e-2`` for 16-bit labels.
@@ -185,7 +185,7 @@ def soft_label_cross_entropy(
   name = "costjax.soft_label_cross_entropy"
   temperature = _checks.param(temperature, lambda v: v > 0, name, "temperature", "> 0")
   p = _common.prepare(name, logits, labels, cost_matrix, where)
-  zero_min = _cost_ops.is_structure(p.cost_matrix)
+  zero_min = _structures.is_structure(p.cost_matrix)
   tiny = jnp.finfo(p.logits.dtype).tiny
 
   def positive_table(c):
@@ -200,7 +200,7 @@ def soft_label_cross_entropy(
   if p.is_index and not zero_min:
     # The target mass from the (K, K) table's row sums: one gather per example
     # instead of a row sum over the batch.
-    mass = _cost_ops.rows(p.cost_matrix, p.labels,
+    mass = _structures.rows(p.cost_matrix, p.labels,
                           lambda c: jnp.sum(positive_table(c), axis=-1, keepdims=True))[..., 0]
   else:
     mass = _reductions.row_sum(targets)

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from costjax import _checks, _common, _trees
+from costjax import _checks, _common, _structures
 
 
 def tree_wasserstein(
@@ -93,7 +93,7 @@ def tree_wasserstein(
   name = "costjax.tree_wasserstein"
   logits_arr = _checks.check_logits(logits, name)
   num_classes = logits_arr.shape[-1]
-  tree = _trees.parse_tree(parents, num_classes, edge_weights, fn_name=name)
+  tree = _structures.parse_tree(parents, num_classes, edge_weights, fn_name=name)
   cls, anc, weight = _ancestor_pairs(tree)
   p = _common.prepare(name, logits, labels, None, where)
   probs = jax.nn.softmax(p.logits, axis=-1)
@@ -113,7 +113,7 @@ def tree_wasserstein(
   return _common.finish(out, p)
 
 
-def _ancestor_pairs(tree: _trees.Tree) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _ancestor_pairs(tree: _structures.Tree) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Sparse (class, ancestor) incidence restricted to edges of positive weight.
 
   Returns ``(cls, seg, weight)``: pair ``t`` says class ``cls[t]`` lies in the

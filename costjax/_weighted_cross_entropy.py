@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import checkify
 
-from costjax import _checks, _common, _cost_ops
+from costjax import _checks, _common, _sharding, _structures
 from costjax._expected_cost import soft_cross_entropy
 
 
@@ -94,7 +94,7 @@ def weighted_cross_entropy(
   log_total = jnp.log(jnp.sum(jnp.exp(shifted), axis=-1))
   if p.is_index:
     # Invalid labels (sanitized to K) read clamped entries; finish makes them NaN.
-    wy = _checks.gather_rows(w, p.labels)
+    wy = _sharding.gather_rows(w, p.labels)
     picked = jnp.take_along_axis(
         shifted, p.labels[..., None], axis=-1, mode="promise_in_bounds"
     )[..., 0]
@@ -143,7 +143,7 @@ def _check_class_weights(
 
 
 def cost_class_weights(
-    cost_matrix: jax.typing.ArrayLike | _cost_ops.CostStructure,
+    cost_matrix: jax.typing.ArrayLike | _structures.CostStructure,
 ) -> jax.Array:
   r"""Cost-proportionate class weights from a cost matrix.
 
@@ -195,17 +195,17 @@ def cost_class_weights(
     Intelligence 26(3), 2010.
   """
   name = "costjax.cost_class_weights"
-  k = _cost_ops.num_classes(cost_matrix, name)
+  k = _structures.num_classes(cost_matrix, name)
   if k < 2:
     raise ValueError(f"{name}: cost_matrix needs at least 2 classes; got K = {k}.")
-  if _cost_ops.is_structure(cost_matrix):
+  if _structures.is_structure(cost_matrix):
     cost = cost_matrix
   else:
     dense = jnp.asarray(cost_matrix)
-    cost = _cost_ops.check_cost(dense, k, name, _float_dtype(dense.dtype))
-  _cost_ops.check_values(cost, None, name)
+    cost = _structures.check_cost(dense, k, name, _float_dtype(dense.dtype))
+  _structures.check_values(cost, None, name)
   idx = jnp.arange(k)
-  diag = _cost_ops.entries(cost, idx, idx)
+  diag = _structures.entries(cost, idx, idx)
   totals = _row_sums(cost, k, diag.dtype)
   w = (totals - diag) / (k - 1)
   mean = jnp.mean(w)
@@ -222,10 +222,10 @@ def _float_dtype(dtype) -> jnp.dtype:
 
 def _row_sums(cost, k: int, dtype) -> jax.Array:
   """``sum_j C[i, j]`` for every true class ``i`` (``C @ 1``)."""
-  if not _cost_ops.is_structure(cost):
-    return jnp.sum(_cost_ops.dense(cost), axis=-1)
+  if not _structures.is_structure(cost):
+    return jnp.sum(_structures.dense(cost), axis=-1)
   if cost.symmetric:
     # Row sums equal column sums, 1 @ C: the structure's fast vecmat.
-    return _cost_ops.vecmat(jnp.ones((k,), dtype), cost)
+    return _structures.vecmat(jnp.ones((k,), dtype), cost)
   # A non-symmetric structure: one row at a time, O(K) memory.
-  return jax.lax.map(lambda i: jnp.sum(_cost_ops.rows(cost, i)), jnp.arange(k))
+  return jax.lax.map(lambda i: jnp.sum(_structures.rows(cost, i)), jnp.arange(k))

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from costjax._cost_ops import CostStructure
+from costjax._structures import CostStructure
 
 __all__ = ("check_cost_structure_conformance",)
 

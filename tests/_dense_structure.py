@@ -1,4 +1,4 @@
-"""A minimal CostStructure over a dense matrix, to test that functions read costs via _cost_ops.
+"""A minimal CostStructure over a dense matrix, to test that functions read costs via the interface.
 
 It implements only the abstract primitives (``rows``, ``vecmat``, ``dense``,
 ``num_classes``) with an asymmetric matrix allowed, so a function that indexes
@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from costjax._cost_ops import CostStructure
+from costjax._structures import CostStructure
 
 
 @jax.tree_util.register_pytree_node_class

@@ -18,7 +18,7 @@ import pytest
 from jax.test_util import check_grads
 
 import costjax as cj
-from costjax._ordinal import prefix_sum
+from costjax._reductions import prefix_sum
 
 K = 6
 

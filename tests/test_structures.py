@@ -23,7 +23,8 @@ from jax.experimental import checkify
 from jax.test_util import check_grads
 
 import costjax as cj
-from costjax import _structures
+from costjax._structures import topology as _topology
+from costjax._structures import tree as _tree
 
 # --------------------------------------------------------------------------- #
 # Oracles.
@@ -171,7 +172,7 @@ def test_tree_level_pass_fallback_matches(kind, monkeypatch):
   tree, (parents, weights) = _tree_case(kind, 5)
   y = jnp.arange(K)
   table = tree.rows(y)
-  monkeypatch.setattr(_structures, "_MAX_ANCESTOR_TABLE", 0)
+  monkeypatch.setattr(_tree, "_MAX_ANCESTOR_TABLE", 0)
   levels = jax.jit(lambda t, y: t.rows(y))(tree, y)
   np.testing.assert_allclose(levels, tree_oracle_dense(parents, weights, K, kind), atol=1e-5)
   np.testing.assert_allclose(levels, table, atol=1e-5)
@@ -182,7 +183,7 @@ def test_tree_rows_are_exactly_non_negative_with_a_zero_diagonal(table, monkeypa
   """Rows are built without a clamp: d(lca) must be bitwise a partial sum of both root
   distances, so no entry rounds below zero and the diagonal is exactly 0."""
   if not table:
-    monkeypatch.setattr(_structures, "_MAX_ANCESTOR_TABLE", 0)
+    monkeypatch.setattr(_tree, "_MAX_ANCESTOR_TABLE", 0)
   rng = np.random.default_rng(21)
   rows = jax.jit(lambda t, y: t.rows(y))
   for _ in range(5):
@@ -217,17 +218,17 @@ def test_slot_segment_sums_equal_numpy(counts):
   counts = np.asarray(counts)
   rng = np.random.default_rng(0)
   seg = rng.permutation(np.repeat(np.arange(counts.shape[0]), counts))  # any order
-  plan = _structures._SlotPlan(seg, counts.shape[0])
+  plan = _topology.SlotPlan(seg, counts.shape[0])
   # Reads stay below two per element whatever the fan-out (no max-fan-out padding).
   assert plan.reads <= 2 * seg.shape[0] + 2 * counts.shape[0]
   x = rng.normal(size=(3, seg.shape[0]))
   want = np.zeros((3, counts.shape[0]))
   np.add.at(want.T, seg, x.T)
-  got = jax.jit(lambda x: _structures._slot_sum(x, plan))(jnp.asarray(x, jnp.float32))
+  got = jax.jit(lambda x: _topology.slot_sum(x, plan))(jnp.asarray(x, jnp.float32))
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-3)
   # With a composed permutation, the plan reads x through it.
   perm = rng.permutation(seg.shape[0])
-  got = _structures._slot_sum(jnp.asarray(x[:, perm], jnp.float32), plan, np.argsort(perm))
+  got = _topology.slot_sum(jnp.asarray(x[:, perm], jnp.float32), plan, np.argsort(perm))
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-3)
 
 
@@ -316,7 +317,7 @@ def test_tree_lca_height_both_branches_match_oracle(seed, monkeypatch):
     got_best = cj.decision_costs(logits, tree).min(-1)
     np.testing.assert_allclose(got_best, risk.min(-1), rtol=1e-5, atol=1e-5, err_msg=name)
   jax.clear_caches()  # the jitted methods were traced with the real sort
-  monkeypatch.setattr(_structures, "_sum_max_sorted", lambda v, d: jnp.full_like(v, jnp.nan))
+  monkeypatch.setattr(_tree, "_sum_max_sorted", lambda v, d: jnp.full_like(v, jnp.nan))
   try:
     for name, parents, k, w, by_level in _lca_level_cases(seed):
       tree = cj.TreeCost(parents, k, kind="lca_height", edge_weights=w)
@@ -335,8 +336,8 @@ def test_tree_lca_height_many_class_levels_take_the_sort(monkeypatch):
   q = np.random.default_rng(0).dirichlet(np.ones(k), 4)
   oracle = tree_oracle_dense(parents, np.ones(len(parents)), k, "lca_height")
   jax.clear_caches()
-  monkeypatch.setattr(_structures, "_MAX_LEVELS_BY_MATMUL", 2)
-  monkeypatch.setattr(_structures, "_sum_max_by_level", lambda *a: pytest.fail("level branch"))
+  monkeypatch.setattr(_tree, "_MAX_LEVELS_BY_MATMUL", 2)
+  monkeypatch.setattr(_tree, "_sum_max_by_level", lambda *a: pytest.fail("level branch"))
   try:
     np.testing.assert_allclose(tree.vecmat(jnp.asarray(q, jnp.float32)), q @ oracle,
                                rtol=1e-5, atol=1e-5, err_msg=name)
@@ -354,12 +355,12 @@ def test_sum_max_by_level_against_numpy():
   d = g[index]
   v = rng.uniform(0, 1, (5, 30))
   onehot = (index[:, None] == np.arange(4)).astype(np.float32)
-  got = _structures._sum_max_by_level(jnp.asarray(v, jnp.float32), jnp.asarray(d, jnp.float32),
+  got = _tree._sum_max_by_level(jnp.asarray(v, jnp.float32), jnp.asarray(d, jnp.float32),
                                       onehot)
   want = (v[:, :, None] * np.maximum(d[:, None], d[None, :])).sum(1)
   np.testing.assert_allclose(got, want, rtol=1e-6)
   np.testing.assert_allclose(
-      _structures._sum_max_sorted(jnp.asarray(v, jnp.float32), jnp.asarray(d, jnp.float32)),
+      _tree._sum_max_sorted(jnp.asarray(v, jnp.float32), jnp.asarray(d, jnp.float32)),
       want, rtol=1e-6)
 
 

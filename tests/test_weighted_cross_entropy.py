@@ -18,7 +18,7 @@ from jax.experimental import checkify
 from jax.test_util import check_grads
 
 import costjax as cj
-from costjax import _cost_ops
+from costjax._structures import interface
 
 K = 5
 
@@ -212,7 +212,7 @@ def test_cost_class_weights_of_structures_equal_dense(name):
 
 
 @jax.tree_util.register_pytree_node_class
-class _AsymmetricStructure(_cost_ops.CostStructure):
+class _AsymmetricStructure(interface.CostStructure):
   """A dense asymmetric matrix behind the structure interface (symmetric=False)."""
 
   symmetric = False

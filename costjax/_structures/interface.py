@@ -2,7 +2,8 @@
 
 Every function that takes a ``cost_matrix`` reads it only through the operations
 here, so that a dense ``(K, K)`` array and a :class:`CostStructure` (trees,
-ordinal, embeddings; see ``costjax/_structures.py``) are interchangeable:
+ordinal, embeddings: the other modules of ``costjax/_structures/``, or a user's
+subclass) are interchangeable:
 
 * :func:`check_cost` -- trace-time validation (shape / ``num_classes``) and the
   compute dtype; returns the dense array or the structure.
@@ -11,6 +12,8 @@ ordinal, embeddings; see ``costjax/_structures.py``) are interchangeable:
   labels, predicted distributions): ``v @ C`` when ``f`` is the identity.
 * :func:`entries` -- ``C[i, j]`` elementwise.
 * :func:`max_cost`, :func:`dense`, :func:`num_classes`.
+* :func:`check_cost_structure` -- eager validation of a structure's leaves, through
+  the structure's own hook (:meth:`CostStructure._leaves_to_check`).
 
 A dense cost may also be a stack of per-example matrices (example-dependent
 costs): :func:`check_cost` with ``batch_shape`` accepts ``S + (K, K)`` whose
@@ -34,18 +37,16 @@ must say so through :attr:`CostStructure.symmetric`.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from costjax import _checks
+from costjax import _checks, _sharding
 
 Transform = Callable[[jax.Array], jax.Array] | None
-
-# Largest K for which sinkhorn_loss densifies a structure.
-SINKHORN_MAX_DENSE_CLASSES = 4096
 
 
 class CostStructure(abc.ABC):
@@ -170,6 +171,15 @@ class CostStructure(abc.ABC):
     """Checked-mode (checkify) checks of the leaves; default none."""
     del fn_name
 
+  def _leaves_to_check(self) -> Iterable[tuple[str, np.ndarray, bool]]:
+    """The concrete leaves :func:`costjax.check_cost_structure` validates eagerly.
+
+    ``(name, values, non_negative)`` triples: ``values`` (NumPy, float64) must be
+    finite, and ``>= 0`` where ``non_negative``; errors name the first offending
+    entry as ``<Class>: <name>[i, ...] = <value> is ...``. Default: none.
+    """
+    return ()
+
   def bayes(self, weights: jax.Array) -> tuple[jax.Array, jax.Array] | None:
     """``(argmin_j (weights @ C)_j, min_j (weights @ C)_j)`` when the structure
     has a shortcut; ``None`` (the default) makes callers use :meth:`vecmat`.
@@ -255,12 +265,12 @@ def rows(cost: Any, idx: jax.Array, transform: Transform = None) -> jax.Array:
     r = jnp.take_along_axis(cost, idx[..., None, None], axis=-2, mode="clip")[..., 0, :]
     return r if transform is None else transform(r)
   if transform is None:
-    return _checks.gather_rows(cost, idx)
+    return _sharding.gather_rows(cost, idx)
   if idx.size < cost.shape[0]:
     # Fewer examples than classes (one example under vmap, say): transform the
     # gathered rows instead of the whole (K, K) table.
-    return transform(_checks.gather_rows(cost, idx))
-  return _checks.gather_rows(transform(cost), idx)
+    return transform(_sharding.gather_rows(cost, idx))
+  return _sharding.gather_rows(transform(cost), idx)
 
 
 def vecmat(v: jax.Array, cost: Any, transform: Transform = None) -> jax.Array:
@@ -304,7 +314,7 @@ def entries(cost: Any, i: jax.Array, j: jax.Array) -> jax.Array:
   if cost.ndim > 2:
     flat = cost.reshape(*cost.shape[:-2], k * k)
     return jnp.take_along_axis(flat, (i * k + j)[..., None], axis=-1, mode="clip")[..., 0]
-  return _checks.gather_rows(cost.reshape(-1), i * k + j)
+  return _sharding.gather_rows(cost.reshape(-1), i * k + j)
 
 
 def max_cost(cost: Any) -> jax.Array:
@@ -319,15 +329,65 @@ def dense(cost: Any) -> jax.Array:
   return jnp.asarray(cost)
 
 
-def dense_for_sinkhorn(cost: Any, fn_name: str) -> Any:
-  """A structure as its dense matrix while ``K <= 4096``; dense input unchanged."""
+def to_rank(x: Any, ndim: int) -> jax.Array:
+  """``x`` with leading unit axes up to ``ndim``: explicit broadcasting, so the
+  structures also run where implicit rank promotion is disabled
+  (``jax.numpy_rank_promotion("raise")``)."""
+  return jax.lax.broadcast_to_rank(jnp.asarray(x), ndim)
+
+
+def check_cost_structure(cost: CostStructure) -> CostStructure:
+  """Validates the values of a cost structure eagerly and returns it.
+
+  The counterpart of :func:`check_cost_matrix` for :class:`TreeCost`,
+  :class:`OrdinalCost` and :class:`EmbeddingCost`: their array leaves (edge
+  weights; embeddings and scale) must be finite, and edge weights and scale
+  non-negative. Use it on structures whose leaves come from training or files;
+  under :func:`checked` the same checks run inside compiled code.
+
+  Args:
+    cost: a cost structure with concrete leaves.
+
+  Returns:
+    ``cost`` unchanged.
+
+  Raises:
+    TypeError: if ``cost`` is not a cost structure or a leaf is traced.
+    ValueError: naming the first offending leaf entry.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> import costjax as cj
+    >>> tree = cj.TreeCost([3, 3, 4, 5, 5, -1], 3)
+    >>> # e.g. edge weights after a bad optimiser step
+    >>> bad = jax.tree.map(lambda w: w.at[1].set(jnp.nan), tree)
+    >>> cj.check_cost_structure(bad)
+    Traceback (most recent call last):
+      ...
+    ValueError: TreeCost: edge_weights[1] = nan is not finite.
+  """
   if not is_structure(cost):
-    return cost
-  if cost.num_classes > SINKHORN_MAX_DENSE_CLASSES:
-    raise ValueError(
-        f"{fn_name}: a cost structure with K = {cost.num_classes} classes would be "
-        f"densified to a {cost.num_classes} x {cost.num_classes} matrix (the limit is "
-        f"K <= {SINKHORN_MAX_DENSE_CLASSES}). For tree costs use costjax.tree_wasserstein, "
-        "the exact W1 in O(K * depth); otherwise expected_cost or a closed form."
+    raise TypeError(
+        "check_cost_structure expects a TreeCost, OrdinalCost or EmbeddingCost; got "
+        f"{type(cost).__name__}. Use check_cost_matrix for dense matrices."
     )
-  return cost.dense()
+  leaves = jax.tree.leaves(cost)
+  if any(_sharding.is_tracer(x) for x in leaves):
+    raise TypeError(
+        "check_cost_structure validates concrete values and cannot run under jit; "
+        "call it once outside the jitted function."
+    )
+  name = type(cost).__name__
+  for field, arr, nonneg in cost._leaves_to_check():
+    bad = ~np.isfinite(arr)
+    if bad.any():
+      at = tuple(int(i) for i in np.argwhere(bad)[0])
+      where = f"[{', '.join(map(str, at))}]" if at else ""
+      raise ValueError(f"{name}: {field}{where} = {arr[at]} is not finite.")
+    if nonneg:
+      neg = arr < 0
+      if neg.any():
+        at = tuple(int(i) for i in np.argwhere(neg)[0])
+        where = f"[{', '.join(map(str, at))}]" if at else ""
+        raise ValueError(f"{name}: {field}{where} = {arr[at]} is negative.")
+  return cost
