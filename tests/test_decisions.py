@@ -394,3 +394,23 @@ def test_checked_mode_names_a_bad_traced_abstain_cost_and_label():
                                       r"in \[0, 3\); got 5 at index \(1,\)"):
     cj.checked(lambda p, y: cj.confusion_matrix(p, y, num_classes=3))(
         np.array([0, 1, 2]), np.array([0, 5, 2]))
+
+
+def test_savings_score_dtypes_and_messages_name_the_function():
+  name = "costjax.savings_score"
+  y = np.array([0, 1, 2, 1], np.int32)
+  pred = np.array([0, 2, 2, 1], np.int32)
+  c = np.array([[0, 1, 4], [1, 0, 1], [4, 2, 0]], np.int32)
+  with jax.enable_x64(True):  # integer costs give float32 even where float64 is available
+    assert cj.savings_score(pred, y, c).dtype == jnp.float32
+    assert cj.savings_score(pred, y, c.astype(np.float64)).dtype == jnp.float64
+  with pytest.raises(ValueError, match=f"{name}: abstain_cost must be finite"):
+    cj.savings_score(pred, y, c, abstain_cost=-1.0)
+  with pytest.raises(ValueError, match=f"{name}: predictions and labels must have the same"):
+    cj.savings_score(pred[:2], y, c)
+  with pytest.raises(Exception, match=rf"{name} \(predictions\): labels must lie in \[0, 3\); "
+                                      r"got 5 at index \(2,\)"):
+    cj.checked(cj.savings_score)(np.array([0, 2, 5, 1], np.int32), y, c.astype(np.float32))
+  with pytest.raises(Exception, match=rf"{name} \(labels\): labels must lie in \[0, 3\); "
+                                      r"got -1 at index \(0,\)"):
+    cj.checked(cj.savings_score)(pred, np.array([-1, 1, 2, 1], np.int32), c.astype(np.float32))

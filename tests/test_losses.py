@@ -492,3 +492,22 @@ def test_cost_matrix_shape_mismatch_names_both_shapes(loss):
     loss.fn(logits, labels, np.stack([c, c]))  # (2,) does not broadcast to the batch (4,)
   with pytest.raises(ValueError, match=r"cost_matrix.shape=\(5, 4\)"):
     loss.fn(logits, labels, c[:, :4])
+
+
+@pytest.mark.parametrize("alpha", [np.inf, -0.5, np.nan])
+def test_cdw_invalid_alpha_gives_nan_and_checked_mode_names_it(alpha):
+  """alpha must be finite and >= 0: otherwise NaN, and checked mode names the function."""
+  name = "costjax.class_distance_weighted_cross_entropy"
+  logits = jnp.array([[1.0, 0.0, -1.0], [0.0, 2.0, 0.5]])
+  labels = jnp.array([0, 2])
+  c = jnp.array([[0.0, 1.0, 2.0], [1.0, 0.0, 1.0], [2.0, 1.0, 0.0]])
+  assert np.all(np.isnan(cj.class_distance_weighted_cross_entropy(logits, labels, c,
+                                                                 alpha=alpha)))
+  assert np.all(np.isnan(jax.jit(
+      lambda a: cj.class_distance_weighted_cross_entropy(logits, labels, c, alpha=a))(alpha)))
+  with pytest.raises(Exception, match=f"{name}: alpha must be finite and >= 0; got"):
+    cj.checked(cj.class_distance_weighted_cross_entropy)(logits, labels, c, alpha=alpha)
+  with pytest.raises(Exception, match=rf"{name}: labels must lie in \[0, 3\); got 3"):
+    cj.checked(cj.class_distance_weighted_cross_entropy)(logits, jnp.array([0, 3]), c)
+  with pytest.raises(ValueError, match=name):
+    cj.class_distance_weighted_cross_entropy(logits, labels, c[:2, :2])
