@@ -184,3 +184,36 @@ def test_vector_scaling_where_and_bad_labels():
   never[3] = 1
   vs = cj.fit_vector_scaling(logits, never, where=everything)
   assert np.all(np.isfinite(vs.scale)) and np.all(np.isfinite(vs.bias))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_logits_give_nan_unless_masked(bad):
+  """A NaN or +inf logit breaks the precondition (NaN result); a masked-out row does not count."""
+  logits, y = _sample(8, 60, 3, 1.0)
+  logits = logits.copy()
+  logits[5, 1] = bad
+  q = np.eye(3)[y]
+  keep = np.arange(60) != 5
+  assert np.isnan(cj.fit_temperature(logits, y))
+  assert np.all(np.isnan(cj.fit_vector_scaling(logits, y).scale))
+  got = cj.fit_temperature(logits, y, where=keep)
+  np.testing.assert_allclose(got, _scipy_temperature(logits[keep], q[keep]), rtol=2e-3)
+  np.testing.assert_allclose(got, cj.fit_temperature(logits[keep], y[keep]), rtol=1e-5)
+  assert np.all(np.isfinite(cj.fit_vector_scaling(logits, y, where=keep).scale))
+
+
+def test_float32_logits_stay_float32_under_x64_and_warn_nothing():
+  import warnings
+
+  logits, y = _sample(9, 80, 3, 1.0)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # e.g. "float64 requested ... truncated to float32"
+    t = cj.fit_temperature(logits, y)
+    cj.fit_vector_scaling(logits, y)
+  with jax.enable_x64(True):
+    t64 = cj.fit_temperature(logits, y)
+    vs = cj.fit_vector_scaling(logits, y)
+    assert t64.dtype == jnp.float32 and vs.scale.dtype == jnp.float32
+    assert vs.bias.dtype == jnp.float32
+    assert cj.fit_temperature(logits.astype(np.float64), y).dtype == jnp.float64
+  np.testing.assert_allclose(t64, t, rtol=1e-5)

@@ -430,3 +430,101 @@ def test_fmt_p_is_n_a_for_a_missing_or_undefined_p():
   assert stats.fmt_p(None) == "n/a"
   assert stats.fmt_p(float("nan")) == "n/a"
   assert stats.fmt_p(0.012345) == "0.0123" and stats.fmt_p(1.0) == "1"
+
+
+# --------------------------------------------------------------------------- #
+# Pieces the verdict is built from, against NumPy / SciPy (from mutation testing).
+# --------------------------------------------------------------------------- #
+def test_detectable_difference_at_high_power_has_that_power():
+  """With 2 re-splits and power 0.99 the root lies beyond the first bracket (crit + 10)."""
+  a, b = [0.10, 0.12], [0.12, 0.16]
+  n_train, n_test, power = 1000, 250, 0.99
+  delta = stats.detectable_difference(a, b, n_train=n_train, n_test=n_test, power=power)
+  d = np.subtract(a, b)
+  nc = delta / math.sqrt((1 / 2 + n_test / n_train) * np.var(d, ddof=1))
+  crit = sps.t.ppf(1 - 0.05 / 2, 1)
+  assert nc > crit + 10
+  got_power = sps.nct.sf(crit, 1, nc) + sps.nct.cdf(-crit, 1, nc)
+  assert got_power == pytest.approx(power, abs=1e-8)
+
+
+def _scores(val, finite, test):
+  """One arm's scores for one cost matrix (m = 0): (1, G, S) arrays, one decoding."""
+  val, test = np.asarray(val, np.float64)[None], np.asarray(test, np.float64)[None]
+  return {"val_cost_argmax": val, "val_cost_bayes_t": val + 0.01,
+          "finite": np.asarray(finite)[None], "test_cost_argmax": test,
+          "test_cost_bayes_t": test + 0.01, "test_acc_argmax": 1 - test,
+          "test_acc_bayes_t": 1 - test, "temperature": np.ones_like(test)}
+
+
+def test_select_takes_the_lowest_mean_validation_cost_among_finite_grid_points():
+  grid = [(1e-3, 0.0), (1e-2, 0.5), (3e-2, 2.0)]
+  val = [[0.5, 0.5], [0.1, 0.2], [0.3, 0.3]]
+  finite = [[True, True], [True, False], [True, True]]  # grid point 1 diverged once
+  test = np.arange(6.0).reshape(3, 2)
+  sel = stats.select(_scores(val, finite, test), grid, 0, "argmax")
+  assert (sel["g"], sel["lr"], sel["hp"]) == (2, 3e-2, 2.0)
+  assert sel["val_cost"] == pytest.approx(0.3)
+  np.testing.assert_array_equal(sel["test_cost"], [4.0, 5.0])
+  assert (sel["diverged_seeds"], sel["diverged_grid_points"]) == (0, 1)
+
+
+def test_build_rows_prices_the_constant_per_row_and_defaults_the_rope():
+  from types import SimpleNamespace as NS
+  rng = np.random.default_rng(3)
+  s, n, k = 4, 30, 3
+  y_train, y_val, y_test = (rng.integers(0, k, size=(s, n)) for _ in range(3))
+  c_train, c_val, c_test = (rng.uniform(0, 5, size=(s, n, k, k)) for _ in range(3))
+  splits = NS(y_train=y_train, y_val=y_val, y_test=y_test, c_train=c_train, c_val=c_val,
+              c_test=c_test)
+  arms = [NS(key="ce", label="cross-entropy"), NS(key="x", label="x")]
+  grid = [(1e-3, 0.0), (1e-2, 0.5)]
+  results = {a.key: NS(grid=grid, seconds=2.0) for a in arms}
+  finite = np.ones((2, s), bool)
+  scores = {"ce": _scores([[0.4] * s, [0.3] * s], finite, rng.uniform(0, 1, (2, s))),
+            "x": _scores([[0.2] * s, [0.5] * s], finite, rng.uniform(0, 1, (2, s)))}
+  rows = stats.build_rows(arms, results, scores, 0, ["argmax", "bayes_t"], splits=splits,
+                          cost=np.ones((k, k)))
+  assert [r.key for r in rows] == [("ce", "argmax"), ("ce", "bayes_t"), ("x", "argmax"),
+                                   ("x", "bayes_t"), ("constant", "none")]
+  assert (rows[0].lr, rows[0].hp, rows[2].lr, rows[2].hp) == (1e-2, 0.5, 1e-3, 0.0)
+  # The constant: per re-split the class cheapest on the training rows' own matrices.
+  idx = np.arange(n)
+  j = [c_train[i, idx, y_train[i]].mean(0).argmin() for i in range(s)]
+  want = [c_test[i, idx, y_test[i], j[i]].mean() for i in range(s)]
+  np.testing.assert_allclose(rows[-1].test_cost, want)
+  # Default ROPE: a fraction of cross-entropy + Bayes (T)'s validation cost (0.3 + 0.01).
+  assert all(r.rope == pytest.approx(stats.ROPE_FRACTION * 0.31) for r in rows)
+  rows = stats.build_rows(arms, results, scores, 0, ["argmax", "bayes_t"], splits=splits,
+                          cost=np.ones((k, k)), rope=0.02)
+  assert all(r.rope == 0.02 for r in rows)
+
+
+def test_verdict_sentences_name_the_constant_and_an_undecided_reference_pick():
+  rng = np.random.default_rng(2)
+  const = 0.60 + 0.01 * rng.normal(size=10)
+  rows = [_row("ce", "argmax", 0.66, const + 0.05 + 0.01 * rng.normal(size=10)),
+          _row("ce", "bayes_t", 0.62, const + 0.01 * rng.normal(size=10)),
+          _row("ce", "bayes_vs", 0.63, const + 0.01 * rng.normal(size=10)),
+          _row("x", "argmax", 0.59, const - 0.002 + 0.01 * rng.normal(size=10)),
+          _const(0.60, const)]
+  rows[-1].chosen = "class cat (7 of 10 re-splits), dog (3 of 10 re-splits)"
+  v = _verdict(rows, rope=0.03)
+  assert v.no_signal
+  assert f"best constant prediction ({rows[-1].chosen}, test cost" in v.sentence
+  if v.outcome == "equivalent":
+    assert "It is practically the same as cross-entropy" in v.sentence
+  else:
+    assert v.outcome != "adopt" and "Against cross-entropy" in v.sentence
+    assert "practically the same" not in v.sentence
+  # The validation pick is cross-entropy + Bayes (T), not reliably apart from argmax.
+  rng = np.random.default_rng(5)
+  base = 0.30 + NOISE
+  rows = [_row("ce", "argmax", 0.40, base + 0.001 + 0.004 * rng.normal(size=10)),
+          _row("ce", "bayes_t", 0.31, base), _row("ce", "bayes_vs", 0.32, base + 0.002),
+          _row("x", "argmax", 0.5, base + 0.05), _const(0.9, np.full(10, 0.9))]
+  v = _verdict(rows, rope=0.0005)
+  assert v.outcome == "undecided" and v.pick.key == ("ce", "bayes_t")
+  assert v.sentence.startswith("Cross-entropy + Bayes (temperature) has the lowest validation "
+                               "cost; on test it costs 0.3002 against 0.3013 for "
+                               "cross-entropy + argmax")

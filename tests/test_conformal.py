@@ -268,3 +268,51 @@ def test_shipped_cost_structures_match_their_dense_matrices():
                                rtol=1e-6)
     pred = np.asarray(cj.bayes_decision(logits, s))
     np.testing.assert_allclose(cj.mean_cost(pred, y, s), dense[y, pred].mean(), rtol=1e-6)
+
+
+def test_set_cost_per_example_costs_and_dtypes():
+  """set_cost = min over the set of C_b[y_b, j], with each example's own matrix (NumPy)."""
+  rng = np.random.default_rng(30)
+  n, k = 12, 4
+  sets = rng.random((n, k)) < 0.5
+  sets[:, 0] = True  # never empty
+  y = rng.integers(0, k, size=n).astype(np.int32)
+  c = rng.uniform(0, 5, size=(n, k, k)).astype(np.float32)
+  want = np.where(sets, c[np.arange(n), y], np.inf).min(-1)
+  np.testing.assert_allclose(cj.set_cost(sets, y, c), want, rtol=1e-6)
+  c_int = rng.integers(0, 6, size=(k, k)).astype(np.int32)
+  with jax.enable_x64(True):  # integer costs: float32 even where float64 is available
+    got = cj.set_cost(sets, y, c_int)
+  assert got.dtype == jnp.float32
+  np.testing.assert_array_equal(got, np.where(sets, c_int[y], np.inf).min(-1))
+
+
+def test_set_cost_integer_labels_of_the_sets_shape_are_refused():
+  sets = np.ones((3, 4), bool)
+  with pytest.raises(ValueError, match=r"integer labels must have shape sets.shape\[:-1\]"):
+    cj.set_cost(sets, np.zeros((3, 4), np.int32), np.ones((4, 4), np.float32))
+
+
+def test_calibrate_alpha_traced_shape_and_value_checks():
+  logits, labels, c = _problem(31, 40, 3)
+  name = "costjax.calibrate_cost_sets"
+  calibrate = jax.jit(lambda a: cj.calibrate_cost_sets(logits, labels, c, alpha=a))
+  with pytest.raises(ValueError, match=rf"{name}: alpha must be a scalar; got shape \(2,\)\."):
+    calibrate(jnp.array([0.1, 0.2]))
+  np.testing.assert_allclose(calibrate(jnp.float32(0.5)),
+                             cj.calibrate_cost_sets(logits, labels, c, alpha=0.5))
+  assert np.isnan(calibrate(jnp.float32(-1.0)))  # traced: cannot raise, so no threshold
+  fresh = jax.jit(lambda a: cj.calibrate_cost_sets(logits, labels, c, alpha=a))  # traced checked
+  with pytest.raises(Exception, match=rf"{name}: alpha must be finite and > 0; got -1"):
+    cj.checked(fresh)(jnp.float32(-1.0))
+
+
+def test_calibrate_accepts_array_likes_and_flags_infinite_logits():
+  logits, labels, c = _problem(32, 40, 3)
+  want = cj.calibrate_cost_sets(logits, labels, c, alpha=0.5)
+  np.testing.assert_array_equal(
+      cj.calibrate_cost_sets(logits.tolist(), labels.tolist(), c.tolist(), alpha=0.5), want)
+  # +inf logits break the precondition: the threshold is not a plausible (finite) value.
+  bad = logits.copy()
+  bad[:, 0] = np.inf
+  assert not np.isfinite(cj.calibrate_cost_sets(bad, labels, c, alpha=0.5))

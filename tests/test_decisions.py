@@ -280,3 +280,137 @@ def test_bad_abstain_cost(bad):
     cj.mean_cost(np.array([0, -1]), np.array([0, 1]), c, abstain_cost=bad)
   with pytest.raises(ValueError, match="abstain_cost"):
     cj.bayes_decision(logits, c, abstain_cost=np.array([1.0, 2.0]))
+
+
+def _np_savings(pred, y, c, abstain_cost=None):
+  """Correa Bahnsen's savings in float64 NumPy: 1 - cost / (best constant policy's cost)."""
+  c = np.broadcast_to(np.asarray(c, np.float64), y.shape + c.shape[-2:])
+  rows = np.take_along_axis(c, y[..., None, None], axis=-2)[..., 0, :]  # C_b[y_b, :]
+  made = np.take_along_axis(rows, np.maximum(pred, 0)[..., None], axis=-1)[..., 0]
+  if abstain_cost is not None:
+    made = np.where(pred == -1, np.broadcast_to(abstain_cost, pred.shape), made)
+  return 1.0 - made.sum() / rows.reshape(-1, c.shape[-1]).sum(0).min()
+
+
+@pytest.mark.parametrize("per_example", [False, True])
+def test_savings_score_matches_numpy(per_example):
+  rng = np.random.default_rng(7)
+  k, n = 4, 60
+  y = rng.integers(0, k, size=(3, n // 3)).astype(np.int32)
+  pred = rng.integers(0, k, size=y.shape).astype(np.int32)
+  c = rng.uniform(0.5, 10.0, size=(k, k)).astype(np.float32)
+  if per_example:  # one matrix per example: a fixed matrix times each example's amount
+    c = c * rng.uniform(0.1, 5.0, size=y.shape + (1, 1)).astype(np.float32)
+  got = jax.jit(cj.savings_score)(pred, y, c)
+  assert got.shape == () and got.dtype == jnp.float32
+  np.testing.assert_allclose(got, _np_savings(pred, y, c), rtol=1e-5)
+  c_free_diag = c * (1 - np.eye(k, dtype=np.float32))  # correct predictions cost nothing
+  assert float(cj.savings_score(y, y, c_free_diag)) == 1.0
+  # The best constant policy, predicted for everyone, saves exactly nothing.
+  y_flat = y.reshape(-1)
+  rows = np.broadcast_to(c, y.shape + (k, k)).reshape(-1, k, k)[np.arange(y.size), y_flat]
+  best = np.full_like(y, int(np.argmin(rows.sum(0))))
+  np.testing.assert_allclose(cj.savings_score(best, y, c), 0.0, atol=1e-6)
+
+
+def test_savings_score_abstentions_and_integer_costs():
+  y = np.array([0, 0, 0, 1, 2, 2], np.int32)
+  pred = np.array([0, -1, 1, 1, -1, 2], np.int32)
+  c = np.array([[0, 1, 4], [1, 0, 1], [4, 2, 0]], np.int32)  # integer costs: float32 result
+  got = cj.savings_score(pred, y, c, abstain_cost=0.5)
+  assert got.dtype == jnp.float32
+  # Constants cost 9, 7, 13 (C[y, k] summed over the labels): the baseline is 7;
+  # the predictions cost 0 + 0.5 + 1 + 0 + 0.5 + 0 = 2.
+  np.testing.assert_allclose(got, 1 - 2 / 7, rtol=1e-6)
+  np.testing.assert_allclose(got, _np_savings(pred, y, c, 0.5), rtol=1e-6)
+  per_example = np.array([0.0, 0.25, 1.0, 2.0, 3.0, 0.0], np.float32)
+  np.testing.assert_allclose(cj.savings_score(pred, y, c, abstain_cost=per_example),
+                             _np_savings(pred, y, c, per_example), rtol=1e-6)
+  # Without abstain_cost a -1 is an out-of-range prediction: NaN.
+  assert np.isnan(cj.savings_score(pred, y, c))
+
+
+@pytest.mark.parametrize("which", ["label_high", "label_negative", "pred_high", "pred_negative"])
+def test_savings_score_bad_indices_are_nan(which):
+  y = np.array([0, 1, 2, 1], np.int32)
+  pred = np.array([0, 2, 2, 1], np.int32)
+  c = np.array([[0.0, 1.0, 4.0], [1.0, 0.0, 1.0], [4.0, 2.0, 0.0]], np.float32)
+  assert np.isfinite(cj.savings_score(pred, y, c))
+  arr, value = {"label_high": (y, 3), "label_negative": (y, -1), "pred_high": (pred, 3),
+                "pred_negative": (pred, -2)}[which]
+  arr[1] = value
+  assert np.isnan(cj.savings_score(pred, y, c))
+  assert np.isnan(cj.savings_score(pred, y, c, abstain_cost=1.0))
+
+
+def test_savings_score_is_nan_when_a_constant_policy_is_free():
+  y = np.array([0, 0, 1], np.int32)
+  c = np.array([[0.0, 1.0], [0.0, 0.0]], np.float32)  # predicting 0 for everyone costs 0
+  assert np.isnan(cj.savings_score(np.array([1, 0, 1], np.int32), y, c))
+  with pytest.raises(ValueError, match="abstain_cost"):
+    cj.savings_score(y, y, c, abstain_cost=-1.0)
+  with pytest.raises(ValueError, match="same shape"):
+    cj.savings_score(y[:2], y, c)
+
+
+def test_per_example_abstain_costs_broadcast_to_the_batch():
+  """Chow's rule with one abstention price per example (or per row of a 2-D batch)."""
+  logits, c = _asym_problem(16, n=24)
+  r = ref.softmax(logits) @ c.astype(np.float64)
+  prices = np.linspace(0.0, 1.5 * r.min(-1).max(), 24).astype(np.float32)
+  want = np.where(r.min(-1) > prices, -1, r.argmin(-1))
+  clear = np.abs(r.min(-1) - prices) > 1e-4
+  got = np.asarray(cj.bayes_decision(logits, c, abstain_cost=prices))
+  np.testing.assert_array_equal(got[clear], want[clear])
+  assert 0 < np.sum(got == -1) < 24  # both outcomes occur
+  # Integer prices are real numbers too, the same as their float values.
+  np.testing.assert_array_equal(cj.bayes_decision(logits, c, abstain_cost=1),
+                                cj.bayes_decision(logits, c, abstain_cost=1.0))
+  np.testing.assert_allclose(cj.mean_cost(np.array([-1, 0]), np.array([0, 1]), c, abstain_cost=2),
+                             (2.0 + c[1, 0]) / 2)
+  # A (4, 1) column of prices broadcasts along a (4, 6) batch: one price per row.
+  z = logits.reshape(4, 6, -1)
+  col = prices[::6].reshape(4, 1)
+  got2 = np.asarray(cj.bayes_decision(z, c, abstain_cost=col))
+  want2 = np.where(r.min(-1).reshape(4, 6) > col, -1, r.argmin(-1).reshape(4, 6))
+  clear2 = np.abs(r.min(-1).reshape(4, 6) - col) > 1e-4
+  np.testing.assert_array_equal(got2[clear2], want2[clear2])
+  with pytest.raises(ValueError, match=r"broadcasts to the batch shape \(4, 6\)"):
+    cj.bayes_decision(z, c, abstain_cost=np.ones((1, 4), np.float32))
+
+
+def test_checked_mode_names_a_bad_traced_abstain_cost_and_label():
+  logits, c = _asym_problem(17, n=3)
+  ok = np.array([0.5, 1.0, 2.0], np.float32)
+  np.testing.assert_array_equal(cj.checked(cj.bayes_decision)(logits, c, abstain_cost=ok),
+                                cj.bayes_decision(logits, c, abstain_cost=ok))
+  # Under jit the concrete check cannot see the value; the checked-mode check does.
+  decide = cj.checked(jax.jit(lambda z, a: cj.bayes_decision(z, c, abstain_cost=a)))
+  np.testing.assert_array_equal(decide(logits, ok), cj.bayes_decision(logits, c, abstain_cost=ok))
+  with pytest.raises(Exception, match=r"costjax.bayes_decision: abstain_cost must be finite "
+                                      r"and >= 0; got inf at index \(2,\)"):
+    decide(logits, np.array([0.5, 1.0, np.inf], np.float32))
+  with pytest.raises(Exception, match=r"costjax.confusion_matrix \(labels\): labels must lie "
+                                      r"in \[0, 3\); got 5 at index \(1,\)"):
+    cj.checked(lambda p, y: cj.confusion_matrix(p, y, num_classes=3))(
+        np.array([0, 1, 2]), np.array([0, 5, 2]))
+
+
+def test_savings_score_dtypes_and_messages_name_the_function():
+  name = "costjax.savings_score"
+  y = np.array([0, 1, 2, 1], np.int32)
+  pred = np.array([0, 2, 2, 1], np.int32)
+  c = np.array([[0, 1, 4], [1, 0, 1], [4, 2, 0]], np.int32)
+  with jax.enable_x64(True):  # integer costs give float32 even where float64 is available
+    assert cj.savings_score(pred, y, c).dtype == jnp.float32
+    assert cj.savings_score(pred, y, c.astype(np.float64)).dtype == jnp.float64
+  with pytest.raises(ValueError, match=f"{name}: abstain_cost must be finite"):
+    cj.savings_score(pred, y, c, abstain_cost=-1.0)
+  with pytest.raises(ValueError, match=f"{name}: predictions and labels must have the same"):
+    cj.savings_score(pred[:2], y, c)
+  with pytest.raises(Exception, match=rf"{name} \(predictions\): labels must lie in \[0, 3\); "
+                                      r"got 5 at index \(2,\)"):
+    cj.checked(cj.savings_score)(np.array([0, 2, 5, 1], np.int32), y, c.astype(np.float32))
+  with pytest.raises(Exception, match=rf"{name} \(labels\): labels must lie in \[0, 3\); "
+                                      r"got -1 at index \(0,\)"):
+    cj.checked(cj.savings_score)(pred, np.array([-1, 1, 2, 1], np.int32), c.astype(np.float32))

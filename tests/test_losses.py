@@ -492,3 +492,40 @@ def test_cost_matrix_shape_mismatch_names_both_shapes(loss):
     loss.fn(logits, labels, np.stack([c, c]))  # (2,) does not broadcast to the batch (4,)
   with pytest.raises(ValueError, match=r"cost_matrix.shape=\(5, 4\)"):
     loss.fn(logits, labels, c[:, :4])
+
+
+@pytest.mark.parametrize("alpha", [np.inf, -0.5, np.nan])
+def test_cdw_invalid_alpha_gives_nan_and_checked_mode_names_it(alpha):
+  """alpha must be finite and >= 0: otherwise NaN, and checked mode names the function."""
+  name = "costjax.class_distance_weighted_cross_entropy"
+  logits = jnp.array([[1.0, 0.0, -1.0], [0.0, 2.0, 0.5]])
+  labels = jnp.array([0, 2])
+  c = jnp.array([[0.0, 1.0, 2.0], [1.0, 0.0, 1.0], [2.0, 1.0, 0.0]])
+  assert np.all(np.isnan(cj.class_distance_weighted_cross_entropy(logits, labels, c,
+                                                                 alpha=alpha)))
+  assert np.all(np.isnan(jax.jit(
+      lambda a: cj.class_distance_weighted_cross_entropy(logits, labels, c, alpha=a))(alpha)))
+  with pytest.raises(Exception, match=f"{name}: alpha must be finite and >= 0; got"):
+    cj.checked(cj.class_distance_weighted_cross_entropy)(logits, labels, c, alpha=alpha)
+  with pytest.raises(Exception, match=rf"{name}: labels must lie in \[0, 3\); got 3"):
+    cj.checked(cj.class_distance_weighted_cross_entropy)(logits, jnp.array([0, 3]), c)
+  with pytest.raises(ValueError, match=name):
+    cj.class_distance_weighted_cross_entropy(logits, labels, c[:2, :2])
+
+
+def test_shared_preparation_warns_nothing_and_names_the_function():
+  """float32 inputs need no dtype JAX lacks (no "float64 ... truncated" warning), and
+  checked mode names the loss for bad probability labels."""
+  import warnings
+
+  logits = jnp.array([[1.0, 0.0, -1.0], [0.0, 2.0, 0.5]])
+  c = jnp.array([[0.0, 1.0, 2.0], [1.0, 0.0, 1.0], [2.0, 1.0, 0.0]])
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    for fn in (cj.expected_cost, cj.class_distance_weighted_cross_entropy):
+      assert fn(logits, jnp.array([0, 2]), c).dtype == jnp.float32
+  q = jnp.array([[0.5, 0.7, -0.2], [0.0, 1.0, 0.0]])
+  for name in ("expected_cost", "class_distance_weighted_cross_entropy"):
+    with pytest.raises(Exception, match=rf"^costjax.{name}: probability labels have a negative "
+                                        r"entry"):
+      cj.checked(getattr(cj, name))(logits, q, c)

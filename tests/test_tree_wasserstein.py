@@ -189,3 +189,15 @@ def test_extreme_logits_bad_labels_and_errors():
     cj.checked(lambda z, y: cj.tree_wasserstein(z, y, parents))(jnp.zeros((2, 3)),
                                                                   jnp.array([0, 9]))
 
+
+
+def test_tree_errors_name_tree_wasserstein():
+  name = "costjax.tree_wasserstein"
+  parents = np.array([3, 3, 4, 5, 5, -1])
+  with pytest.raises(ValueError, match=rf"^{name}: parents contains a cycle"):
+    cj.tree_wasserstein(jnp.zeros(3), jnp.array(0), np.array([1, 0, -1]))
+  with pytest.raises(ValueError, match=rf"^{name}: edge_weights\[2\] = -1.0 is negative"):
+    cj.tree_wasserstein(jnp.zeros(3), jnp.array(0), parents,
+                        edge_weights=np.array([1.0, 1.0, -1.0, 1.0, 1.0, 0.0]))
+  with pytest.raises(TypeError, match=rf"^{name}: parents and edge_weights describe"):
+    jax.jit(lambda par: cj.tree_wasserstein(jnp.zeros(3), jnp.array(0), par))(parents)
