@@ -801,17 +801,20 @@ def _run(make_updates, problems: _Problems, *, active, eps_start, levels,
   n_levels = max_iterations // 2 if config.use_scan else jnp.max(levels)
   f = lax.fori_loop(0, n_levels, anneal, jnp.zeros_like(lp))
   t0 = levels
-  iters = jnp.broadcast_to(t0, lp.shape[:-1])
+  # Per-problem fields are sharded like the batch (explicit mesh axes): the loop
+  # body selects between them and values computed from lp.
+  batch = _sharding.explicit_sharding(lp[..., 0])
+  iters = jnp.broadcast_to(t0, lp.shape[:-1], out_sharding=batch)
   state = _State(
       f=f,
       g=jnp.zeros_like(lq),
       g_next=update_g(lp, f, eps_b),
-      err=jnp.full(lp.shape[:-1], jnp.inf, lp.dtype),
+      err=jnp.full(lp.shape[:-1], jnp.inf, lp.dtype, out_sharding=batch),
       iters=iters,
       done=~active | (iters >= max_iterations),
-      k=jnp.zeros(lp.shape[:-1], jnp.int32),
-      omega=jnp.ones(lp.shape[:-1], lp.dtype),
-      mark=jnp.full(lp.shape[:-1], jnp.inf, lp.dtype),
+      k=jnp.zeros(lp.shape[:-1], jnp.int32, out_sharding=batch),
+      omega=jnp.ones(lp.shape[:-1], lp.dtype, out_sharding=batch),
+      mark=jnp.full(lp.shape[:-1], jnp.inf, lp.dtype, out_sharding=batch),
   )
   full = functools.partial(_body, updates=updates, lp=lp, lq=lq, eps=eps_b, config=config)
   caps = _compact_sizes(int(np.prod(bshape)), config.stages)
