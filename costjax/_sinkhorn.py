@@ -260,7 +260,9 @@ def sinkhorn_loss(
     labels: integer class indices ``(...)`` or probability vectors ``(..., K)``
       (normalised to sum 1 internally).
     cost_matrix: ``(K, K)`` costs, ``C[i, j]`` for predicting ``j`` when the
-      truth is ``i``. Use :func:`jax.vmap` for stacks of cost matrices.
+      truth is ``i``. Use :func:`jax.vmap` for stacks of cost matrices (a
+      stack raises ``ValueError``, except in the closed form of integer labels
+      without ``debiased``, which takes one matrix per example).
     epsilon: entropic regularisation (> 0, traced: changing it does not
       recompile). A Python ``0`` selects an exact closed form (see above).
     debiased: return the Sinkhorn divergence instead of ``OT_eps(p, q)``.
@@ -310,6 +312,8 @@ def sinkhorn_loss(
   if exact:
     out = _exact_value(name, p, lp, cost, ground)
     return _common.finish(out, p)
+  if debiased or not p.is_index:
+    _check_shared_cost(name, cost_matrix, p)
   eps = jnp.asarray(epsilon, lp.dtype)
   active = _active(p)
   solve = functools.partial(
@@ -369,7 +373,8 @@ def sinkhorn_solve(
   Args:
     logits: ``(..., K)`` scores; source ``p = softmax(logits)``.
     labels: integer indices ``(...)`` or probability vectors ``(..., K)``.
-    cost_matrix: ``(K, K)`` cost matrix.
+    cost_matrix: ``(K, K)`` cost matrix (a per-example stack raises
+      ``ValueError``: use :func:`jax.vmap`).
     epsilon: entropic regularisation (> 0, traced).
     tol: target L1 error on the target marginal (static).
     max_iterations: static iteration cap.
@@ -401,6 +406,7 @@ def sinkhorn_solve(
                           "finite and > 0")
   cost_matrix = _dense_for_sinkhorn(cost_matrix, name)
   p = _common.prepare(name, logits, labels, cost_matrix, where)
+  _check_shared_cost(name, cost_matrix, p)
   lp = jax.nn.log_softmax(p.logits, axis=-1)
   if p.is_index:
     onehot = jax.nn.one_hot(p.labels, p.num_classes, dtype=lp.dtype)
@@ -439,6 +445,19 @@ def _check_static(name, tol, max_iterations, ground) -> None:
     raise ValueError(f"{name}: tol must be a positive static float; got {tol!r}.")
   if ground not in (None, "ordinal"):
     raise ValueError(f"{name}: ground must be None or 'ordinal'; got {ground!r}.")
+
+
+def _check_shared_cost(name: str, cost_matrix: Any, p: _common.Prepared) -> None:
+  """The solver's one ``(K, K)`` matrix for the whole batch: a per-example stack raises."""
+  if p.cost_matrix.ndim == 2:
+    return
+  k = p.num_classes
+  raise ValueError(
+      f"{name}: the Sinkhorn solver takes one cost_matrix of shape (K, K) = ({k}, {k}) "
+      f"shared by every example; got cost_matrix.shape={tuple(jnp.shape(cost_matrix))}, a "
+      "stack of per-example matrices. Use jax.vmap over the stack (and the examples) for "
+      "per-example cost matrices."
+  )
 
 
 def _is_static_zero(epsilon) -> bool:
@@ -801,17 +820,20 @@ def _run(make_updates, problems: _Problems, *, active, eps_start, levels,
   n_levels = max_iterations // 2 if config.use_scan else jnp.max(levels)
   f = lax.fori_loop(0, n_levels, anneal, jnp.zeros_like(lp))
   t0 = levels
-  iters = jnp.broadcast_to(t0, lp.shape[:-1])
+  # Per-problem fields are sharded like the batch (explicit mesh axes): the loop
+  # body selects between them and values computed from lp.
+  batch = _sharding.explicit_sharding(lp[..., 0])
+  iters = jnp.broadcast_to(t0, lp.shape[:-1], out_sharding=batch)
   state = _State(
       f=f,
       g=jnp.zeros_like(lq),
       g_next=update_g(lp, f, eps_b),
-      err=jnp.full(lp.shape[:-1], jnp.inf, lp.dtype),
+      err=jnp.full(lp.shape[:-1], jnp.inf, lp.dtype, out_sharding=batch),
       iters=iters,
       done=~active | (iters >= max_iterations),
-      k=jnp.zeros(lp.shape[:-1], jnp.int32),
-      omega=jnp.ones(lp.shape[:-1], lp.dtype),
-      mark=jnp.full(lp.shape[:-1], jnp.inf, lp.dtype),
+      k=jnp.zeros(lp.shape[:-1], jnp.int32, out_sharding=batch),
+      omega=jnp.ones(lp.shape[:-1], lp.dtype, out_sharding=batch),
+      mark=jnp.full(lp.shape[:-1], jnp.inf, lp.dtype, out_sharding=batch),
   )
   full = functools.partial(_body, updates=updates, lp=lp, lq=lq, eps=eps_b, config=config)
   caps = _compact_sizes(int(np.prod(bshape)), config.stages)

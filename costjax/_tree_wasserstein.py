@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from costjax import _checks, _common, _structures
+from costjax import _checks, _common, _sharding, _structures
 
 
 def tree_wasserstein(
@@ -105,9 +105,12 @@ def tree_wasserstein(
   batch = diff.shape[:-1]
   flat = diff.reshape((-1, num_classes)).T  # (K, B)
   # Subtree mass differences of the nodes that weigh something: (M, B).
-  mass = jax.ops.segment_sum(
-      flat[cls], anc, num_segments=weight.shape[0], indices_are_sorted=True
-  )
+  # A scatter-add into zeros sharded like the batch (explicit mesh axes), which
+  # jax.ops.segment_sum cannot be told.
+  zeros = jnp.zeros((weight.shape[0], flat.shape[1]), flat.dtype,
+                    out_sharding=_sharding.explicit_sharding(flat))
+  mass = zeros.at[anc].add(flat[cls], indices_are_sorted=True, mode="drop",
+                           wrap_negative_indices=False)  # as segment_sum
   w = jnp.asarray(weight, diff.dtype)
   out = jnp.sum(w[:, None] * jnp.abs(mass), axis=0).reshape(batch)
   return _common.finish(out, p)

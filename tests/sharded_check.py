@@ -105,7 +105,50 @@ def main():
   assert 0 < float(threshold) < np.inf, threshold
   report["per_example calibrate_cost_sets"] = float(abs(
       calibrate(z_sharded, y_sharded, c_sharded) - threshold))
+  report.update(explicit_mesh_checks(mesh))
   print(json.dumps(report))
+
+
+def explicit_mesh_checks(mesh):
+  """Under ``jax.set_mesh`` (explicit axes): tree passes and Sinkhorn equal one device.
+
+  Probability labels take TreeCost's top-down passes (depth >= 2), integer ones
+  its large-tree LCA pass (forced by a zero table limit); tree_wasserstein's
+  scatter and the Sinkhorn loop state also build arrays that must be sharded
+  like the batch. One program for all, compiled once per layout.
+  """
+  rng = np.random.default_rng(1)
+  B, K = 8, 5
+  logits = rng.normal(size=(B, K)).astype(np.float32)
+  probs = rng.dirichlet(np.ones(K), B).astype(np.float32)
+  labels = rng.integers(0, K, B).astype(np.int32)
+  parents = [5, 5, 6, 6, 8, 7, 7, 8, -1]  # depth 3: classes 0-3 two levels below the root
+  weights = rng.uniform(0.5, 2.0, 9).astype(np.float32)
+  tree = cj.TreeCost(parents, K, edge_weights=weights)
+  dense = np.asarray(tree.dense())
+
+  @jax.jit
+  def outputs(z, q, y):
+    return {
+        "mesh tree expected_cost probs": cj.expected_cost(z, q, tree),
+        "mesh tree bayes_decision": cj.bayes_decision(z, tree),
+        "mesh tree expected_cost levels": cj.expected_cost(z, y, tree),
+        "mesh tree_wasserstein probs": cj.tree_wasserstein(z, q, parents, edge_weights=weights),
+        "mesh sinkhorn_loss probs": cj.sinkhorn_loss(z, q, dense, epsilon=0.1),
+    }
+
+  table = cj._structures.tree._MAX_ANCESTOR_TABLE
+  cj._structures.tree._MAX_ANCESTOR_TABLE = 0  # integer rows by the top-down pass
+  single = outputs(logits, probs, labels)
+  with jax.set_mesh(mesh):
+    sharded = outputs(jax.device_put(logits, P("data", None)),
+                      jax.device_put(probs, P("data", None)), jax.device_put(labels, P("data")))
+  cj._structures.tree._MAX_ANCESTOR_TABLE = table
+  report = {}
+  for name, out in sharded.items():
+    assert len(out.sharding.device_set) == 8, (name, out.sharding)
+    report[name] = float(np.max(np.abs(np.asarray(out, np.float32) - np.asarray(single[name]))))
+  return report
 
 
 if __name__ == "__main__":

@@ -423,6 +423,35 @@ def test_bad_inputs_raise_naming_shapes():
     cj.sinkhorn_solve(z, jnp.array([0, 1]), c, epsilon=0)
 
 
+def test_per_example_cost_stack_raises_naming_the_remedy():
+  rng = np.random.default_rng(3)
+  z = jnp.asarray(rng.normal(size=(2, 3)), jnp.float32)
+  q = jnp.asarray(rng.dirichlet(np.ones(3), 2), jnp.float32)
+  y = jnp.array([0, 2])
+  stack = rng.uniform(0, 4, (2, 3, 3)).astype(np.float32)
+  msg = (r"costjax\.{}: .*cost_matrix .*\(K, K\) = \(3, 3\)"
+         r".*cost_matrix\.shape=\(2, 3, 3\).*jax\.vmap")
+  with pytest.raises(ValueError, match=msg.format("sinkhorn_loss")):
+    cj.sinkhorn_loss(z, q, stack, epsilon=0.1)
+  with pytest.raises(ValueError, match=msg.format("sinkhorn_loss")):  # under jit too
+    jax.jit(lambda z, q, c: cj.sinkhorn_loss(z, q, c, epsilon=0.1))(z, q, stack)
+  with pytest.raises(ValueError, match=msg.format("sinkhorn_loss")):
+    cj.sinkhorn_loss(z, y, stack, epsilon=0.1, debiased=True)
+  with pytest.raises(ValueError, match=msg.format("sinkhorn_solve")):
+    cj.sinkhorn_solve(z, y, stack, epsilon=0.1)
+  # Unchanged: the integer-label closed form reads one row per example (NumPy oracle).
+  p = np.exp(np.asarray(z)) / np.exp(np.asarray(z)).sum(-1, keepdims=True)
+  rows = stack[np.arange(2), np.asarray(y)]
+  np.testing.assert_allclose(cj.sinkhorn_loss(z, y, stack, epsilon=0.1),
+                             (p * rows).sum(-1), rtol=1e-5)
+  # The remedy: vmapped, each example gets its own matrix (POT's solver as the oracle).
+  out = jax.vmap(lambda z, q, c: cj.sinkhorn_loss(z, q, c, epsilon=0.1, tol=1e-6))(z, q, stack)
+  for b in range(2):
+    ref, _ = _pot_kl_value(p[b].astype(np.float64), np.asarray(q[b], np.float64),
+                           stack[b].astype(np.float64), 0.1)
+    np.testing.assert_allclose(out[b], ref, rtol=1e-4)
+
+
 def test_out_of_range_labels_give_nan_and_checked_mode_names_them():
   z = jnp.zeros((3, 4))
   c = jnp.asarray(_problem(13, k=4)[0], jnp.float32)
