@@ -1,4 +1,5 @@
 import atexit
+import fcntl
 import os
 import shutil
 import tempfile
@@ -16,6 +17,33 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
   atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def run_once(request, tmp_path_factory):
+  """``run_once(name, make)``: a folder that ``make(folder)`` filled once per test session.
+
+  For an expensive end-to-end run that several tests read (a training run, a report):
+  a module-scoped fixture runs once per xdist worker that takes one of the module's
+  tests, and work stealing often splits a module, so the run would be paid twice. The
+  workers share the parent of their base temporary folders; a file lock there makes the
+  first one run it and the other wait for it and read the same files. ``make`` must put
+  everything the tests read into the folder; when it raises, the next caller retries.
+  """
+  base = tmp_path_factory.getbasetemp()
+  root = base.parent if hasattr(request.config, "workerinput") else base
+
+  def run(name, make):
+    folder = root / f"run-once-{name}"
+    with open(root / f"run-once-{name}.lock", "w") as lock:
+      fcntl.flock(lock, fcntl.LOCK_EX)
+      if not (folder / ".done").exists():
+        folder.mkdir(exist_ok=True)
+        make(folder)
+        (folder / ".done").write_text("")
+    return folder
+
+  return run
 
 
 @pytest.fixture(autouse=True)
@@ -36,3 +64,65 @@ def _strict_rank_promotion(request):
 def _doctest_printoptions(doctest_namespace):
   np.set_printoptions(precision=4, suppress=True)
   doctest_namespace["np"] = np
+
+
+def pytest_collection_modifyitems(config, items):
+  _pair_precondition_tests(items)
+  if getattr(config.option, "numprocesses", None):
+    _slow_tests_first_on_each_worker(items)
+
+
+def _pair_precondition_tests(items):
+  """Runs each precondition case's valid-input test right after its broken-input test.
+
+  Both use the case's two compiled programs (``_programs`` in tests/test_preconditions.py,
+  cached per process); xdist's work stealing hands out contiguous runs of tests, so
+  neighbours share a worker and the programs compile once instead of once per worker.
+  """
+  prefix = "tests/test_preconditions.py::"
+  valid = {it.nodeid.split("[", 1)[1]: it for it in items
+           if it.nodeid.startswith(prefix + "test_valid_input_passes[")}
+  if not valid:
+    return
+  order = []
+  for it in items:
+    if it.nodeid.startswith(prefix + "test_valid_input_passes["):
+      continue
+    order.append(it)
+    if it.nodeid.startswith(prefix + "test_precondition["):
+      pair = valid.pop(it.nodeid.split("[", 1)[1], None)
+      if pair is not None:
+        order.append(pair)
+  items[:] = order + list(valid.values())
+
+
+def _slow_tests_first_on_each_worker(items):
+  """Orders the collection so that each of two xdist workers starts with slow tests.
+
+  Work stealing (``--dist worksteal``) gives the first half of the collection to one worker
+  and the second half to the other, and an idle worker takes the back half of the other's
+  queue. A long test that starts last bounds the wall time, so the slow tests go first in
+  each half, a test module's slow tests together (they may share one run: ``run_once``),
+  the modules alternating between the halves; the fast tests fill both halves up.
+  """
+  groups: dict[str, list] = {}
+  fast = []
+  for it in items:
+    if it.get_closest_marker("slow") is not None:
+      groups.setdefault(it.nodeid.split("::", 1)[0], []).append(it)
+    else:
+      fast.append(it)
+  if not groups:
+    return
+  # Longest first, each to the lighter half. A module's weight: its end-to-end run(s) plus
+  # a little per test (the precondition sweep's 102 small tests weigh about 6 runs).
+  weight = {name: 1 + len(group) / 20 for name, group in groups.items()}
+  halves: tuple[list, list] = ([], [])
+  loads = [0.0, 0.0]
+  for name in sorted(groups, key=lambda n: -weight[n]):
+    side = loads.index(min(loads))
+    halves[side].extend(groups[name])
+    loads[side] += weight[name]
+  half = (len(items) + 1) // 2
+  room = max(0, half - len(halves[0]))
+  items[:] = halves[0] + fast[:room] + halves[1] + fast[room:]

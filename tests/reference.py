@@ -2,10 +2,14 @@
 
 Written directly from the formulas in ../shared/API.md, without sharing any
 code with costjax, so that tests compare against an oracle rather than the
-implementation itself.
+implementation itself. The second half holds the oracles that take the target as a
+probability vector ``q`` (and the exact LP, POT's entropic OT, a fixed tree), shared by the
+contract tests of several modules.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 
@@ -101,3 +105,111 @@ def bayes_decision(logits, c):
   # brute force: evaluate every candidate decision's risk in a Python loop
   risks = np.stack([(p * np.asarray(c)[:, j]).sum(-1) for j in range(k)], -1)
   return np.argmin(risks, -1)
+
+
+# --------------------------------------------------------------------------- #
+# Oracles on probability targets ``q`` (rows of the target distribution), exact LP and
+# entropic OT, and a fixed tree: the contract tests of several modules share them.
+# --------------------------------------------------------------------------- #
+
+
+def one_hot(labels, k):
+  return np.eye(k)[np.asarray(labels)]
+
+
+def np_expected_cost(z, q, c):
+  return np.einsum("...i,ij,...j->...", q, np.asarray(c, np.float64), softmax(z))
+
+
+def np_soft_targets(q, c, t):
+  """sum_i q_i softmax(-C[i] / T): hand-written, row by row."""
+  c = np.asarray(c, np.float64)
+  rows = np.stack([np.exp(-c[i] / t) / np.exp(-c[i] / t).sum() for i in range(c.shape[0])])
+  return np.asarray(q, np.float64) @ rows
+
+
+def np_cross_entropy(z, q):
+  z = np.asarray(z, np.float64)
+  log_p = z - logsumexp(z)[..., None]
+  safe = np.where(q > 0, log_p, 0.0)
+  return -(q * safe).sum(-1)
+
+
+def np_cdw(z, q, c, alpha):
+  w = np.asarray(q, np.float64) @ np.asarray(c, np.float64) ** alpha
+  return -(w * log1m_softmax(z)).sum(-1)
+
+
+def np_ordinal_emd(z, q, power):
+  d = np.abs(np.cumsum(softmax(z), -1) - np.cumsum(q, -1))[..., :-1]
+  return (d**power).sum(-1)
+
+
+def lp_ot(a, b, cost):
+  """Exact OT by scipy's LP: plan T[i, j], rows sum to b (true), columns to a (pred)."""
+  k = cost.shape[0]
+  from scipy.optimize import linprog
+
+  a_eq = np.zeros((2 * k, k * k))
+  for i in range(k):
+    a_eq[i, i * k:(i + 1) * k] = 1
+    a_eq[k + i, i::k] = 1
+  res = linprog(np.asarray(cost, np.float64).ravel(), A_eq=a_eq, b_eq=np.concatenate([b, a]),
+                bounds=(0, None), method="highs")
+  assert res.status == 0
+  return res.fun
+
+
+def pot_entropic(a, b, cost, eps):
+  """POT's log-domain Sinkhorn converted to the <P, C> + eps KL(P || a b^T) objective.
+
+  POT's matrix is indexed [source = prediction a, sink = target b], i.e. C.T; the
+  objectives differ by the constant eps (H(a) + H(b)).
+  """
+  def entropy(x):
+    x = x[x > 0]
+    return -np.sum(x * np.log(x))
+
+  import ot
+
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    # The plain kernel iteration is exact enough while exp(-C / eps) stays normal.
+    method = "sinkhorn" if cost.max() / eps < 50 else "sinkhorn_log"
+    plan = ot.sinkhorn(a, b, cost.T, eps, method=method, stopThr=1e-10, numItermax=20000)
+  return np.sum(plan * cost.T) - eps * entropy(plan) + eps * (entropy(a) + entropy(b))
+
+
+def asymmetric(rng, k=5, diag=(0.0, 0.0)):
+  c = rng.uniform(0.5, 6.0, size=(k, k))
+  np.fill_diagonal(c, rng.uniform(*diag, size=k))
+  assert not np.allclose(c, c.T)
+  return c
+
+
+# A fixed 5-class tree and its path lengths, counted by hand:
+#       8
+#     /   \
+#    6     7
+#   / \   / \
+#  0   1 2   5        class 3 hangs under 5, class 4 under 7
+#            |
+#            3
+TREE_PARENTS = np.array([6, 6, 7, 5, 7, 7, 8, 8, -1])
+TREE_COST = np.array([
+    [0, 2, 4, 5, 4],
+    [2, 0, 4, 5, 4],
+    [4, 4, 0, 3, 2],
+    [5, 5, 3, 0, 3],
+    [4, 4, 2, 3, 0],
+], np.float64)
+
+
+def hyper_problem(probs=False, k=5):
+  """Logits, labels (indices or probabilities) and a cost positive everywhere (so that
+  C**alpha is smooth in alpha): the problem of the hyperparameter-gradient tests."""
+  rng = np.random.default_rng(50)
+  logits = rng.normal(size=(3, k)) * 1.5
+  labels = rng.dirichlet(np.ones(k), size=3) if probs else np.array([0, 3, 1])
+  cost = asymmetric(rng, k) + 0.3
+  return logits, labels, cost

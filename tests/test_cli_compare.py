@@ -55,13 +55,20 @@ SEEDS = 3
 
 
 @pytest.fixture(scope="module")
-def digits_run(tmp_path_factory):
-  out = tmp_path_factory.mktemp("compare") / "digits"
-  proc = run_cli("compare", "--seeds", SEEDS, "--epochs", EPOCHS, "--lrs", "3e-3,1e-2",
-                 "--arms", "ce,ce_ec,wce", "--cost", "asymmetric", "--out", out)
-  assert proc.returncode == 0, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+def digits_run(run_once):
+  """(output folder, the command's stdout, results.json): run once per session (conftest's
+  run_once), however xdist spreads this module's tests over its workers."""
+  def make(folder):
+    proc = run_cli("compare", "--seeds", SEEDS, "--epochs", EPOCHS, "--lrs", "3e-3,1e-2",
+                   "--arms", "ce,ce_ec,wce", "--cost", "asymmetric", "--out", folder / "digits")
+    assert proc.returncode == 0, \
+        f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+    (folder / "stdout.txt").write_text(proc.stdout)
+
+  folder = run_once("compare-digits", make)
+  out = folder / "digits"
   res = json.loads((out / "results.json").read_text())
-  return out, proc, res
+  return out, (folder / "stdout.txt").read_text(), res
 
 
 def row(res, arm, decoding):
@@ -204,9 +211,9 @@ def test_verdict_follows_its_rule_and_agrees_with_the_table(digits_run):
 
 @pytest.mark.slow
 def test_progress_is_one_line_per_arm_without_a_terminal(digits_run):
-  _, proc, _ = digits_run
-  assert "\r" not in proc.stdout
-  lines = [ln for ln in proc.stdout.splitlines() if re.match(r"\[\d/3\] ", ln)]
+  _, stdout, _ = digits_run
+  assert "\r" not in stdout
+  lines = [ln for ln in stdout.splitlines() if re.match(r"\[\d/3\] ", ln)]
   assert len(lines) == 3 and lines[0].startswith("[1/3] cross-entropy:")
 
 

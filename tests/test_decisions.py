@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -414,3 +416,42 @@ def test_savings_score_dtypes_and_messages_name_the_function():
   with pytest.raises(Exception, match=rf"{name} \(labels\): labels must lie in \[0, 3\); "
                                       r"got -1 at index \(0,\)"):
     cj.checked(cj.savings_score)(pred, np.array([-1, 1, 2, 1], np.int32), c.astype(np.float32))
+
+
+K = 5
+
+
+@pytest.mark.parametrize("bad", [-1, K, 50])
+def test_confusion_matrix_drops_pairs_with_bad_labels(bad):
+  rng = np.random.default_rng(40)
+  labels = rng.integers(0, K, 30)
+  preds = rng.integers(0, K, 30)
+  labels[[3, 17]] = bad
+  got = np.asarray(cj.confusion_matrix(jnp.asarray(preds), jnp.asarray(labels), num_classes=K))
+  ok = (labels >= 0) & (labels < K)
+  want = sk_confusion_matrix(labels[ok], preds[ok], labels=np.arange(K))
+  np.testing.assert_array_equal(got, want)
+  assert got.sum() == 28
+
+
+@pytest.mark.parametrize("bad", [-1, K, 50])
+def test_kappa_is_nan_for_bad_labels_and_matches_sklearn_otherwise(bad):
+  rng = np.random.default_rng(41)
+  labels = rng.integers(0, K, 40)
+  preds = np.clip(labels + rng.integers(-1, 2, 40), 0, K - 1)
+  got = cj.quadratic_weighted_kappa(jnp.asarray(preds), jnp.asarray(labels), num_classes=K)
+  want = cohen_kappa_score(labels, preds, weights="quadratic", labels=np.arange(K))
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  labels[7] = bad
+  f = jax.jit(functools.partial(cj.quadratic_weighted_kappa, num_classes=K))
+  assert np.isnan(f(jnp.asarray(preds), jnp.asarray(labels)))
+  assert np.isnan(cj.quadratic_weighted_kappa(jnp.asarray(labels), jnp.asarray(preds),
+                                              num_classes=K))
+
+
+def test_mean_cost_bad_label_is_nan_and_orientation():
+  c = np.array([[0.0, 7.0, 1.0], [2.0, 0.0, 5.0], [3.0, 4.0, 0.0]], np.float32)
+  preds, labels = jnp.array([1, 2, 0]), jnp.array([0, 1, 2])
+  np.testing.assert_allclose(cj.mean_cost(preds, labels, c), (7 + 5 + 3) / 3, rtol=1e-6)
+  for bad in (-1, 3):
+    assert np.isnan(cj.mean_cost(preds, jnp.array([0, bad, 2]), c))

@@ -14,6 +14,18 @@ from jax.test_util import check_grads
 
 import costjax as cj
 from tests import reference as ref
+from tests.reference import (
+  TREE_COST,
+  TREE_PARENTS,
+  asymmetric,
+  hyper_problem,
+  np_cdw,
+  np_cross_entropy,
+  np_expected_cost,
+  np_ordinal_emd,
+  np_soft_targets,
+  one_hot,
+)
 
 K = 5
 
@@ -529,3 +541,166 @@ def test_shared_preparation_warns_nothing_and_names_the_function():
     with pytest.raises(Exception, match=rf"^costjax.{name}: probability labels have a negative "
                                         r"entry"):
       cj.checked(getattr(cj, name))(logits, q, c)
+
+
+def _weigh_classes(q):
+  """``q * (1, 2, ..., K)`` along the last axis (a non-constant readout of ``q``)."""
+  return q * jax.lax.broadcast_to_rank(jnp.arange(1.0, K + 1), q.ndim)
+
+
+HYPER = {
+    "temperature/soft_label_ce": (
+        lambda z, y, c, h: cj.soft_label_cross_entropy(z, y, c, temperature=h), 1.7),
+    "temperature/cost_soft_labels": (
+        lambda z, y, c, h: _weigh_classes(cj.cost_soft_labels(y, c, temperature=h)),
+        0.8),
+    "alpha/cdw_ce": (
+        lambda z, y, c, h: cj.class_distance_weighted_cross_entropy(z, y, c, alpha=h), 1.6),
+    "lam/cost_regularized_ce": (
+        lambda z, y, c, h: cj.cost_regularized_cross_entropy(z, y, c, lam=h), 0.7),
+    "power/ordinal_emd": (lambda z, y, c, h: cj.ordinal_emd(z, y, power=h), 1.5),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HYPER))
+@pytest.mark.parametrize("probs", [False, True], ids=["indices", "probabilities"])
+def test_hyperparameter_gradients_match_finite_differences(name, probs):
+  fn, h0 = HYPER[name]
+  with jax.enable_x64(True):
+    logits, labels, cost = hyper_problem(probs)
+    f = lambda h: jnp.sum(fn(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(cost), h))
+    h0 = jnp.float64(h0)
+    g = jax.grad(f)(h0)
+    fd = (f(h0 + 1e-6) - f(h0 - 1e-6)) / 2e-6
+    assert abs(float(fd)) > 1e-3  # the hyperparameter matters here
+    np.testing.assert_allclose(g, fd, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(jax.jvp(f, (h0,), (jnp.float64(1.0),))[1], fd, rtol=1e-6,
+                               atol=1e-8)
+
+
+def _closed_form_losses():
+  """The losses of test_losses.py are checked there; these two reduce to p . C[y] too."""
+  return {
+      "sinkhorn_int": (functools.partial(cj.sinkhorn_loss, epsilon=0.5),
+                       lambda z, q, c: np_expected_cost(z, q, c)),
+      "tree_wasserstein": (
+          lambda z, y, c: cj.tree_wasserstein(z, y, TREE_PARENTS),
+          lambda z, q, c: np_expected_cost(z, q, TREE_COST)),
+  }
+
+
+@pytest.mark.parametrize("name", sorted(_closed_form_losses()))
+@pytest.mark.parametrize("dtype, bits", [(jnp.bfloat16, 8), (jnp.float16, 11)],
+                         ids=["bfloat16", "float16"])
+def test_half_precision_sinkhorn_and_tree_are_float32_math_rounded_once(name, dtype, bits):
+  """Half-precision logits are computed in float32: the result is the float64 value
+  correctly rounded to the output dtype (relative error <= 2**-bits), which a
+  computation carried out in bfloat16/float16 misses. Inputs are multiples of 1/8,
+  exact in both formats."""
+  fn, oracle = _closed_form_losses()[name]
+  rng = np.random.default_rng(70)
+  logits = (rng.integers(-24, 25, size=(64, K)) / 8.0).astype(np.float32)
+  labels = rng.integers(0, K, 64).astype(np.int32)
+  cost = (rng.integers(1, 33, size=(K, K)) / 4.0).astype(np.float32)
+  np.fill_diagonal(cost, 0)
+  low = jnp.asarray(logits, dtype)
+  assert np.array_equal(np.asarray(low, np.float32), logits)
+  got = fn(low, labels, cost)
+  assert got.dtype == dtype
+  want = oracle(logits.astype(np.float64), one_hot(labels, K), cost)
+  np.testing.assert_allclose(np.asarray(got, np.float64), want,
+                             rtol=2.0**-bits * 1.02, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(_closed_form_losses()))
+@pytest.mark.parametrize("scale", [1e4, -1e4])
+def test_extreme_logits_sinkhorn_and_tree_values_and_gradients_match_float64(name, scale):
+  """Logits of +-1e4 (ties included): values against the float64 oracle and
+  gradients against its central differences."""
+  fn, oracle = _closed_form_losses()[name]
+  rng = np.random.default_rng(71)
+  logits = rng.choice([-1.0, 0.0, 1.0], size=(6, K)) * scale
+  logits[0] = [scale, scale, 0.0, -scale, 0.0]  # a tie at the top
+  labels = np.arange(6) % K
+  cost = asymmetric(rng).astype(np.float32)
+  q = one_hot(labels, K)
+  value, grad = jax.value_and_grad(lambda z: fn(z, labels, cost).sum())(
+      jnp.asarray(logits, jnp.float32))
+  want = oracle(logits, q, cost.astype(np.float64))
+  # float32 resolves 1e4 to ~1e-3 (one ulp), and the losses subtract log-sum-exps of
+  # that size: allow ten ulps, far below any clamping or log(0) artefact.
+  np.testing.assert_allclose(fn(jnp.asarray(logits, jnp.float32), labels, cost), want,
+                             rtol=1e-6, atol=1e-2)
+  h = 1e-3
+  fd = np.zeros_like(logits)
+  for idx in np.ndindex(logits.shape):
+    up, down = logits.copy(), logits.copy()
+    up[idx] += h
+    down[idx] -= h
+    fd[idx] = (oracle(up, q, cost).sum() - oracle(down, q, cost).sum()) / (2 * h)
+  np.testing.assert_allclose(grad, fd, atol=2e-3)
+  assert np.isfinite(float(value))
+
+
+@pytest.mark.parametrize("name", ["expected_cost", "cost_regularized_ce", "cdw_ce"])
+def test_probability_labels_with_zeros_at_impossible_classes(name):
+  """q_j = 0 where z_j = -inf: the 0 * (-inf) terms are 0, value and gradient finite."""
+  fn, oracle = {
+      "expected_cost": (cj.expected_cost, np_expected_cost),
+      "cost_regularized_ce": (
+          functools.partial(cj.cost_regularized_cross_entropy, lam=0.7),
+          lambda z, q, c: np_cross_entropy(z, q) + 0.7 * np_expected_cost(z, q, c)),
+      "cdw_ce": (functools.partial(cj.class_distance_weighted_cross_entropy, alpha=1.5),
+                 lambda z, q, c: np_cdw(z, q, c, 1.5)),
+  }[name]
+  rng = np.random.default_rng(61)
+  logits = rng.normal(size=(4, K)).astype(np.float32)
+  q = rng.dirichlet(np.ones(K), size=4)
+  logits[:, 1] = -np.inf
+  q[:, 1] = 0.0
+  q /= q.sum(-1, keepdims=True)
+  c = asymmetric(rng)
+  value, grad = jax.value_and_grad(
+      lambda z: fn(z, q.astype(np.float32), c.astype(np.float32)).sum())(jnp.asarray(logits))
+  finite = np.where(np.isinf(logits), -1e30, logits).astype(np.float64)
+  np.testing.assert_allclose(fn(logits, q.astype(np.float32), c.astype(np.float32)),
+                             oracle(finite, q, c), rtol=1e-5, atol=1e-6)
+  assert np.isfinite(float(value)) and np.isfinite(np.asarray(grad)).all()
+  assert np.all(np.asarray(grad)[:, 1] == 0)
+
+
+def test_documented_default_hyperparameters():
+  """temperature=1, alpha=1, lam=1, power=1 when not given."""
+  rng = np.random.default_rng(63)
+  logits = rng.normal(size=(4, K)) * 2
+  labels = np.array([0, 2, 4, 1])
+  q = one_hot(labels, K)
+  c = asymmetric(rng)
+  z32, c32 = logits.astype(np.float32), c.astype(np.float32)
+  cases = [
+      (cj.cost_regularized_cross_entropy(z32, labels, c32),
+       np_cross_entropy(logits, q) + np_expected_cost(logits, q, c)),
+      (cj.soft_label_cross_entropy(z32, labels, c32),
+       np_cross_entropy(logits, np_soft_targets(q, c, 1.0))),
+      (cj.cost_soft_labels(jnp.asarray(labels), c32), np_soft_targets(q, c, 1.0)),
+      (cj.class_distance_weighted_cross_entropy(z32, labels, c32), np_cdw(logits, q, c, 1.0)),
+      (cj.ordinal_emd(z32, labels), np_ordinal_emd(logits, q, 1)),
+  ]
+  for got, want in cases:
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-6)
+
+
+def test_float64_hyperparameters_do_not_promote_float32_outputs():
+  rng = np.random.default_rng(64)
+  c32 = asymmetric(rng).astype(np.float32)
+  z32 = rng.normal(size=(2, K)).astype(np.float32)
+  y = jnp.array([1, 3])
+  with jax.enable_x64(True):
+    t = np.float64(2.0)
+    assert cj.cost_soft_labels(y, c32, temperature=t).dtype == jnp.float32
+    assert cj.cost_soft_labels(jnp.full((2, K), 0.2, jnp.float32), c32,
+                               temperature=t).dtype == jnp.float32
+    assert cj.soft_label_cross_entropy(z32, y, c32, temperature=t).dtype == jnp.float32
+    assert cj.class_distance_weighted_cross_entropy(z32, y, c32, alpha=t).dtype == jnp.float32
+    assert cj.cost_regularized_cross_entropy(z32, y, c32, lam=t).dtype == jnp.float32
+    assert cj.ordinal_emd(z32, y, power=t).dtype == jnp.float32

@@ -16,7 +16,10 @@ import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ("--seeds", "2", "--epochs", "2", "--lrs", "1e-2", "--arms", "ce,ce_ec",
+# One arm (cross-entropy, which every run includes): each arm is one more training program
+# to compile in each of the three processes, and the property checked (two processes x two
+# devices give the one-process results on every decoding) does not depend on the loss.
+TINY = ("--seeds", "2", "--epochs", "2", "--lrs", "1e-2", "--arms", "ce",
         "--cost", "asymmetric", "--progress", "lines")
 
 
@@ -63,7 +66,7 @@ def test_two_processes_equal_one_process_with_as_many_devices(tmp_path):
   assert two["devices"].startswith("4 x cpu") and two["devices"].endswith("2 process(es)")
   assert ref["devices"].startswith("4 x cpu") and ref["devices"].endswith("1 process(es)")
   # arms x costs x decodings, and the best constant prediction per cost
-  assert len(two["rows"]) == len(ref["rows"]) == 2 * 1 * 3 + 1
+  assert len(two["rows"]) == len(ref["rows"]) == 1 * 1 * 3 + 1
   for a, b in zip(two["rows"], ref["rows"], strict=True):
     assert (a["cost"], a["arm"], a["decoding"]) == (b["cost"], b["arm"], b["decoding"])
     if a["decoding"] == "bayes_vs":

@@ -25,7 +25,9 @@ def test_sharded_batch_equals_single_device():
       "cost_regularized_cross_entropy", "bayes_decision", "mean_cost",
       "per_example expected_cost", "per_example expected_cost probs",
       "per_example bayes_decision", "per_example savings_score",
-      "per_example calibrate_cost_sets",
+      "per_example calibrate_cost_sets", "mesh tree expected_cost probs",
+      "mesh tree bayes_decision", "mesh tree expected_cost levels",
+      "mesh tree_wasserstein probs", "mesh sinkhorn_loss probs",
   }
   for name, deviation in report.items():
     assert deviation <= 1e-5, (name, deviation)

@@ -24,6 +24,15 @@ from jax.test_util import check_grads
 from scipy.optimize import linprog
 
 import costjax as cj
+from tests.reference import (
+  asymmetric,
+  hyper_problem,
+  lp_ot,
+  np_expected_cost,
+  one_hot,
+  pot_entropic,
+)
+from tests.reference import softmax as np_softmax
 
 K = 5
 
@@ -477,3 +486,180 @@ def test_out_of_range_labels_give_nan_and_checked_mode_names_them():
       lambda x, y: cj.sinkhorn_loss(x, y, c, epsilon=0.1, max_iterations=50))(a, b))(z, soft)
   np.testing.assert_allclose(
       got, cj.sinkhorn_loss(z, soft, c, epsilon=0.1, max_iterations=50), rtol=1e-5)
+
+
+def test_debiased_integer_labels_with_nonzero_diagonal_match_pot():
+  """S(p, y) = OT(p, d_y) - OT(p, p)/2 - OT(d_y, d_y)/2 with C[y, y] > 0.
+
+  With a one-hot target the only coupling is the product, so OT(p, d_y) = p . C[y]
+  and OT(d_y, d_y) = C[y, y]; OT(p, p) comes from POT. Dropping the -C[y, y]/2
+  term is invisible on the zero-diagonal matrices of every other test.
+  """
+  rng = np.random.default_rng(20)
+  cost = asymmetric(rng, diag=(0.8, 2.5))
+  logits = rng.normal(size=(4, K)) * 1.5
+  labels = np.array([1, 0, 4, 2])
+  eps = 0.4
+  got = cj.sinkhorn_loss(logits.astype(np.float32), labels, cost.astype(np.float32),
+                         epsilon=eps, debiased=True, tol=1e-6, max_iterations=5000)
+  for b, y in enumerate(labels):
+    a = np_softmax(logits[b])
+    want = a @ cost[y] - 0.5 * pot_entropic(a, a, cost, eps) - 0.5 * cost[y, y]
+    np.testing.assert_allclose(got[b], want, atol=2e-4)
+
+
+def test_epsilon_zero_integer_labels_is_the_exact_lp():
+  rng = np.random.default_rng(21)
+  cost = asymmetric(rng, diag=(0.0, 1.0))
+  logits = rng.normal(size=(4, K)) * 2
+  labels = np.array([3, 0, 4, 1])
+  got = cj.sinkhorn_loss(logits.astype(np.float32), labels, cost.astype(np.float32), epsilon=0)
+  jitted = jax.jit(lambda z: cj.sinkhorn_loss(z, labels, cost.astype(np.float32), epsilon=0))
+  for b, y in enumerate(labels):
+    lp = lp_ot(np_softmax(logits[b]), one_hot(y, K), cost)
+    np.testing.assert_allclose(got[b], lp, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(jitted(logits.astype(np.float32)), got, rtol=1e-6)
+  bad = np.asarray(cj.sinkhorn_loss(logits.astype(np.float32), np.array([0, -1, K, 2]),
+                                    cost.astype(np.float32), epsilon=0))
+  assert np.isnan(bad[1]) and np.isnan(bad[2]) and np.isfinite(bad[[0, 3]]).all()
+
+
+def test_epsilon_zero_ordinal_ground_with_unnormalised_target():
+  """ground="ordinal" agrees with the LP; a target that does not sum to 1 breaks the
+  precondition (issue 26) and gives NaN rather than a rescaled answer."""
+  rng = np.random.default_rng(22)
+  k = 6
+  ordinal = np.abs(np.arange(k)[:, None] - np.arange(k)[None, :]).astype(np.float64)
+  logits = rng.normal(size=(3, k))
+  q = rng.dirichlet(np.ones(k), size=3)
+  got = cj.sinkhorn_loss(logits.astype(np.float32), q.astype(np.float32),
+                         ordinal.astype(np.float32), epsilon=0, ground="ordinal")
+  for b in range(3):
+    np.testing.assert_allclose(got[b], lp_ot(np_softmax(logits[b]), q[b], ordinal), atol=1e-5)
+  bad = cj.sinkhorn_loss(logits.astype(np.float32), (3 * q).astype(np.float32),
+                         ordinal.astype(np.float32), epsilon=0, ground="ordinal")
+  assert np.isnan(np.asarray(bad)).all()
+
+
+@pytest.mark.parametrize("debiased", [False, True])
+def test_sinkhorn_epsilon_gradient_matches_finite_differences(debiased):
+  """d OT_eps / d eps = KL(T* || q p^T) (envelope theorem), not zero."""
+  with jax.enable_x64(True):
+    logits, q, cost = hyper_problem(probs=True)
+    for eps0 in (0.5 * cost.max(), 0.02 * cost.max()):  # kernel and log-domain paths
+      def f(e):
+        return cj.sinkhorn_loss(jnp.asarray(logits), jnp.asarray(q), jnp.asarray(cost),
+                                epsilon=e, debiased=debiased, tol=1e-12,
+                                max_iterations=50000).sum()
+
+      h = 1e-5 * eps0
+      fd = (f(eps0 + h) - f(eps0 - h)) / (2 * h)
+      g = jax.grad(f)(jnp.float64(eps0))
+      assert abs(float(fd)) > 1e-4
+      np.testing.assert_allclose(g, fd, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("fn", [cj.sinkhorn_loss, cj.sinkhorn_solve], ids=["loss", "solve"])
+def test_sinkhorn_static_option_validation(fn):
+  z, y, c = jnp.zeros((2, 3)), jnp.array([0, 1]), jnp.ones((3, 3))
+  for tol in (0.0, -1e-3, float("nan"), float("inf")):
+    with pytest.raises(ValueError, match=r"tol must be a positive static float"):
+      fn(z, y, c, epsilon=0.1, tol=tol)
+  with pytest.raises(ValueError, match="tol must be a positive static float"):
+    jax.jit(lambda t: fn(z, y, c, epsilon=0.1, tol=t))(1e-3)
+  for its in (0, -5, 2.5):
+    with pytest.raises(ValueError, match="max_iterations must be a positive int"):
+      fn(z, y, c, epsilon=0.1, max_iterations=its)
+  with pytest.raises(ValueError, match="epsilon must be a scalar"):
+    jax.jit(lambda e: fn(z, y, c, epsilon=e))(jnp.ones(2))
+  # Valid edge values pass.
+  assert np.isfinite(np.asarray(fn(z, y, c, epsilon=0.1, tol=1.0, max_iterations=1)
+                                if fn is cj.sinkhorn_loss else
+                                fn(z, y, c, epsilon=0.1, tol=1.0, max_iterations=1).value)).all()
+
+
+def test_sinkhorn_ground_validation():
+  z = jnp.zeros((2, 3))
+  q = jnp.full((2, 3), 1 / 3)
+  ordinal = jnp.abs(jnp.arange(3.0)[:, None] - jnp.arange(3.0)[None, :])
+  for bad in ("tree", "Ordinal", 1):
+    with pytest.raises(ValueError, match=r"ground must be None or 'ordinal'"):
+      cj.sinkhorn_loss(z, q, ordinal, epsilon=0, ground=bad)
+  # A traced cost matrix cannot be inspected: the promise is taken on trust.
+  got = jax.jit(lambda c: cj.sinkhorn_loss(z, q, c, epsilon=0, ground="ordinal"))(ordinal)
+  np.testing.assert_allclose(got, 0.0, atol=1e-6)
+  # With epsilon > 0 `ground` is ignored: the solver runs on the given matrix.
+  np.testing.assert_allclose(
+      cj.sinkhorn_loss(z, q, 2 * ordinal, epsilon=0.5, ground="ordinal"),
+      cj.sinkhorn_loss(z, q, 2 * ordinal, epsilon=0.5), rtol=1e-6)
+
+
+def _solve_problem(seed=80, batch=(3,)):
+  rng = np.random.default_rng(seed)
+  cost = asymmetric(rng).astype(np.float32)
+  logits = (rng.normal(size=batch + (K,)) * 1.5).astype(np.float32)
+  q = rng.dirichlet(np.full(K, 0.8), size=batch).astype(np.float32)
+  return logits, q, cost
+
+
+def test_sinkhorn_solve_potentials_plan_and_value_are_consistent():
+  """T = q_i p_j exp((f_j + g_i - C_ij) / eps); value = <f, p> + <g, q> at convergence
+  = <T, C> + eps KL(T || q p^T), all recomputed here in float64 from f and g."""
+  logits, q, cost = _solve_problem()
+  eps = 0.3
+  out = cj.sinkhorn_solve(logits, q, cost, epsilon=eps, tol=1e-5, max_iterations=3000)
+  assert out.g.shape == (3, K) and out.f.shape == (3, K) and bool(out.converged.all())
+  for b in range(3):
+    p = np_softmax(logits[b])
+    f, g = np.asarray(out.f[b], np.float64), np.asarray(out.g[b], np.float64)
+    plan = q[b][:, None] * p[None, :] * np.exp((f[None, :] + g[:, None] - cost) / eps)
+    np.testing.assert_allclose(out.plan[b], plan, atol=1e-5)
+    np.testing.assert_allclose(plan.sum(1), q[b], atol=1e-5)
+    np.testing.assert_allclose(plan.sum(0), p, atol=1e-5)
+    np.testing.assert_allclose(out.value[b], f @ p + g @ q[b], atol=1e-5)
+    ratio = plan / (q[b][:, None] * p[None, :])
+    kl = np.sum(plan * np.log(ratio))
+    np.testing.assert_allclose(out.value[b], np.sum(plan * cost) + eps * kl, atol=1e-4)
+    np.testing.assert_allclose(out.value[b], pot_entropic(p, q[b].astype(np.float64),
+                                                          cost.astype(np.float64), eps),
+                               atol=1e-4)
+
+
+@pytest.mark.slow  # six solver compilations
+def test_sinkhorn_solve_under_jit_vmap_and_grad():
+  logits, q, cost = _solve_problem(81, batch=(4,))
+  eps = 0.25
+  kw = dict(tol=1e-5, max_iterations=3000)
+  out = cj.sinkhorn_solve(logits, q, cost, epsilon=eps, **kw)
+  jitted = jax.jit(lambda z, t, c, e: cj.sinkhorn_solve(z, t, c, epsilon=e, **kw))(
+      logits, q, cost, eps)
+  mapped = jax.vmap(lambda z, t: cj.sinkhorn_solve(z, t, cost, epsilon=eps, **kw))(logits, q)
+  for other in (jitted, mapped):
+    for field in ("value", "f", "g", "plan", "marginal_error"):
+      np.testing.assert_allclose(getattr(other, field), getattr(out, field), atol=2e-5)
+    np.testing.assert_array_equal(other.converged, out.converged)
+  # Gradients of `value`: the plan for the cost, p (f - p.f) for the logits, and
+  # g (centred) for the target, which sinkhorn_solve normalises like the loss.
+  g_c = jax.grad(lambda c: cj.sinkhorn_solve(logits, q, c, epsilon=eps, **kw).value.sum())(cost)
+  np.testing.assert_allclose(g_c, out.plan.sum(0), atol=1e-5)
+  g_z = jax.grad(lambda z: cj.sinkhorn_solve(z, q, cost, epsilon=eps, **kw).value.sum())(logits)
+  p = np_softmax(logits)
+  f = np.asarray(out.f, np.float64)
+  np.testing.assert_allclose(g_z, p * (f - (p * f).sum(-1, keepdims=True)), atol=1e-5)
+  g_q = jax.grad(lambda t: cj.sinkhorn_loss(logits, t, cost, epsilon=eps, **kw).sum())(q)
+  g = np.asarray(out.g, np.float64)
+  np.testing.assert_allclose(g_q, g - (q * g).sum(-1, keepdims=True), atol=1e-4)
+
+
+def test_sinkhorn_solve_integer_labels_and_where():
+  logits, _, cost = _solve_problem(82, batch=(4,))
+  labels = jnp.array([0, 4, -1, 2])
+  out = cj.sinkhorn_solve(logits, labels, cost, epsilon=0.3)
+  value = np.asarray(out.value)
+  ec = np_expected_cost(logits, one_hot([0, 4, 0, 2], K), cost)
+  np.testing.assert_allclose(value[[0, 1, 3]], ec[[0, 1, 3]], rtol=1e-4, atol=1e-5)
+  assert np.isnan(value[2])
+  where = jnp.array([True, False, True, True])
+  masked = cj.sinkhorn_solve(logits, jnp.array([0, 4, 1, 2]), cost, epsilon=0.3, where=where)
+  assert float(masked.value[1]) == 0.0
+  np.testing.assert_allclose(np.asarray(masked.value)[[0, 3]], ec[[0, 3]], rtol=1e-4, atol=1e-5)

@@ -14,6 +14,7 @@ from jax.experimental import checkify
 from scipy.optimize import linprog
 
 import costjax as cj
+from tests.reference import TREE_COST, TREE_PARENTS, np_expected_cost, one_hot
 
 
 def _random_tree(rng, num_classes, num_internal):
@@ -201,3 +202,41 @@ def test_tree_errors_name_tree_wasserstein():
                         edge_weights=np.array([1.0, 1.0, -1.0, 1.0, 1.0, 0.0]))
   with pytest.raises(TypeError, match=rf"^{name}: parents and edge_weights describe"):
     jax.jit(lambda par: cj.tree_wasserstein(jnp.zeros(3), jnp.array(0), par))(parents)
+
+
+K = 5
+
+
+def test_tree_wasserstein_where_masks():
+  rng = np.random.default_rng(90)
+  logits = rng.normal(size=(6, K)).astype(np.float32)
+  labels = np.arange(6) % K
+  rows = np.array([1, 0, 1, 1, 0, 1], bool)
+  got = cj.tree_wasserstein(logits, labels, TREE_PARENTS, where=rows)
+  want = np_expected_cost(logits, one_hot(labels, K), TREE_COST)
+  np.testing.assert_allclose(got, np.where(rows, want, 0.0), rtol=1e-5, atol=1e-6)
+  classes = np.ones((6, K), bool)
+  classes[np.arange(6), (labels + 2) % K] = False
+  got = cj.tree_wasserstein(logits, labels, TREE_PARENTS, where=classes)
+  masked_logits = np.where(classes, logits, -np.inf)
+  np.testing.assert_allclose(got, np_expected_cost(masked_logits, one_hot(labels, K), TREE_COST),
+                             rtol=1e-5, atol=1e-6)
+
+
+def test_tree_wasserstein_and_hierarchy_reject_non_finite_edge_weights():
+  z = jnp.zeros(K)
+  for bad in (np.nan, np.inf, -np.inf):
+    w = np.ones(len(TREE_PARENTS))
+    w[2] = bad
+    with pytest.raises(ValueError, match=r"edge_weights\[2\] = .* is not finite"):
+      cj.tree_wasserstein(z, jnp.array(0), TREE_PARENTS, edge_weights=w)
+    with pytest.raises(ValueError, match=r"edge_weights\[2\] = .* is not finite"):
+      cj.hierarchy_cost_matrix(TREE_PARENTS, K, edge_weights=w)
+  # The root has no edge: its entry is ignored, whatever it is.
+  w = np.ones(len(TREE_PARENTS))
+  w[-1] = np.nan
+  np.testing.assert_allclose(cj.hierarchy_cost_matrix(TREE_PARENTS, K, edge_weights=w),
+                             TREE_COST)
+  np.testing.assert_allclose(
+      cj.tree_wasserstein(z, jnp.array(3), TREE_PARENTS, edge_weights=w),
+      TREE_COST[3].mean(), rtol=1e-6)

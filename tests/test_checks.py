@@ -1,0 +1,104 @@
+"""The shared validation of every loss: `where` shapes, checked mode (non-finite and
+negative costs, negative probability labels) and error messages that name the function."""
+
+from __future__ import annotations
+
+import functools
+import re
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.experimental import checkify
+
+import costjax as cj
+from tests.reference import TREE_PARENTS
+
+K = 5
+
+
+ALL_LOSSES = {
+    "expected_cost": cj.expected_cost,
+    "cost_regularized_ce": cj.cost_regularized_cross_entropy,
+    "soft_label_ce": cj.soft_label_cross_entropy,
+    "cdw_ce": cj.class_distance_weighted_cross_entropy,
+    "ordinal_emd": lambda z, y, c, **kw: cj.ordinal_emd(z, y, **kw),
+    "sinkhorn": functools.partial(cj.sinkhorn_loss, epsilon=0.5, max_iterations=50),
+    "tree_wasserstein": lambda z, y, c, **kw: cj.tree_wasserstein(z, y, TREE_PARENTS, **kw),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ALL_LOSSES))
+def test_where_of_the_wrong_shape_names_both_shapes(name):
+  fn = ALL_LOSSES[name]
+  z = jnp.zeros((4, K))
+  y = jnp.array([0, 1, 2, 3])
+  c = jnp.ones((K, K)) - jnp.eye(K)
+  for bad in ((3,), (4, K - 1), (4, 1, K), (K, 4)):
+    match = re.escape(f"where.shape={bad}") + ".*" + re.escape(f"logits.shape=(4, {K})")
+    with pytest.raises(ValueError, match=match):
+      fn(z, y, c, where=jnp.ones(bad, bool))
+
+
+COST_LOSSES = {k: v for k, v in ALL_LOSSES.items() if k not in ("ordinal_emd", "tree_wasserstein")}
+
+
+@pytest.mark.parametrize("name", sorted(COST_LOSSES))
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_checked_mode_rejects_non_finite_costs(name, bad):
+  fn = COST_LOSSES[name]
+  c = np.ones((K, K), np.float32) - np.eye(K, dtype=np.float32)
+  c[2, 3] = bad
+  z = jnp.zeros((2, K))
+  with pytest.raises(checkify.JaxRuntimeError, match="cost_matrix has a non-finite entry"):
+    cj.checked(fn)(z, jnp.array([0, 1]), c)
+  with pytest.raises(checkify.JaxRuntimeError, match="non-finite"):
+    cj.checked(cj.cost_soft_labels)(jnp.array([0, 1]), c)
+
+
+@pytest.mark.parametrize("name", sorted(ALL_LOSSES))
+def test_checked_mode_rejects_negative_probability_labels(name):
+  fn = ALL_LOSSES[name]
+  c = np.ones((K, K), np.float32) - np.eye(K, dtype=np.float32)
+  q = np.full((2, K), 0.2, np.float32)
+  q[1] = [0.6, -0.1, 0.2, 0.2, 0.1]
+  with pytest.raises(checkify.JaxRuntimeError,
+                     match=r"probability labels have a negative entry \(min -0.1"):
+    cj.checked(fn)(jnp.zeros((2, K)), q, c)
+  # The valid labels pass through checked mode unchanged.
+  q[1] = [0.6, 0.1, 0.1, 0.1, 0.1]
+  np.testing.assert_allclose(cj.checked(fn)(jnp.zeros((2, K)), q, c),
+                             fn(jnp.zeros((2, K)), q, c), rtol=1e-6)
+
+
+def test_checked_mode_negative_costs_in_every_cost_loss():
+  c = np.ones((K, K), np.float32) - np.eye(K, dtype=np.float32)
+  c[4, 0] = -2.0
+  for fn in COST_LOSSES.values():
+    with pytest.raises(checkify.JaxRuntimeError, match=r"negative entry \(min -2"):
+      cj.checked(fn)(jnp.zeros((2, K)), jnp.array([0, 1]), c)
+  for fn in (cj.bayes_decision,):
+    with pytest.raises(checkify.JaxRuntimeError, match="negative entry"):
+      cj.checked(fn)(jnp.zeros((2, K)), c)
+
+
+NAMED = {
+    "expected_cost": cj.expected_cost,
+    "cost_regularized_cross_entropy": cj.cost_regularized_cross_entropy,
+    "soft_label_cross_entropy": cj.soft_label_cross_entropy,
+    "class_distance_weighted_cross_entropy": cj.class_distance_weighted_cross_entropy,
+    "ordinal_emd": lambda z, y, c: cj.ordinal_emd(z, y),
+    "sinkhorn_loss": functools.partial(cj.sinkhorn_loss, epsilon=0.5),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NAMED))
+def test_errors_and_checked_mode_name_the_function(name):
+  fn = NAMED[name]
+  c = np.ones((K, K), np.float32)
+  with pytest.raises(TypeError, match=rf"^costjax\.{name}: logits must have a floating"):
+    fn(jnp.zeros((2, K), jnp.int32), jnp.array([0, 1]), c)
+  with pytest.raises(ValueError, match=rf"^costjax\.{name}: "):
+    fn(jnp.zeros((2, K)), jnp.array([0, 1, 2]), c)
+  with pytest.raises(checkify.JaxRuntimeError, match=rf"costjax\.{name}: labels must lie in"):
+    cj.checked(fn)(jnp.zeros((2, K)), jnp.array([0, K]), c)
