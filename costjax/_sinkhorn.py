@@ -123,9 +123,11 @@ class _State(NamedTuple):
     iters: iterations used, epsilon-scaling levels included.
     done: converged, NaN error, out of iterations or inactive: frozen.
     k: iterations at the target epsilon (after epsilon scaling).
-    omega: over-relaxation factor (1: plain Sinkhorn steps).
-    mark: error ``_RELAX_WINDOW`` iterations before ``_RELAX_START``, from
-      which the convergence rate is estimated.
+    omega: over-relaxation factor (1: plain Sinkhorn steps; a relaxed problem
+      whose error stops falling goes back to 1 for good).
+    mark: error at the last checkpoint: ``_RELAX_WINDOW`` iterations before
+      ``_RELAX_START`` (from which the convergence rate is estimated), then
+      every ``_RELAX_WINDOW`` iterations from ``_RELAX_START`` on.
   """
 
   f: jax.Array
@@ -758,7 +760,9 @@ def _body(state: _State, *, updates, lp, lq, eps, config: _Config) -> _State:
   ``_RELAX_WINDOW`` iterations and from then on over-relaxes both half-steps
   with ``omega = 2 / (1 + sqrt(1 - eta))`` (Lehmann, von Renesse, Sambale,
   Uschmajew 2022; capped at ``_RELAX_MAX``): the slow problems converge in a
-  fraction of the iterations. The convergence test and the returned state are
+  fraction of the iterations. Over-relaxation is only locally convergent, so a
+  relaxed problem whose error has not fallen over a window returns to plain
+  steps for good. The convergence test and the returned state are
   always those of a plain half-step: ``f`` is the exact update for ``g``, so
   the plan's column sums equal ``p``, and the row sums' L1 error is ``err``.
   Everything depends only on the problem's own history.
@@ -793,7 +797,15 @@ def _body(state: _State, *, updates, lp, lq, eps, config: _Config) -> _State:
   new_omega = jnp.where(eta < 1, 2.0 / (1.0 + jnp.sqrt(1.0 - eta)), 1.0)
   new_omega = jnp.clip(new_omega, 1.0, _RELAX_MAX).astype(omega.dtype)
   omega = jnp.where(done | (k_new != _RELAX_START), omega, new_omega)
-  mark = jnp.where(done | (k_new != _RELAX_START - _RELAX_WINDOW), mark, err_new)
+  # Safeguard: over-relaxation converges only near the solution, and from far away it can
+  # cycle. From _RELAX_START on, every _RELAX_WINDOW iterations a relaxed problem whose
+  # error has not fallen since the last checkpoint goes back to plain steps for good
+  # (plain Sinkhorn converges from any potentials).
+  checkpoint = (k_new >= _RELAX_START) & ((k_new - _RELAX_START) % _RELAX_WINDOW == 0)
+  stalled = checkpoint & (k_new > _RELAX_START) & ~(err_new < mark)
+  omega = jnp.where(done | ~stalled, omega, jnp.ones_like(omega))
+  mark = jnp.where(done | ((k_new != _RELAX_START - _RELAX_WINDOW) & ~checkpoint), mark,
+                   err_new)
   k = jnp.where(done, k, k_new)
   done = done | finished
   return _State(f=f, g=g, g_next=g_next, err=err, iters=iters, done=done, k=k, omega=omega,
