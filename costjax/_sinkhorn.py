@@ -47,6 +47,8 @@ _COMPACT_STAGES = 1
 _RELAX_START = 10
 _RELAX_WINDOW = 4
 _RELAX_MAX = 1.8
+# A relaxed problem with no new lowest error in this many iterations returns to plain steps.
+_STALL_WINDOW = 64
 # Largest K for which sinkhorn_loss and sinkhorn_solve densify a cost structure.
 _MAX_DENSE_CLASSES = 4096
 
@@ -125,9 +127,11 @@ class _State(NamedTuple):
     k: iterations at the target epsilon (after epsilon scaling).
     omega: over-relaxation factor (1: plain Sinkhorn steps; a relaxed problem
       whose error stops falling goes back to 1 for good).
-    mark: error at the last checkpoint: ``_RELAX_WINDOW`` iterations before
-      ``_RELAX_START`` (from which the convergence rate is estimated), then
-      every ``_RELAX_WINDOW`` iterations from ``_RELAX_START`` on.
+    mark: error ``_RELAX_WINDOW`` iterations before ``_RELAX_START`` (from
+      which the convergence rate is estimated), then the lowest error at the
+      last stall checkpoint (every ``_STALL_WINDOW`` iterations from
+      ``_RELAX_START`` on).
+    best: lowest error since ``_RELAX_START`` (``inf`` before).
   """
 
   f: jax.Array
@@ -139,6 +143,7 @@ class _State(NamedTuple):
   k: jax.Array
   omega: jax.Array
   mark: jax.Array
+  best: jax.Array
 
 
 class _Solution(NamedTuple):
@@ -761,16 +766,16 @@ def _body(state: _State, *, updates, lp, lq, eps, config: _Config) -> _State:
   with ``omega = 2 / (1 + sqrt(1 - eta))`` (Lehmann, von Renesse, Sambale,
   Uschmajew 2022; capped at ``_RELAX_MAX``): the slow problems converge in a
   fraction of the iterations. Over-relaxation is only locally convergent, so a
-  relaxed problem whose error has not fallen over a window returns to plain
-  steps for good. The convergence test and the returned state are
+  relaxed problem that sets no new lowest error in ``_STALL_WINDOW``
+  iterations returns to plain steps for good. The convergence test and the returned state are
   always those of a plain half-step: ``f`` is the exact update for ``g``, so
   the plan's column sums equal ``p``, and the row sums' L1 error is ``err``.
   Everything depends only on the problem's own history.
   """
   update_g, update_f = updates
-  f, g, g_next, err, iters, done, k, omega, mark = (
+  f, g, g_next, err, iters, done, k, omega, mark, best = (
       state.f, state.g, state.g_next, state.err, state.iters, state.done, state.k,
-      state.omega, state.mark)
+      state.omega, state.mark, state.best)
   plain = (omega == 1)[..., None]
   w = omega[..., None]
   g_new = jnp.where(plain, g_next, g + w * (g_next - g))
@@ -798,18 +803,20 @@ def _body(state: _State, *, updates, lp, lq, eps, config: _Config) -> _State:
   new_omega = jnp.clip(new_omega, 1.0, _RELAX_MAX).astype(omega.dtype)
   omega = jnp.where(done | (k_new != _RELAX_START), omega, new_omega)
   # Safeguard: over-relaxation converges only near the solution, and from far away it can
-  # cycle. From _RELAX_START on, every _RELAX_WINDOW iterations a relaxed problem whose
-  # error has not fallen since the last checkpoint goes back to plain steps for good
-  # (plain Sinkhorn converges from any potentials).
-  checkpoint = (k_new >= _RELAX_START) & ((k_new - _RELAX_START) % _RELAX_WINDOW == 0)
-  stalled = checkpoint & (k_new > _RELAX_START) & ~(err_new < mark)
+  # cycle. From _RELAX_START on, every _STALL_WINDOW iterations a relaxed problem whose
+  # error has set no new low since the last checkpoint goes back to plain steps for good
+  # (plain Sinkhorn converges from any potentials). The relaxed error is not monotone,
+  # so the test is on the lowest error over a long window, not on the last one.
+  best = jnp.where(done | (k_new < _RELAX_START), best, jnp.minimum(best, err_new))
+  checkpoint = (k_new >= _RELAX_START) & ((k_new - _RELAX_START) % _STALL_WINDOW == 0)
+  stalled = checkpoint & (k_new > _RELAX_START) & ~(best < mark)
   omega = jnp.where(done | ~stalled, omega, jnp.ones_like(omega))
   mark = jnp.where(done | ((k_new != _RELAX_START - _RELAX_WINDOW) & ~checkpoint), mark,
-                   err_new)
+                   jnp.where(checkpoint, best, err_new))
   k = jnp.where(done, k, k_new)
   done = done | finished
   return _State(f=f, g=g, g_next=g_next, err=err, iters=iters, done=done, k=k, omega=omega,
-                mark=mark)
+                mark=mark, best=best)
 
 
 def _run(make_updates, problems: _Problems, *, active, eps_start, levels,
@@ -846,6 +853,7 @@ def _run(make_updates, problems: _Problems, *, active, eps_start, levels,
       k=jnp.zeros(lp.shape[:-1], jnp.int32, out_sharding=batch),
       omega=jnp.ones(lp.shape[:-1], lp.dtype, out_sharding=batch),
       mark=jnp.full(lp.shape[:-1], jnp.inf, lp.dtype, out_sharding=batch),
+      best=jnp.full(lp.shape[:-1], jnp.inf, lp.dtype, out_sharding=batch),
   )
   full = functools.partial(_body, updates=updates, lp=lp, lq=lq, eps=eps_b, config=config)
   caps = _compact_sizes(int(np.prod(bshape)), config.stages)

@@ -26,7 +26,8 @@ TINY = ("--seeds", "2", "--epochs", "2", "--lrs", "1e-2", "--arms", "ce",
 def _env(devices: int) -> dict:
   env = dict(os.environ)
   env["JAX_PLATFORMS"] = "cpu"
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  env["XLA_FLAGS"] = (f"{os.environ.get('XLA_FLAGS', '')}"
+                      f" --xla_force_host_platform_device_count={devices}").strip()
   return env
 
 

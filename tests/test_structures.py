@@ -880,8 +880,8 @@ _SHARDED = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_sharded_batches_match_single_device():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             JAX_PLATFORMS="cpu")
+  flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=flags)
   res = subprocess.run([sys.executable, "-c", _SHARDED], capture_output=True, text=True,
                        env=env, timeout=300, check=False)
   assert res.returncode == 0, res.stderr[-3000:]
