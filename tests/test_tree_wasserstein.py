@@ -11,10 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from jax.experimental import checkify
-from scipy.optimize import linprog
 
 import costjax as cj
-from tests.reference import TREE_COST, TREE_PARENTS, np_expected_cost, one_hot
+from tests.reference import TREE_COST, TREE_PARENTS, lp_ot, np_expected_cost, one_hot
 
 
 def _random_tree(rng, num_classes, num_internal):
@@ -61,17 +60,6 @@ def _ancestors(parents, node):
   return out
 
 
-def _lp(a, b, cost):
-  k = cost.shape[0]
-  a_eq = np.zeros((2 * k, k * k))
-  for i in range(k):
-    a_eq[i, i * k:(i + 1) * k] = 1
-    a_eq[k + i, i::k] = 1
-  res = linprog(cost.ravel(), A_eq=a_eq, b_eq=np.concatenate([b, a]), bounds=(0, None),
-                method="highs")
-  return res.fun
-
-
 def _softmax(z):
   e = np.exp(z - z.max(-1, keepdims=True))
   return e / e.sum(-1, keepdims=True)
@@ -90,7 +78,7 @@ def test_equals_lp_for_random_weighted_trees(seed):
                             edge_weights=weights)
   for b in range(4):
     a = _softmax(logits[b])
-    lp = _lp(a, q[b], cost)
+    lp = lp_ot(a, q[b], cost)
     np.testing.assert_allclose(lp, ot.emd2(a, q[b], cost.T), atol=1e-8)
     np.testing.assert_allclose(got[b], lp, rtol=1e-5, atol=1e-5)
   # Also the package's own cost matrix agrees with the brute-force metric.
