@@ -310,8 +310,9 @@ def _stats_bwd(cfg, res, g):
     wb = jax.lax.dynamic_slice_in_dim(w, blk.start, cfg.block, axis=1)
     dh = dh + jnp.matmul(gz.astype(wb.dtype), wb.T, preferred_element_type=dtype)
     # A sum over the (possibly sharded) batch: replicated like dw.
+    replicated = _replicated_like(h)
     dwb = jnp.matmul(h.T, gz.astype(h.dtype), preferred_element_type=dtype,
-                     out_sharding=_replicated_like(h))
+                     **({} if replicated is None else {"out_sharding": replicated}))
     old = jax.lax.dynamic_slice_in_dim(dw, blk.start, cfg.block, axis=1)
     dw = jax.lax.dynamic_update_slice_in_dim(dw, old + dwb.astype(dw.dtype), blk.start, axis=1)
     old_b = jax.lax.dynamic_slice_in_dim(db, blk.start, cfg.block)

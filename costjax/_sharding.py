@@ -38,6 +38,16 @@ def explicit_sharding(x: jax.Array) -> jax.sharding.NamedSharding | None:
   return None
 
 
+def sharded_like(x: jax.Array) -> dict[str, Any]:
+  """``out_sharding=`` for a new array sharded like ``x`` over explicit mesh axes.
+
+  Empty when ``x`` has no explicit sharding, so the call stays the plain one (which also
+  keeps jax versions whose array constructors take no ``out_sharding`` working).
+  """
+  sharding = explicit_sharding(x)
+  return {} if sharding is None else {"out_sharding": sharding}
+
+
 def replicate(x: jax.Array) -> jax.Array:
   """Gathers an explicitly sharded array onto every device (no-op otherwise)."""
   sharding = explicit_sharding(x)

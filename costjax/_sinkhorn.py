@@ -841,19 +841,19 @@ def _run(make_updates, problems: _Problems, *, active, eps_start, levels,
   t0 = levels
   # Per-problem fields are sharded like the batch (explicit mesh axes): the loop
   # body selects between them and values computed from lp.
-  batch = _sharding.explicit_sharding(lp[..., 0])
-  iters = jnp.broadcast_to(t0, lp.shape[:-1], out_sharding=batch)
+  batch = _sharding.sharded_like(lp[..., 0])
+  iters = jnp.broadcast_to(t0, lp.shape[:-1], **batch)
   state = _State(
       f=f,
       g=jnp.zeros_like(lq),
       g_next=update_g(lp, f, eps_b),
-      err=jnp.full(lp.shape[:-1], jnp.inf, lp.dtype, out_sharding=batch),
+      err=jnp.full(lp.shape[:-1], jnp.inf, lp.dtype, **batch),
       iters=iters,
       done=~active | (iters >= max_iterations),
-      k=jnp.zeros(lp.shape[:-1], jnp.int32, out_sharding=batch),
-      omega=jnp.ones(lp.shape[:-1], lp.dtype, out_sharding=batch),
-      mark=jnp.full(lp.shape[:-1], jnp.inf, lp.dtype, out_sharding=batch),
-      best=jnp.full(lp.shape[:-1], jnp.inf, lp.dtype, out_sharding=batch),
+      k=jnp.zeros(lp.shape[:-1], jnp.int32, **batch),
+      omega=jnp.ones(lp.shape[:-1], lp.dtype, **batch),
+      mark=jnp.full(lp.shape[:-1], jnp.inf, lp.dtype, **batch),
+      best=jnp.full(lp.shape[:-1], jnp.inf, lp.dtype, **batch),
   )
   full = functools.partial(_body, updates=updates, lp=lp, lq=lq, eps=eps_b, config=config)
   caps = _compact_sizes(int(np.prod(bshape)), config.stages)

@@ -108,9 +108,8 @@ def tree_wasserstein(
   # A scatter-add into zeros sharded like the batch (explicit mesh axes), which
   # jax.ops.segment_sum cannot be told.
   zeros = jnp.zeros((weight.shape[0], flat.shape[1]), flat.dtype,
-                    out_sharding=_sharding.explicit_sharding(flat))
-  mass = zeros.at[anc].add(flat[cls], indices_are_sorted=True, mode="drop",
-                           wrap_negative_indices=False)  # as segment_sum
+                    **_sharding.sharded_like(flat))
+  mass = zeros.at[anc].add(flat[cls], indices_are_sorted=True, mode="drop")  # anc >= 0
   w = jnp.asarray(weight, diff.dtype)
   out = jnp.sum(w[:, None] * jnp.abs(mass), axis=0).reshape(batch)
   return _common.finish(out, p)

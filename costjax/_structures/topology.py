@@ -221,7 +221,7 @@ def slot_sum(x: jax.Array, plan: SlotPlan, compose: np.ndarray | None = None) ->
     parts.append(slot_sum(_slots(x, fix(idx), mask), plan.chunk_plan))  # type: ignore[arg-type]
   if plan.num_empty:
     zeros_shape = x.shape[:-1] + (plan.num_empty,)
-    parts.append(jnp.zeros(zeros_shape, x.dtype, out_sharding=_sharding.explicit_sharding(x)))
+    parts.append(jnp.zeros(zeros_shape, x.dtype, **_sharding.sharded_like(x)))
   out = parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
   return out if plan.inverse is None else _sharding.take_last(out, plan.inverse)
 

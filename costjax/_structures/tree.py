@@ -17,7 +17,7 @@ import numpy as np
 from jax.experimental import checkify
 
 from costjax import _reductions
-from costjax._sharding import explicit_sharding, gather_rows, is_tracer, take_last
+from costjax._sharding import gather_rows, is_tracer, sharded_like, take_last
 from costjax._structures.interface import CostStructure, to_rank
 from costjax._structures.topology import Topology, parse_tree, slot_sum
 
@@ -278,7 +278,7 @@ class TreeCost(CostStructure):
       a = jnp.where(on, gather_rows(parent_flat, a), a)
     # Top-down: lca[n] = d(lca(y, n)) accumulates the weights of shared ancestors.
     # Sharded like y (explicit mesh axes): it is concatenated with the levels below.
-    lca = [jnp.zeros(y.shape + (1,), w_flat.dtype, out_sharding=explicit_sharding(y))]
+    lca = [jnp.zeros(y.shape + (1,), w_flat.dtype, **sharded_like(y))]
     for t in range(1, topo.max_depth + 1):
       nodes = to_rank(jnp.arange(int(topo.sizes[t]), dtype=jnp.int32), y.ndim + 1)
       shared = nodes == anc[t][..., None]
@@ -326,8 +326,7 @@ class TreeCost(CostStructure):
     ws = _level_split(w_flat, topo)
     nd = m_class.ndim
     # Sharded like the masses (explicit mesh axes): it is concatenated with the levels below.
-    acc = [jnp.zeros(m_class.shape[:-1] + (1,), m_class.dtype,
-                     out_sharding=explicit_sharding(m_class))]
+    acc = [jnp.zeros(m_class.shape[:-1] + (1,), m_class.dtype, **sharded_like(m_class))]
     for t in range(1, topo.max_depth):
       acc.append(take_last(acc[-1], topo.parent_local[t])
                  + to_rank(ws[t], nd) * edge_value(mass[t]))
