@@ -202,12 +202,12 @@ def _safe(m: jax.Array) -> jax.Array:
   return jnp.where(jnp.isfinite(m), m, jnp.zeros_like(m))
 
 
-def _replicated_like(x: jax.Array) -> Any:
-  """Replicated over the explicit mesh of ``x``, or ``None`` without one."""
+def _replicated_like(x: jax.Array) -> dict[str, Any]:
+  """``out_sharding=`` replicated over the explicit mesh of ``x``; empty without one."""
   sharding = _sharding.explicit_sharding(x)
   if sharding is None:
-    return None
-  return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+    return {}
+  return {"out_sharding": jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())}
 
 
 def _match(new: Any, old: Any) -> Any:
@@ -310,9 +310,8 @@ def _stats_bwd(cfg, res, g):
     wb = jax.lax.dynamic_slice_in_dim(w, blk.start, cfg.block, axis=1)
     dh = dh + jnp.matmul(gz.astype(wb.dtype), wb.T, preferred_element_type=dtype)
     # A sum over the (possibly sharded) batch: replicated like dw.
-    replicated = _replicated_like(h)
     dwb = jnp.matmul(h.T, gz.astype(h.dtype), preferred_element_type=dtype,
-                     **({} if replicated is None else {"out_sharding": replicated}))
+                     **_replicated_like(h))
     old = jax.lax.dynamic_slice_in_dim(dw, blk.start, cfg.block, axis=1)
     dw = jax.lax.dynamic_update_slice_in_dim(dw, old + dwb.astype(dw.dtype), blk.start, axis=1)
     old_b = jax.lax.dynamic_slice_in_dim(db, blk.start, cfg.block)
