@@ -15,7 +15,11 @@ import pytest
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   _cache = tempfile.mkdtemp(prefix="costjax-tests-xla-cache-")
   os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
-  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+  # Every program, however small: the suite compiles thousands of small programs
+  # (eager operations, check_grads' jets), many of them the same program built again by
+  # another test or worker; reading one back is cheaper than compiling it.
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
   atexit.register(shutil.rmtree, _cache, ignore_errors=True)
 
 # The suite is bound by XLA compile time (about a thousand small programs), not by

@@ -156,9 +156,11 @@ def checked(fn: _F) -> _F:
   ``debiased``, ...) are bound statically. Works for any function built from
   costjax calls, such as a whole loss function or train step.
 
-  It is a debugging aid: each call re-traces ``fn``. For a compiled checked
-  train step, use :func:`checks_enabled` with
-  ``jax.jit(checkify.checkify(step))`` directly.
+  It is a debugging aid. The checked function is compiled (one program per set
+  of non-array keyword arguments and input shapes, reused by later calls with
+  the same ones); ``fn`` must therefore be traceable, as it must be for
+  :func:`jax.jit`. For a checked train step inside your own compiled code, use
+  :func:`checks_enabled` with ``jax.jit(checkify.checkify(step))`` directly.
 
   Args:
     fn: a function that calls costjax functions.
@@ -177,17 +179,34 @@ def checked(fn: _F) -> _F:
     costjax.expected_cost: labels must lie in [0, 3); got -1 at index (1,)...
   """
 
-  @functools.wraps(fn)
-  def wrapper(*args, **kwargs):
-    static = {k: v for k, v in kwargs.items() if not _is_array(v)}
-    dynamic = {k: v for k, v in kwargs.items() if _is_array(v)}
+  # One compiled program per set of static keyword arguments (and, inside jax.jit,
+  # per input shape): checkify evaluated eagerly would dispatch, and compile, every
+  # operation of ``fn`` on its own.
+  programs: dict[Any, Callable[..., Any]] = {}
+
+  def program(static: dict[str, Any]) -> Callable[..., Any]:
     inner = functools.partial(fn, **static)
 
     def flagged(*a, **k):
       with checks_enabled():
         return inner(*a, **k)
 
-    err, out = checkify.checkify(flagged)(*args, **dynamic)
+    return jax.jit(checkify.checkify(flagged))
+
+  @functools.wraps(fn)
+  def wrapper(*args, **kwargs):
+    static = {k: v for k, v in kwargs.items() if not _is_array(v)}
+    dynamic = {k: v for k, v in kwargs.items() if _is_array(v)}
+    try:
+      key: Any = tuple(sorted(static.items()))
+      hash(key)
+    except TypeError:  # an unhashable static argument: compile for this call only
+      run = program(static)
+    else:
+      if key not in programs:
+        programs[key] = program(static)
+      run = programs[key]
+    err, out = run(*args, **dynamic)
     err.throw()
     return out
 

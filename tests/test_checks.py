@@ -102,3 +102,36 @@ def test_errors_and_checked_mode_name_the_function(name):
     fn(jnp.zeros((2, K)), jnp.array([0, 1, 2]), c)
   with pytest.raises(checkify.JaxRuntimeError, match=rf"costjax\.{name}: labels must lie in"):
     cj.checked(fn)(jnp.zeros((2, K)), jnp.array([0, K]), c)
+
+
+def test_checked_compiles_once_per_static_arguments_and_shapes():
+  """``checked`` compiles its checkified function and reuses the program: ``fn`` is traced
+  again only for new non-array keyword arguments or input shapes, the values equal the
+  plain call's, and an unhashable static argument still works (compiled for that call)."""
+  traces = []
+
+  def loss(z, y, c, *, alpha=1.0, reduction="none"):
+    traces.append((z.shape, alpha))
+    out = cj.class_distance_weighted_cross_entropy(z, y, c, alpha=alpha)
+    return out.mean() if reduction == "mean" else out
+
+  safe = cj.checked(loss)
+  rng = np.random.default_rng(0)
+  z = jnp.asarray(rng.normal(size=(4, K)), jnp.float32)
+  y = jnp.array([0, 1, 2, 3])
+  c = jnp.asarray(np.abs(np.subtract.outer(np.arange(K), np.arange(K))), jnp.float32)
+  for _ in range(3):
+    np.testing.assert_allclose(safe(z, y, c, alpha=2.0), loss(z, y, c, alpha=2.0), rtol=1e-6)
+  assert len(traces) == 4  # one trace for the three checked calls, three plain calls
+  safe(z, y, c, alpha=3.0)
+  safe(z[:2], y[:2], c, alpha=3.0)
+  safe(z[:2], y[:2], c, alpha=3.0)
+  assert len(traces) == 6
+  np.testing.assert_allclose(safe(z, y, c, reduction="mean", alpha=2.0),
+                             loss(z, y, c, alpha=2.0).mean(), rtol=1e-6)
+  unhashable = {"alpha": 2.0}
+  np.testing.assert_allclose(
+      cj.checked(lambda z, y, c, opts: loss(z, y, c, **opts))(z, y, c, opts=unhashable),
+      loss(z, y, c, alpha=2.0), rtol=1e-6)
+  with pytest.raises(checkify.JaxRuntimeError, match="labels must lie in"):
+    safe(z, jnp.array([0, 1, 2, 9]), c, alpha=2.0)
