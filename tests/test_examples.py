@@ -78,15 +78,17 @@ def test_summarize_renders_a_results_file(tmp_path):
 def test_flax_train_learns_digits(tmp_path, devices):
   out = tmp_path / f"ft{devices}"
   # CE + 10 * expected cost learns slowly at the default lr 3e-3 (test accuracy 0.67 after 4
-  # epochs); lr 1e-2 reaches 0.89.
-  extra = (("--model", "cnn") if devices == 8
-           else ("--loss", "ce_ec", "--loss-param", 10, "--lr", 1e-2))
-  proc = run_script("flax_train.py", "--epochs", 4, "--out", out, *extra, devices=devices)
+  # epochs); lr 1e-2 reaches 0.89. The CNN on 8 devices, the dearer run, reaches 0.90 in 2
+  # epochs at lr 1e-2.
+  epochs = 2 if devices == 8 else 4
+  extra = (("--model", "cnn") if devices == 8 else ("--loss", "ce_ec", "--loss-param", 10))
+  proc = run_script("flax_train.py", "--epochs", epochs, "--lr", 1e-2, "--out", out, *extra,
+                    devices=devices)
   assert_ok(proc)
-  assert "epoch 4/4" in proc.stdout  # the progress report
+  assert f"epoch {epochs}/{epochs}" in proc.stdout  # the progress report
   m = json.load(open(out / "metrics.json"))
   assert m["devices"].startswith(f"{devices} x cpu")
-  assert len(m["history"]["val_cost"]) == 4
+  assert len(m["history"]["val_cost"]) == epochs
   assert m["test_acc_argmax"] > 0.85  # chance is 0.1
   # The reported mean costs are the cost-weighted confusion matrices' totals / test size.
   from costjax.cli import data
