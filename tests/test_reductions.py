@@ -42,6 +42,21 @@ def test_argmin_block_divides_and_falls_back():
     assert c is not None and k % c == 0 and 16 <= c <= k // 4
 
 
+def test_nearest_divisor_is_the_divisor_in_range_nearest_in_ratio():
+  """Against a brute-force search: among the divisors of k in [lo, hi], the one whose
+  ratio to the target is nearest 1 (|log(d / target)|); None when there is none."""
+  import math
+  cases = [(1000, 16, 250, 63.2), (360, 2, 90, 7.0), (4096, 16, 1024, 128.0),
+           (2 * 3 * 5 * 7 * 11, 10, 200, 45.0), (97, 2, 50, 10.0), (12, 5, 5, 5.0)]
+  for k, lo, hi, target in cases:
+    divisors = [d for d in range(lo, hi + 1) if k % d == 0]
+    want = min(divisors, key=lambda d: abs(math.log(d / target))) if divisors else None
+    assert _reductions.nearest_divisor(k, lo, hi, target) == want, (k, lo, hi, target)
+  assert _reductions.nearest_divisor(1000, 16, 250, 63.2) == 50  # not the smallest, 20
+  assert _reductions.nearest_divisor(360, 2, 90, 7.0) == 8  # in ratio 8/7 beats 6/7
+  assert _reductions.nearest_divisor(97, 2, 50, 10.0) is None  # a prime
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     k=st.sampled_from([256, 300, 1000, 1024]),

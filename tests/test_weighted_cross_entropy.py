@@ -364,6 +364,30 @@ def test_bad_weights_give_nan(value, probs):
   assert np.all(np.isnan(got))
 
 
+@pytest.mark.parametrize("probs", [False, True], ids=["indices", "probabilities"])
+def test_zero_weights_drop_their_class_and_keep_the_rest(probs):
+  """A weight of 0 is valid (>= 0): examples of that class count 0 (their cross-entropy
+  times 0, even at p_y = 0), every other example keeps its weighted cross-entropy."""
+  logits, labels, w = data(batch=(8,), probs=probs)
+  w = w.copy()
+  w[1] = 0.0
+  if not probs:
+    labels[:3] = 1
+    logits[0, 1] = -np.inf  # p_y = 0: 0 * inf must still be 0
+  got = np.asarray(jax.jit(lambda z, y: cj.weighted_cross_entropy(z, y, class_weights=w))(
+      logits, labels))
+  assert np.all(np.isfinite(got))
+  want = np_weighted_ce(np.where(np.isinf(logits), -1e30, logits), labels, w)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  if not probs:
+    np.testing.assert_array_equal(got[:3], 0.0)
+    assert np.all(got[3:][labels[3:] != 1] > 0)
+  # Checked mode accepts the zero weight too (a weight must be >= 0, not > 0).
+  checked = cj.checked(cj.weighted_cross_entropy)(
+      jnp.asarray(logits), jnp.asarray(labels), class_weights=jnp.asarray(w))
+  np.testing.assert_allclose(checked, got, rtol=1e-6)
+
+
 @pytest.mark.parametrize(("value", "shown"), [(-0.5, "-0.5"), (np.inf, "inf")])
 def test_checked_mode_reports_bad_weights(value, shown):
   logits, labels, w = data(batch=(4,))
