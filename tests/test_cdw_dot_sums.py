@@ -96,6 +96,21 @@ def test_random_rows_with_ties_across_blocks_equal_the_other_kernel():
   np.testing.assert_allclose(ours(z, w), other(z, w), rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.parametrize("lead", [(), (2, 5)], ids=["one-row", "two-batch-axes"])
+def test_any_number_of_batch_axes_equals_the_other_kernel(lead):
+  """One unbatched row and two batch axes: the block maxima, the arg-max and the
+  runner-up are taken along the class axis whatever the rank."""
+  z, w = hard_rows(*LAYOUTS["320-classes-spread"])
+  z, w = z[:10], w[:10]
+  if lead:
+    z, w = z.reshape(*lead, -1), w.reshape(*lead, -1)
+  else:
+    z, w = z[4], w[4]  # the row whose top leads by 78: the runner-up sets the shift
+  np.testing.assert_allclose(dot_sums(z, w), small(z, w), rtol=1e-6, atol=1e-6)
+  ours, other = grads(0)
+  np.testing.assert_allclose(ours(z, w), other(z, w), rtol=1e-5, atol=1e-6)
+
+
 def test_infinite_loss_only_where_a_certain_class_has_weight():
   z = jnp.full((2, 16), -jnp.inf).at[:, 3].set(2.0)
   w = jnp.ones((2, 16)).at[1, 3].set(0.0)
