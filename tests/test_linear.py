@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from jax.experimental import checkify
 from jax.test_util import check_grads
 
 import costjax as cj
@@ -330,6 +331,41 @@ def test_static_errors():
     cj.linear_cross_entropy(h, w, jnp.zeros(3, jnp.int32), block_size=0)
   with pytest.raises(ValueError, match="where must have shape"):
     cj.linear_cross_entropy(h, w, jnp.zeros(3, jnp.int32), where=jnp.ones((3, 5), bool))
+
+
+def test_bad_inputs_name_the_function_the_argument_and_the_shapes():
+  """Each message names the function, the argument and what was given; a bad cost matrix
+  is caught by the same checks as the other losses' (shape eagerly, values in checked
+  mode), naming this function."""
+  h = jnp.ones((3, 4))
+  w = jnp.ones((4, 5))
+  y = jnp.zeros(3, jnp.int32)
+  name = "costjax.linear_expected_cost"
+  with pytest.raises(TypeError, match=re.escape(
+      f"{name}: features must have a floating dtype; got int32.")):
+    cj.linear_expected_cost(jnp.ones((3, 4), jnp.int32), w, y, jnp.ones((5, 5)))
+  with pytest.raises(TypeError, match=re.escape(
+      f"{name}: weights must have a floating dtype; got int32.")):
+    cj.linear_expected_cost(h, jnp.ones((4, 5), jnp.int32), y, jnp.ones((5, 5)))
+  with pytest.raises(ValueError, match=re.escape(
+      f"{name}: features must have shape (..., D); got features.shape=().")):
+    cj.linear_expected_cost(jnp.float32(1.0), w, jnp.int32(0), jnp.ones((5, 5)))
+  with pytest.raises(ValueError, match=re.escape(
+      f"{name}: weights must have shape (D, K) with D = features.shape[-1] = 4; got "
+      "weights.shape=(3, 5) and features.shape=(3, 4).")):
+    cj.linear_expected_cost(h, jnp.ones((3, 5)), y, jnp.ones((5, 5)))
+  with pytest.raises(ValueError, match=re.escape(name) + ".*cost_matrix.*(4, 4)"):
+    cj.linear_expected_cost(h, w, y, jnp.ones((4, 4)))
+  bad = jnp.ones((5, 5)).at[2, 3].set(-1.0)
+  with pytest.raises(checkify.JaxRuntimeError, match=re.escape(name) + ".*negative"):
+    cj.checked(cj.linear_expected_cost)(h, w, y, bad)
+  # A cost structure's leaves too (a negative edge weight of a tree over the 5 classes).
+  tree = cj.TreeCost([5, 5, 6, 6, 6, 6, -1], 5)
+  neg_tree = jax.tree.map(lambda e: e.at[0].set(-2.0), tree)
+  with pytest.raises(checkify.JaxRuntimeError, match=re.escape(name) + ".*negative"):
+    cj.checked(cj.linear_expected_cost)(h, w, y, neg_tree)
+  np.testing.assert_allclose(cj.checked(cj.linear_expected_cost)(h, w, y, tree),
+                             cj.linear_expected_cost(h, w, y, tree), rtol=1e-6)
 
 
 def _buffer_shapes(hlo: str) -> set[tuple[int, ...]]:
