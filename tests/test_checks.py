@@ -135,3 +135,16 @@ def test_checked_compiles_once_per_static_arguments_and_shapes():
       loss(z, y, c, alpha=2.0), rtol=1e-6)
   with pytest.raises(checkify.JaxRuntimeError, match="labels must lie in"):
     safe(z, jnp.array([0, 1, 2, 9]), c, alpha=2.0)
+
+
+@pytest.mark.parametrize("name", sorted(COST_LOSSES))
+def test_complex_cost_matrix_is_a_type_error_naming_the_function(name):
+  z = jnp.zeros((2, K))
+  y = jnp.array([0, 1])
+  fn = ALL_LOSSES[name]
+  with pytest.raises(TypeError, match=r"costjax\.\w+: cost_matrix must be real-valued; "
+                                      r"got complex64\."):
+    fn(z, y, jnp.ones((K, K), jnp.complex64))
+  # Integer and boolean matrices are real: they are accepted and computed in float32.
+  want = fn(z, y, jnp.ones((K, K)) - jnp.eye(K))
+  np.testing.assert_allclose(fn(z, y, (1 - np.eye(K)).astype(np.int32)), want, rtol=1e-6)
