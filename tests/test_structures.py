@@ -272,6 +272,27 @@ LOSSES = {
 }
 
 
+@pytest.mark.parametrize("kind", ["path_length", "lca_height"])
+def test_tree_row_block_matches_the_oracle_when_class_0_is_an_ancestor(kind):
+  """row_block (the losses from features read their cost blocks through it) gives
+  C[idx, cols] by matching ancestor chains: every entry against the float64 oracle, on
+  trees with classes at internal nodes (class 0 the ancestor of other classes), weighted
+  and not, with columns in any order and repeated."""
+  rng = np.random.default_rng(3)
+  cases = [(np.array([3, 0, 0, -1]), 3, None),
+           (np.array([4, 0, 0, 1, -1]), 4, np.array([2.0, 0.5, 1.5, 3.0, 0.0], np.float32))]
+  parents = random_tree(40, rng)
+  cases.append((parents, 25, rng.uniform(0.2, 2.0, 40).astype(np.float32)))
+  for parents, k, w in cases:
+    tree = cj.TreeCost(parents, k, kind=kind, edge_weights=w)
+    oracle = tree_oracle_dense(parents, np.ones(len(parents)) if w is None else w, k, kind)
+    idx = np.arange(k).reshape(-1, 1) if k < 5 else rng.integers(0, k, (3, 4))
+    cols = np.r_[np.arange(k)[::-1], 0, 0]
+    got = jax.jit(tree.row_block)(jnp.asarray(idx), jnp.asarray(cols))
+    np.testing.assert_allclose(got, oracle[idx[..., None], cols], rtol=1e-6, atol=1e-6,
+                               err_msg=f"{kind}, K={k}")
+
+
 def _node_levels(parents) -> np.ndarray:
   return np.array([len(chain_to_root(parents, n)) - 1 for n in range(len(parents))])
 
