@@ -184,12 +184,13 @@ def checked(fn: _F) -> _F:
   # operation of ``fn`` on its own.
   programs: dict[Any, Callable[..., Any]] = {}
 
-  def program(static: dict[str, Any]) -> Callable[..., Any]:
-    inner = functools.partial(fn, **static)
-
-    def flagged(*a, **k):
+  def program(num_args: int, fixed: dict[int, Any], static: dict[str, Any]
+              ) -> Callable[..., Any]:
+    def flagged(*traced, **k):
+      rest = iter(traced)
+      args = [fixed[i] if i in fixed else next(rest) for i in range(num_args)]
       with checks_enabled():
-        return inner(*a, **k)
+        return fn(*args, **static, **k)
 
     return jax.jit(checkify.checkify(flagged))
 
@@ -197,16 +198,20 @@ def checked(fn: _F) -> _F:
   def wrapper(*args, **kwargs):
     static = {k: v for k, v in kwargs.items() if not _is_array(v)}
     dynamic = {k: v for k, v in kwargs.items() if _is_array(v)}
+    # Positional arguments without any array (a list of tree parents, a Python number)
+    # are bound as they are, like the keywords above; the others are traced.
+    fixed = {i: a for i, a in enumerate(args) if not _holds_array(a)}
+    traced = [a for i, a in enumerate(args) if i not in fixed]
     try:
-      key: Any = tuple(sorted(static.items()))
+      key: Any = (len(args), tuple(fixed.items()), tuple(sorted(static.items())))
       hash(key)
     except TypeError:  # an unhashable static argument: compile for this call only
-      run = program(static)
+      run = program(len(args), fixed, static)
     else:
       if key not in programs:
-        programs[key] = program(static)
+        programs[key] = program(len(args), fixed, static)
       run = programs[key]
-    err, out = run(*args, **dynamic)
+    err, out = run(*traced, **dynamic)
     err.throw()
     return out
 
@@ -215,6 +220,10 @@ def checked(fn: _F) -> _F:
 
 def _is_array(x: Any) -> bool:
   return isinstance(x, (jax.Array, np.ndarray))
+
+
+def _holds_array(x: Any) -> bool:
+  return any(_is_array(leaf) for leaf in jax.tree.leaves(x))
 
 
 def checks_on() -> bool:
@@ -383,7 +392,7 @@ def maybe_check_values(
                  "be finite and >= 0)", fn_name, cost_matrix)
     report_first(cost_matrix < 0, "cost_matrix has a negative entry (min {m}); costs must be "
                  ">= 0", fn_name, cost_matrix, m=jnp.min(cost_matrix))
-  if probs is not None:
+  if probs is not None and probs.size:  # (an empty batch has nothing to report)
     report_first(probs < 0, "probability labels have a negative entry (min {m}); they must be "
                  ">= 0", fn_name, probs, m=jnp.min(probs))
 
@@ -513,6 +522,8 @@ def report_first(bad: jax.Array, message: str, fn_name: str, value: jax.Array,
   if not checks_on():
     return
   bad = jnp.asarray(bad)
+  if bad.size == 0:  # an empty batch: nothing to report (and no first index)
+    return
   if bad.ndim == 0:
     checkify.check(~bad, f"{fn_name}: {message}; got {{v}}", v=jnp.asarray(value),
                    **extra)  # type: ignore[arg-type]

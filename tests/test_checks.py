@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import re
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -135,6 +136,10 @@ def test_checked_compiles_once_per_static_arguments_and_shapes():
       loss(z, y, c, alpha=2.0), rtol=1e-6)
   with pytest.raises(checkify.JaxRuntimeError, match="labels must lie in"):
     safe(z, jnp.array([0, 1, 2, 9]), c, alpha=2.0)
+  # Positional arguments without arrays (a list of tree parents) are bound, not traced.
+  parents = list(TREE_PARENTS)
+  np.testing.assert_allclose(cj.checked(cj.tree_wasserstein)(z[:, :3], y % 3, parents),
+                             cj.tree_wasserstein(z[:, :3], y % 3, parents), rtol=1e-6)
 
 
 @pytest.mark.parametrize("name", sorted(COST_LOSSES))
@@ -148,3 +153,32 @@ def test_complex_cost_matrix_is_a_type_error_naming_the_function(name):
   # Integer and boolean matrices are real: they are accepted and computed in float32.
   want = fn(z, y, jnp.ones((K, K)) - jnp.eye(K))
   np.testing.assert_allclose(fn(z, y, (1 - np.eye(K)).astype(np.int32)), want, rtol=1e-6)
+
+
+def test_integer_array_hyperparameters_are_read_as_floats():
+  """An integer array hyperparameter is a real number: a valid one gives the float's value,
+  an invalid one (negative alpha or lam, zero temperature) NaN, like its float."""
+  rng = np.random.default_rng(2)
+  z = jnp.asarray(rng.normal(size=(3, K)), jnp.float32)
+  y = jnp.array([0, 2, 4])
+  c = jnp.asarray(np.abs(np.subtract.outer(np.arange(K), np.arange(K))), jnp.float32)
+  cases = [
+      (lambda v: cj.class_distance_weighted_cross_entropy(z, y, c, alpha=v), 2, -1),
+      (lambda v: cj.cost_regularized_cross_entropy(z, y, c, lam=v), 3, -2),
+      (lambda v: cj.soft_label_cross_entropy(z, y, c, temperature=v), 2, 0),
+  ]
+  for fn, good, bad in cases:
+    np.testing.assert_allclose(fn(jnp.array(good, jnp.int32)), fn(float(good)), rtol=1e-6)
+    assert np.all(np.isnan(fn(jnp.array(bad, jnp.int32))))
+    assert np.all(np.isnan(jax.jit(fn)(jnp.array(bad, jnp.int32))))  # traced: NaN too
+
+
+def test_checked_mode_on_an_empty_batch_returns_an_empty_result():
+  """No example, nothing to report: checked mode returns the plain call's empty output."""
+  z = jnp.zeros((0, K))
+  y = jnp.zeros((0,), jnp.int32)
+  c = jnp.ones((K, K)) - jnp.eye(K)
+  for name in ("expected_cost", "cdw_ce", "soft_label_ce"):
+    for labels in (y, jnp.zeros((0, K))):  # indices and probabilities
+      got = cj.checked(ALL_LOSSES[name])(z, labels, c)
+      assert got.shape == (0,), name
