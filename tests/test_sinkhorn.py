@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -573,6 +574,22 @@ def test_sinkhorn_static_option_validation(fn):
   assert np.isfinite(np.asarray(fn(z, y, c, epsilon=0.1, tol=1.0, max_iterations=1)
                                 if fn is cj.sinkhorn_loss else
                                 fn(z, y, c, epsilon=0.1, tol=1.0, max_iterations=1).value)).all()
+
+
+@pytest.mark.parametrize("fn", [cj.sinkhorn_loss, cj.sinkhorn_solve], ids=["loss", "solve"])
+def test_bad_epsilon_gives_nan_and_checked_mode_names_the_function(fn):
+  """A concrete bad epsilon is a ValueError; a traced one gives NaN, and under checked
+  mode an error naming the function, the argument and the value."""
+  z, y, c = jnp.zeros((2, 3)), jnp.array([0, 1]), jnp.ones((3, 3)) - jnp.eye(3)
+  name = f"costjax.{fn.__name__}"
+  value = (lambda out: out) if fn is cj.sinkhorn_loss else (lambda out: out.value)
+  with pytest.raises(ValueError, match=re.escape(name) + ".*epsilon"):
+    fn(z, y, c, epsilon=-0.1)
+  run = jax.jit(lambda e: value(fn(z, y, c, epsilon=e)))
+  assert np.all(np.isnan(run(jnp.float32(-0.1))))
+  with pytest.raises(checkify.JaxRuntimeError,
+                     match=re.escape(f"{name}: epsilon must be") + ".*-0.1"):
+    cj.checked(lambda e: value(fn(z, y, c, epsilon=e)))(jnp.float32(-0.1))
 
 
 def test_sinkhorn_ground_validation():
