@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.experimental import checkify
 
 import costjax as cj
 from tests import reference as ref
@@ -316,3 +317,17 @@ def test_calibrate_accepts_array_likes_and_flags_infinite_logits():
   bad = logits.copy()
   bad[:, 0] = np.inf
   assert not np.isfinite(cj.calibrate_cost_sets(bad, labels, c, alpha=0.5))
+
+
+def test_checked_mode_names_negative_probability_labels_with_a_cost_structure():
+  """set_cost with probability labels and a cost structure: checked mode reports a negative
+  label entry (the structure's own check covers its leaves, not the labels)."""
+  sets = jnp.ones((2, 5), bool)
+  q = jnp.array([[0.5, 0.6, -0.1, 0.0, 0.0], [0.2, 0.2, 0.2, 0.2, 0.2]])
+  for cost in (cj.OrdinalCost(5), jnp.asarray(cj.ordinal_cost_matrix(5))):
+    with pytest.raises(checkify.JaxRuntimeError, match=r"costjax\.set_cost: probability labels "
+                                                       r"have a negative entry"):
+      cj.checked(cj.set_cost)(sets, q, cost)
+  good = q.at[0].set(q[1])
+  np.testing.assert_allclose(cj.checked(cj.set_cost)(sets, good, cj.OrdinalCost(5)),
+                             cj.set_cost(sets, good, cj.OrdinalCost(5)))
