@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -795,8 +796,20 @@ def test_bad_trees_raise():
     cj.TreeCost([2, 2, -1], 2, edge_weights=np.array([1.0, np.nan, 1.0]))
   with pytest.raises(ValueError, match="negative"):
     cj.TreeCost([2, 2, -1], 2, edge_weights=np.array([1.0, -1.0, 1.0]))
-  with pytest.raises(TypeError, match="concrete"):
+  with pytest.raises(TypeError, match=re.escape(
+      "costjax.TreeCost: parents is the tree's static structure and must be concrete")):
     jax.jit(lambda p: cj.TreeCost(p, 2))(jnp.array([2, 2, -1]))
+  # The functions that take a whole tree (parents and weights) as arguments.
+  with pytest.raises(TypeError, match=re.escape(
+      "costjax.hierarchy_cost_matrix: parents and edge_weights describe the tree's structure and "
+      "must be concrete (NumPy or a jax.Array created outside jit), not traced values. Close "
+      "over them instead of passing them as jit arguments.")):
+    jax.jit(lambda p: cj.hierarchy_cost_matrix(p, 2))(jnp.array([2, 2, -1]))
+  # A parent below -1 (or past the last node) is not a node: named with its index.
+  for parents, i, v in (([3, -2, 3, -1], 1, -2), ([3, 7, 3, -1], 1, 7)):
+    with pytest.raises(ValueError, match=re.escape(
+        f"costjax.TreeCost: parents[{i}] = {v} is not a node index in [0, 4) or -1.")):
+      cj.TreeCost(parents, 3)
 
 
 def test_bad_ordinal_and_embeddings_raise():
