@@ -814,8 +814,14 @@ def test_bad_trees_raise():
 
 def test_bad_ordinal_and_embeddings_raise():
   for power in (0, 3, 1.5, True):
-    with pytest.raises(ValueError, match="ordinal_cost_matrix"):
+    with pytest.raises(ValueError, match=re.escape(
+        f"costjax.OrdinalCost: power must be 1 or 2; got {power!r}. For other powers build "
+        "the dense matrix with costjax.ordinal_cost_matrix(num_classes, power=power).")):
       cj.OrdinalCost(4, power=power)
+  for k in (0, 2.0, True):
+    with pytest.raises(ValueError, match=re.escape(
+        f"costjax.OrdinalCost: num_classes must be a positive int; got {k!r}.")):
+      cj.OrdinalCost(k)
   with pytest.raises(ValueError, match="embeddings must have shape"):
     cj.EmbeddingCost(jnp.ones(4))
   with pytest.raises(ValueError, match="not finite"):
