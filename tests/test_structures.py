@@ -828,6 +828,24 @@ def test_bad_ordinal_and_embeddings_raise():
     cj.EmbeddingCost(jnp.array([[0.0, np.nan], [1.0, 1.0]]))
   with pytest.raises(ValueError, match="scale"):
     cj.EmbeddingCost(jnp.ones((3, 2)), scale=-1.0)
+  with pytest.raises(ValueError, match=re.escape(
+      "costjax.EmbeddingCost: embeddings has no classes; got shape (0, 2).")):
+    cj.EmbeddingCost(jnp.ones((0, 2)))
+  # A structure changed after construction (as jax.tree.map can) is caught by the eager check.
+  bad = jax.tree.map(lambda x: x if x.ndim else -jnp.ones_like(x),
+                     cj.EmbeddingCost(jnp.ones((3, 2))))
+  with pytest.raises(ValueError, match=re.escape("EmbeddingCost: scale = -1.0 is negative.")):
+    cj.check_cost_structure(bad)
+
+
+def test_embedding_max_cost_over_several_row_blocks():
+  """max_cost scans the rows in blocks of 1024: K = 1500 needs a padded second block."""
+  e = np.random.default_rng(4).normal(size=(1500, 3)).astype(np.float32)
+  e[1234] = 6.0  # the farthest pair involves a row of the second block
+  cost = cj.EmbeddingCost(jnp.asarray(e), scale=0.5)
+  d2 = (e.astype(np.float64) ** 2).sum(1)
+  want = 0.5 * np.max(d2[:, None] + d2[None, :] - 2 * e.astype(np.float64) @ e.T)
+  np.testing.assert_allclose(cost.max_cost(), want, rtol=1e-5)
 
 
 @pytest.mark.parametrize("fn", [cj.expected_cost, cj.soft_label_cross_entropy,
