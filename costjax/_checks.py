@@ -179,38 +179,34 @@ def checked(fn: _F) -> _F:
     costjax.expected_cost: labels must lie in [0, 3); got -1 at index (1,)...
   """
 
-  # One compiled program per set of static keyword arguments (and, inside jax.jit,
-  # per input shape): checkify evaluated eagerly would dispatch, and compile, every
-  # operation of ``fn`` on its own.
-  programs: dict[Any, Callable[..., Any]] = {}
+  # One compiled program per set of static arguments (and, inside jax.jit, per input
+  # shape): checkify evaluated eagerly would dispatch, and compile, every operation of
+  # ``fn`` on its own. The most recent 32 are kept.
+  @functools.lru_cache(maxsize=32)
+  def program(num_args: int, fixed: tuple[tuple[int, Any], ...],
+              static: tuple[tuple[str, Any], ...]) -> Callable[..., Any]:
+    bound, keywords = dict(fixed), dict(static)
 
-  def program(num_args: int, fixed: dict[int, Any], static: dict[str, Any]
-              ) -> Callable[..., Any]:
     def flagged(*traced, **k):
       rest = iter(traced)
-      args = [fixed[i] if i in fixed else next(rest) for i in range(num_args)]
+      args = [bound[i] if i in bound else next(rest) for i in range(num_args)]
       with checks_enabled():
-        return fn(*args, **static, **k)
+        return fn(*args, **keywords, **k)
 
     return jax.jit(checkify.checkify(flagged))
 
   @functools.wraps(fn)
   def wrapper(*args, **kwargs):
-    static = {k: v for k, v in kwargs.items() if not _is_array(v)}
+    static = tuple(sorted((k, v) for k, v in kwargs.items() if not _is_array(v)))
     dynamic = {k: v for k, v in kwargs.items() if _is_array(v)}
     # Positional arguments without any array (a list of tree parents, a Python number)
     # are bound as they are, like the keywords above; the others are traced.
-    fixed = {i: a for i, a in enumerate(args) if not _holds_array(a)}
-    traced = [a for i, a in enumerate(args) if i not in fixed]
+    fixed = tuple((i, a) for i, a in enumerate(args) if not _holds_array(a))
+    traced = [a for a in args if _holds_array(a)]
     try:
-      key: Any = (len(args), tuple(fixed.items()), tuple(sorted(static.items())))
-      hash(key)
-    except TypeError:  # an unhashable static argument: compile for this call only
       run = program(len(args), fixed, static)
-    else:
-      if key not in programs:
-        programs[key] = program(len(args), fixed, static)
-      run = programs[key]
+    except TypeError:  # an unhashable static argument: compile for this call only
+      run = program.__wrapped__(len(args), fixed, static)
     err, out = run(*traced, **dynamic)
     err.throw()
     return out
