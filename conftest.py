@@ -21,13 +21,16 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
   atexit.register(shutil.rmtree, _cache, ignore_errors=True)
 
-# The suite is bound by XLA compile time (about a thousand small programs), not by
-# run time, so it compiles with LLVM's backend optimisation off: about a quarter less
-# CPU time, and the same programs (XLA's own HLO passes, fusion included, still run;
-# only machine-code optimisation is skipped, which every test's tolerance absorbs).
-# Subprocesses inherit it. COSTJAX_TESTS_FULL_OPT=1 runs the suite at XLA's default
-# level, the one users and the benchmarks get (docs/testing.md).
-_FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+# The suite is bound by XLA compile time (about twelve thousand small programs), not by
+# run time, so it compiles with LLVM's backend optimisation off and with XLA's CPU
+# loop-fusion emitters instead of its newer MLIR fusion emitters, which take about twice
+# as long to compile a small program (docs/testing.md, "Suite time"). The programs are
+# the same (XLA's HLO passes, fusion included, still run; only how a fusion becomes
+# machine code differs, which every test's tolerance absorbs). Subprocesses inherit it.
+# COSTJAX_TESTS_FULL_OPT=1 runs the suite with XLA's defaults, the ones users and the
+# benchmarks get.
+_FAST_COMPILE = ("--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+                 " --xla_cpu_use_fusion_emitters=false")
 if not os.environ.get("COSTJAX_TESTS_FULL_OPT") and _FAST_COMPILE not in os.environ.get(
     "XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FAST_COMPILE}".strip()
