@@ -180,6 +180,58 @@ def pot_entropic(a, b, cost, eps):
   return np.sum(plan * cost.T) - eps * entropy(plan) + eps * (entropy(a) + entropy(b))
 
 
+def over_relaxed_sinkhorn(p, q, cost, eps, tol, max_iterations, relax=True):
+  """Sinkhorn with the adaptive over-relaxation that ``sinkhorn_solve`` documents, one
+  problem, scalar NumPy float64 (no epsilon scaling: the caller picks
+  ``eps >= (max C - min C) / 50``). Returns ``(iterations, f, g)``.
+
+  From the documentation: ``f`` lives on the predicted classes (source ``p``), ``g`` on
+  the true classes (sink ``q``), the plan is ``q_i p_j exp((f_j + g_i - C_ij) / eps)``,
+  both start at zero; an iteration updates ``g`` then ``f``, and tests the L1 error of the
+  plan's row sums after a plain update of ``g``. After 10 iterations a problem estimates
+  its contraction ``eta`` from its errors at iterations 6 and 10 (``(e10 / e6) ** (1/4)``)
+  and over-relaxes both half-steps with ``omega = 2 / (1 + sqrt(1 - eta))``, at most 1.8
+  (Lehmann et al. 2022). Every 64 iterations from then on, a problem whose lowest error
+  has not improved on the lowest at the last check goes back to plain steps for good.
+  ``relax=False``: plain Sinkhorn.
+  """
+  from scipy.special import logsumexp
+
+  lp, lq = np.log(p), np.log(q)
+
+  def update_g(f):
+    return -eps * logsumexp(lp[None, :] + (f[None, :] - cost) / eps, axis=1)
+
+  def update_f(g):
+    return -eps * logsumexp(lq[:, None] + (g[:, None] - cost) / eps, axis=0)
+
+  start, window, cap, stall = 10, 4, 1.8, 64
+  f, g = np.zeros_like(p), np.zeros_like(q)
+  g_next = update_g(f)
+  omega, mark, best = 1.0, np.inf, np.inf
+  for it in range(1, max_iterations + 1):
+    g = g + omega * (g_next - g)
+    f_plain = update_f(g)
+    g_check = update_g(f_plain)
+    err = np.sum(q * np.abs(np.exp((g - g_check) / eps) - 1.0))
+    if err <= tol:
+      return it, f_plain, g
+    f = f + omega * (f_plain - f)
+    g_next = update_g(f)
+    if it == start - window:
+      mark = err
+    if it >= start:
+      if it == start and relax:
+        eta = min(err / mark, 1.0) ** (1.0 / window)
+        omega = min(2.0 / (1.0 + np.sqrt(1.0 - eta)), cap) if eta < 1 else 1.0
+      best = min(best, err)
+      if (it - start) % stall == 0:
+        if it > start and not best < mark:
+          omega = 1.0
+        mark = best
+  return max_iterations, f, g
+
+
 def asymmetric(rng, k=5, diag=(0.0, 0.0)):
   c = rng.uniform(0.5, 6.0, size=(k, k))
   np.fill_diagonal(c, rng.uniform(*diag, size=k))
