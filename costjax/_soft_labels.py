@@ -71,7 +71,7 @@ def cost_soft_labels(
   temperature = _checks.param(temperature, lambda v: v > 0, name, "temperature", "> 0")
   labels = jnp.asarray(labels)
   num_classes = _structures.num_classes(cost_matrix, name)
-  transform = lambda c: _target_table(c, temperature, _structures.is_structure(cost_matrix))
+  transform = lambda c: _target_table(c, temperature, _structures.zero_diagonal(cost_matrix))
   if jnp.issubdtype(labels.dtype, jnp.integer):
     cost_dtype = (jnp.float32 if _structures.is_structure(cost_matrix)
                   else jnp.asarray(cost_matrix).dtype)
@@ -106,8 +106,8 @@ def _target_table(cost: jax.Array, temperature: jax.typing.ArrayLike,
                   zero_min: bool = False) -> jax.Array:
   """Row ``i`` is ``softmax(-C[i] / T)``.
 
-  ``zero_min``: every row's minimum is exactly 0 (the cost structures: costs
-  are non-negative with an exact zero diagonal), so the softmax needs no
+  ``zero_min``: every row's minimum is exactly 0 (a structure that declares
+  ``zero_diagonal``: costs are non-negative), so the softmax needs no
   max-subtraction pass: ``exp(-C / T) <= 1`` with a 1 on the diagonal, the
   same values. (XLA:CPU runs that extra row maximum over a fused expression
   as a slow reduction on long rows; ``docs/benchmarks.md``, section
@@ -185,7 +185,7 @@ def soft_label_cross_entropy(
   name = "costjax.soft_label_cross_entropy"
   temperature = _checks.param(temperature, lambda v: v > 0, name, "temperature", "> 0")
   p = _common.prepare(name, logits, labels, cost_matrix, where)
-  zero_min = _structures.is_structure(p.cost_matrix)
+  zero_min = _structures.zero_diagonal(p.cost_matrix)
   tiny = jnp.finfo(p.logits.dtype).tiny
 
   def positive_table(c):
@@ -197,7 +197,7 @@ def soft_label_cross_entropy(
     return jnp.maximum(_target_table(c, temperature, zero_min), tiny)
 
   targets = _common.target_cost_rows(p, positive_table)
-  if p.is_index and not zero_min:
+  if p.is_index and not _structures.is_structure(p.cost_matrix):
     # The target mass from the (K, K) table's row sums: one gather per example
     # instead of a row sum over the batch.
     mass = _structures.rows(p.cost_matrix, p.labels,

@@ -46,7 +46,7 @@ def check_cost_structure_conformance(
 
   * ``num_classes`` is a Python int ``K >= 1``; ``dense()`` is a finite,
     non-negative ``(K, K)`` array; a structure with ``symmetric = True`` has a
-    symmetric matrix.
+    symmetric matrix, one with ``zero_diagonal = True`` an exactly zero diagonal.
   * ``rows``, ``vecmat``, ``entries``, ``row_block`` and ``max_cost`` match
     the matrix, for batched index arrays; ``rows`` and ``row_block`` accept the
     invalid-label marker ``K`` without raising; ``bayes`` (when it returns a
@@ -97,6 +97,10 @@ def check_cost_structure_conformance(
   if structure.symmetric and not np.allclose(c, c.T, rtol=rtol, atol=atol):
     raise AssertionError(
         "symmetric is True but dense() is not symmetric; set symmetric = False.")
+  if structure.zero_diagonal and np.any(np.diagonal(c) != 0):
+    raise AssertionError(
+        "zero_diagonal is True but dense() has a non-zero diagonal entry; set "
+        "zero_diagonal = False.")
 
   rng = np.random.default_rng(seed)
   idx = rng.integers(0, k, (3, 4))

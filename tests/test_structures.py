@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.special
 from jax.experimental import checkify
 from jax.test_util import check_grads
 
@@ -975,6 +976,62 @@ def test_builtin_structures_pass_the_conformance_suite(name):
     check_cost_structure_conformance(make_structure(name))
 
 
+def test_soft_labels_of_a_structure_with_a_nonzero_diagonal_match_the_dense_matrix():
+  """A structure need not have a zero diagonal: with every cost in the thousands (the row
+  minimum over 87 T) the soft targets and the loss are still the dense matrix's, not
+  0 / 0. A structure that declares ``zero_diagonal`` gets the same values."""
+  from tests._dense_structure import DenseStructure
+
+  rng = np.random.default_rng(3)
+  c = rng.uniform(1000, 3000, (K, K)).astype(np.float32)
+  logits = jnp.asarray(rng.normal(size=(4, K)), jnp.float32)
+  labels = jnp.asarray([0, 1, 2, K - 1])
+  probs = jnp.asarray(rng.dirichlet(np.ones(K), 4), jnp.float32)
+  for t in (1.0, 300.0):
+    want = scipy.special.softmax(-c.astype(np.float64) / t, axis=-1)[np.asarray(labels)]
+    np.testing.assert_allclose(cj.cost_soft_labels(labels, DenseStructure(c), temperature=t),
+                               want, rtol=1e-5, atol=1e-30)
+    for lab in (labels, probs):
+      got = cj.soft_label_cross_entropy(logits, lab, DenseStructure(c), temperature=t)
+      dense = cj.soft_label_cross_entropy(logits, lab, jnp.asarray(c), temperature=t)
+      assert np.isfinite(np.asarray(got)).all()
+      np.testing.assert_allclose(got, dense, rtol=1e-5)
+  c0 = c.copy()
+  np.fill_diagonal(c0, 0.0)
+
+  @jax.tree_util.register_pytree_node_class
+  class ZeroDiagonal(DenseStructure):
+    zero_diagonal = True
+
+  for t in (1.0, 300.0):
+    want = scipy.special.softmax(-c0.astype(np.float64) / t, axis=-1)[np.asarray(labels)]
+    np.testing.assert_allclose(cj.cost_soft_labels(labels, ZeroDiagonal(c0), temperature=t),
+                               want, rtol=1e-5, atol=1e-30)
+    np.testing.assert_allclose(
+        cj.soft_label_cross_entropy(logits, labels, ZeroDiagonal(c0), temperature=t),
+        cj.soft_label_cross_entropy(logits, labels, jnp.asarray(c0), temperature=t), rtol=1e-5)
+
+
+def test_conformance_suite_honours_its_tolerances():
+  """A structure whose operations are off by a relative 1e-4 (a float16 table, say) on costs
+  in the thousands: over the default tolerances, within ``rtol=1e-3``."""
+  from costjax.testing import check_cost_structure_conformance
+  from tests._dense_structure import DenseStructure
+
+  @jax.tree_util.register_pytree_node_class
+  class Rounded(DenseStructure):
+    def rows(self, idx):
+      return super().rows(idx) * (1 + 1e-4)
+
+    def vecmat(self, v):
+      return super().vecmat(v) * (1 + 1e-4)
+
+  c = np.random.default_rng(2).uniform(1000, 3000, (K, K)).astype(np.float32)
+  with pytest.raises(AssertionError, match=r"^rows: differs"):
+    check_cost_structure_conformance(Rounded(c))
+  check_cost_structure_conformance(Rounded(c), rtol=1e-3)
+
+
 def test_conformance_suite_catches_a_broken_structure():
   from costjax.testing import check_cost_structure_conformance
   from tests._dense_structure import DenseStructure
@@ -1001,5 +1058,28 @@ def test_conformance_suite_catches_a_broken_structure():
 
   with pytest.raises(AssertionError, match="row_block"):
     check_cost_structure_conformance(WrongBlock(c))
+
+  @jax.tree_util.register_pytree_node_class
+  class TransposedRows(DenseStructure):
+    def rows(self, idx):  # the columns of C
+      return jnp.take(self.matrix.T, jnp.minimum(idx, self.num_classes - 1), axis=0)
+
+  with pytest.raises(AssertionError, match=r"^rows: differs from the dense matrix by up to"):
+    check_cost_structure_conformance(TransposedRows(c))
+
+  @jax.tree_util.register_pytree_node_class
+  class TransposedVecmat(DenseStructure):
+    def vecmat(self, v):  # v @ C.T
+      return v @ self.matrix.T
+
+  with pytest.raises(AssertionError, match=r"^vecmat: differs from the dense matrix by up to"):
+    check_cost_structure_conformance(TransposedVecmat(c))
+
+  @jax.tree_util.register_pytree_node_class
+  class ClaimsZeroDiagonal(DenseStructure):
+    zero_diagonal = True
+
+  with pytest.raises(AssertionError, match="zero_diagonal is True"):
+    check_cost_structure_conformance(ClaimsZeroDiagonal(c + 1.0))
   with pytest.raises(TypeError, match="expects a CostStructure"):
     check_cost_structure_conformance(c)

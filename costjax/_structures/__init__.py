@@ -30,6 +30,7 @@ from costjax._structures.interface import num_classes as num_classes
 from costjax._structures.interface import per_example as per_example
 from costjax._structures.interface import rows as rows
 from costjax._structures.interface import vecmat as vecmat
+from costjax._structures.interface import zero_diagonal as zero_diagonal
 from costjax._structures.ordinal import OrdinalCost as OrdinalCost
 from costjax._structures.topology import Tree as Tree
 from costjax._structures.topology import ancestor_matrix as ancestor_matrix

@@ -46,6 +46,8 @@ class EmbeddingCost(CostStructure):
     Array(7., dtype=float32)
   """
 
+  zero_diagonal = True  # C[i, i] = 0 exactly: soft labels skip a row maximum
+
   def __init__(self, embeddings: jax.typing.ArrayLike, *, scale: jax.typing.ArrayLike = 1.0):
     name = "costjax.EmbeddingCost"
     e = jnp.asarray(embeddings)

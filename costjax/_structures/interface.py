@@ -70,9 +70,13 @@ class CostStructure(abc.ABC):
   features; the default costs ``O(len(cols) * K)`` per block), :meth:`entries`,
   :meth:`max_cost` (default: the maximum of :meth:`dense`), :meth:`bayes`
   (Bayes decisions without ``v @ C``), :meth:`astype`, :meth:`check_values`
-  (checked-mode checks of the leaves), and the class attribute
+  (checked-mode checks of the leaves), and the class attributes
   :attr:`symmetric` (``True`` by default; set it to ``False`` when
-  ``C[i, j] != C[j, i]`` can happen).
+  ``C[i, j] != C[j, i]`` can happen) and :attr:`zero_diagonal` (``False`` by
+  default; set it to ``True`` when every ``C[i, i]`` is exactly 0: the soft
+  labels ``softmax(-C[i] / T)`` then skip a row maximum, which matters at huge
+  ``K``; claiming it falsely gives NaN or wrong targets once ``C[i, i] / T``
+  exceeds about 87 in float32).
 
   **What jit, vmap, grad and sharding require:**
 
@@ -102,6 +106,7 @@ class CostStructure(abc.ABC):
   """
 
   symmetric: bool = True
+  zero_diagonal: bool = False
 
   @property
   @abc.abstractmethod
@@ -193,6 +198,11 @@ class CostStructure(abc.ABC):
 
 def is_structure(cost: Any) -> bool:
   return isinstance(cost, CostStructure)
+
+
+def zero_diagonal(cost: Any) -> bool:
+  """Whether ``cost`` is a structure that declares an exactly zero diagonal."""
+  return isinstance(cost, CostStructure) and bool(cost.zero_diagonal)
 
 
 def num_classes(cost: Any, fn_name: str) -> int:

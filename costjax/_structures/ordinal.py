@@ -39,6 +39,8 @@ class OrdinalCost(CostStructure):
     Array([4.5, 2.5, 2.5, 4.5], dtype=float32)
   """
 
+  zero_diagonal = True  # C[i, i] = 0 exactly: soft labels skip a row maximum
+
   def __init__(self, num_classes: int, *, power: int = 1, dtype: Any = jnp.float32):
     name = "costjax.OrdinalCost"
     if not isinstance(num_classes, (int, np.integer)) or isinstance(num_classes, bool) or (

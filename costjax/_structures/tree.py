@@ -102,6 +102,8 @@ class TreeCost(CostStructure):
     Array([0, 2], dtype=int32)
   """
 
+  zero_diagonal = True  # C[i, i] = 0 exactly: soft labels skip a row maximum
+
   def __init__(
       self,
       parents: jax.typing.ArrayLike,
