@@ -27,7 +27,7 @@ def test_ordinal_emd_many_classes_against_cumsum(k, power):
   direction = rng.normal(size=(3, k))
   for target, q64 in ((q.astype(np.float32), q.astype(np.float32).astype(np.float64)),
                       (labels, one_hot(labels, k))):
-    f = lambda z, target=target: cj.ordinal_emd(z, target, power=power)
+    f = jax.jit(lambda z, target=target: cj.ordinal_emd(z, target, power=power))
     got, jvp = jax.jvp(f, (jnp.asarray(logits, jnp.float32),),
                        (jnp.asarray(direction, jnp.float32),))
     want = np_ordinal_emd(logits, q64, power)
@@ -47,7 +47,7 @@ def test_ordinal_emd_any_batch_shape_values_and_derivatives(batch, k):
   q64 = q.astype(np.float32).astype(np.float64)
   direction = rng.normal(size=logits.shape)
   for power in (1, 2, 1.5):
-    f = lambda z, power=power: cj.ordinal_emd(z, q.astype(np.float32), power=power)
+    f = jax.jit(lambda z, power=power: cj.ordinal_emd(z, q.astype(np.float32), power=power))
     got, jvp = jax.jvp(f, (jnp.asarray(logits, jnp.float32),),
                        (jnp.asarray(direction, jnp.float32),))
     assert got.shape == batch
@@ -56,7 +56,7 @@ def test_ordinal_emd_any_batch_shape_values_and_derivatives(batch, k):
     fd = (np_ordinal_emd(logits + h * direction, q64, power)
           - np_ordinal_emd(logits - h * direction, q64, power)) / (2 * h)
     np.testing.assert_allclose(jvp, fd, rtol=2e-3, atol=2e-3)
-    grad = jax.grad(lambda z, f=f: f(z).sum())(jnp.asarray(logits, jnp.float32))
+    grad = jax.jit(jax.grad(lambda z, f=f: f(z).sum()))(jnp.asarray(logits, jnp.float32))
     np.testing.assert_allclose(np.sum(np.asarray(grad, np.float64) * direction), fd.sum(),
                                rtol=2e-3, atol=2e-3)
 
