@@ -195,15 +195,13 @@ def over_relaxed_sinkhorn(p, q, cost, eps, tol, max_iterations, relax=True):
   has not improved on the lowest at the last check goes back to plain steps for good.
   ``relax=False``: plain Sinkhorn.
   """
-  from scipy.special import logsumexp
-
   lp, lq = np.log(p), np.log(q)
 
-  def update_g(f):
-    return -eps * logsumexp(lp[None, :] + (f[None, :] - cost) / eps, axis=1)
+  def update_g(f):  # over the predicted classes j (the columns)
+    return -eps * logsumexp(lp[None, :] + (f[None, :] - cost) / eps)
 
-  def update_f(g):
-    return -eps * logsumexp(lq[:, None] + (g[:, None] - cost) / eps, axis=0)
+  def update_f(g):  # over the true classes i (the rows)
+    return -eps * logsumexp((lq[:, None] + (g[:, None] - cost) / eps).T)
 
   start, window, cap, stall = 10, 4, 1.8, 64
   f, g = np.zeros_like(p), np.zeros_like(q)
