@@ -394,3 +394,24 @@ def test_cost_csv_round_trip(tmp_path_factory, names, layout, seed):
   t = costs.read_cost_csv(str(path))
   assert t.class_names == expect
   np.testing.assert_allclose(t.matrix, m.astype(np.float32), rtol=1e-6)
+
+
+def test_bundled_digits_equal_scikit_learns_loader(monkeypatch):
+  """load_digits reads scikit-learn's digits.csv.gz directly (no sklearn.datasets import);
+  the table must be exactly what scikit-learn's own loader returns, and so must the
+  fallback to that loader when the file is not found."""
+  from sklearn.datasets import load_digits as sklearn_digits
+
+  ref = sklearn_digits()
+  ds = data.load_digits()
+  np.testing.assert_array_equal(ds.x, ref.data.astype(np.float32))
+  np.testing.assert_array_equal(ds.y, ref.target)
+  assert ds.x.shape == (1797, 64) and ds.num_classes == 10 and ds.image_shape == (8, 8, 1)
+  assert ds.class_names == tuple("0123456789")
+
+  import importlib.util
+
+  monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+  fallback = data.load_digits()
+  np.testing.assert_array_equal(fallback.x, ds.x)
+  np.testing.assert_array_equal(fallback.y, ds.y)

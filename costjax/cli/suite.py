@@ -111,11 +111,12 @@ def _rdata(package: str, item: str):
 
 def _digits():
   import pandas as pd
-  from sklearn.datasets import load_digits
 
-  d = load_digits()
-  df = pd.DataFrame(d.data, columns=[f"pixel_{i}" for i in range(64)])
-  df[LABEL] = d.target
+  from costjax.cli.data import digits_arrays
+
+  x, y = digits_arrays()
+  df = pd.DataFrame(x, columns=[f"pixel_{i}" for i in range(64)])
+  df[LABEL] = y
   return df
 
 
