@@ -8,7 +8,6 @@ import re
 import subprocess
 import sys
 import textwrap
-import warnings
 from pathlib import Path
 
 import chex
@@ -32,6 +31,7 @@ from tests.reference import (
   one_hot,
   over_relaxed_sinkhorn,
   pot_entropic,
+  pot_sinkhorn,
 )
 from tests.reference import softmax as np_softmax
 
@@ -60,21 +60,6 @@ def _entropy(x):
   return -np.sum(x * np.log(x))
 
 
-def _pot_kl_value(a, b, cost, eps):
-  """POT's log-domain Sinkhorn at reg=eps, converted to the eps*KL(P||a b^T) objective.
-
-  POT minimises <P, M> - eps H(P) with M[source, sink]; the source is the
-  prediction ``a`` and the sink the target ``b``, so M = C.T. Since
-  KL(P || a b^T) = -H(P) + H(a) + H(b) on Pi(a, b), the two objectives differ by
-  the constant eps (H(a) + H(b)).
-  """
-  with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    plan = ot.sinkhorn(a, b, cost.T, eps, method="sinkhorn_log", stopThr=1e-9, numItermax=20000)
-  pot_value = np.sum(plan * cost.T) - eps * _entropy(plan)
-  return pot_value + eps * (_entropy(a) + _entropy(b)), plan
-
-
 # --------------------------------------------------------------------------- #
 # Values against POT and the LP.
 # --------------------------------------------------------------------------- #
@@ -92,7 +77,7 @@ def test_matches_pot_sinkhorn_value_and_plan(rel_eps):
   assert bool(jnp.all(out.converged))
   for b in range(4):
     a = _softmax(logits[b])
-    ref, plan = _pot_kl_value(a, q[b], cost, eps)
+    ref, plan = pot_sinkhorn(a, q[b], cost, eps)
     np.testing.assert_allclose(out.value[b], ref, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(loss[b], ref, rtol=1e-4, atol=1e-4)
     # POT's plan is (source=pred, sink=true); ours is in C's orientation.
@@ -155,7 +140,7 @@ def test_over_relaxation_that_stalls_falls_back_to_plain_steps_and_converges():
                           epsilon=eps, tol=1e-5, max_iterations=5000)
   assert bool(out.converged) and float(out.marginal_error) <= 1e-5
   assert int(out.iterations) < 200
-  want, _ = _pot_kl_value(_softmax(_CYCLING["logits"]), q, cost, eps)
+  want, _ = pot_sinkhorn(_softmax(_CYCLING["logits"]), q, cost, eps)
   np.testing.assert_allclose(float(out.value), want, rtol=1e-4)
 
 
@@ -212,8 +197,8 @@ def test_debiased_matches_three_pot_problems_and_vanishes_at_p_equal_q():
                          debiased=True, tol=1e-5)
   for b in range(3):
     a = _softmax(logits[b])
-    ref = (_pot_kl_value(a, q[b], cost, eps)[0] - 0.5 * _pot_kl_value(a, a, cost, eps)[0]
-           - 0.5 * _pot_kl_value(q[b], q[b], cost, eps)[0])
+    ref = (pot_sinkhorn(a, q[b], cost, eps)[0] - 0.5 * pot_sinkhorn(a, a, cost, eps)[0]
+           - 0.5 * pot_sinkhorn(q[b], q[b], cost, eps)[0])
     np.testing.assert_allclose(got[b], ref, atol=2e-4)
   p = np.asarray(jax.nn.softmax(jnp.asarray(logits, jnp.float32)))
   same = cj.sinkhorn_loss(logits.astype(np.float32), p, c32, epsilon=eps, debiased=True,
@@ -354,7 +339,7 @@ def test_low_precision_logits_compute_in_float32(dtype, bits):
   assert got.dtype == dtype
   q32 = q.astype(np.float32).astype(np.float64)
   for b in range(6):
-    ref, _ = _pot_kl_value(_softmax(logits[b]), q32[b] / q32[b].sum(), cost, 0.5)
+    ref, _ = pot_sinkhorn(_softmax(logits[b]), q32[b] / q32[b].sum(), cost, 0.5)
     np.testing.assert_allclose(float(got[b]), ref, rtol=2.0**-bits * 1.02, atol=1e-5)
 
 
@@ -500,7 +485,7 @@ def test_per_example_cost_stack_raises_naming_the_remedy():
   # The remedy: vmapped, each example gets its own matrix (POT's solver as the oracle).
   out = jax.vmap(lambda z, q, c: cj.sinkhorn_loss(z, q, c, epsilon=0.1, tol=1e-6))(z, q, stack)
   for b in range(2):
-    ref, _ = _pot_kl_value(p[b].astype(np.float64), np.asarray(q[b], np.float64),
+    ref, _ = pot_sinkhorn(p[b].astype(np.float64), np.asarray(q[b], np.float64),
                            stack[b].astype(np.float64), 0.1)
     np.testing.assert_allclose(out[b], ref, rtol=1e-4)
 
