@@ -85,15 +85,16 @@ def _doctest_printoptions(doctest_namespace):
 
 
 def pytest_collection_finish(session):
-  """Fewer, cheaper garbage collections while the tests run (a measured 4% of the suite).
+  """Fewer, cheaper garbage collections while the tests run (docs/testing.md).
 
   Tracing and compiling allocate millions of short-lived objects, and every JAX cache
   entry the suite builds is long-lived, so CPython's default thresholds (a collection
   every 700 allocations, a full one every 100 of those) spent about 16 s per worker
-  scanning the same long-lived objects again. After collection, everything imported so
-  far (JAX, SciPy, the test modules) is moved out of the collector's sight
-  (``gc.freeze``) and collections run 14 times less often. Reference counting still
-  frees everything else at once; cycles are still collected, only later.
+  scanning the same long-lived objects again (6 s with the settings below). After
+  collection, everything imported so far (JAX, SciPy, the test modules) is moved out of
+  the collector's sight (``gc.freeze``) and collections run 14 times less often.
+  Reference counting still frees everything else at once; cycles are still collected,
+  only later.
   """
   del session
   gc.collect()

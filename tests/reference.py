@@ -51,7 +51,7 @@ def cost_soft_labels(labels, c, temperature=1.0):
   return q @ rows
 
 
-def soft_label_cross_entropy(logits, labels, c, temperature=1.0):
+def soft_label_crossentropy(logits, labels, c, temperature=1.0):
   t = cost_soft_labels(labels, c, temperature)
   return -(t * log_softmax(logits)).sum(-1)
 
@@ -89,14 +89,14 @@ def ordinal_emd(logits, labels, power=1.0):
   return (d**power).sum(-1)
 
 
-def cross_entropy(logits, labels, num_classes):
+def crossentropy(logits, labels, num_classes):
   q = as_distribution(labels, num_classes)
   return -(q * log_softmax(logits)).sum(-1)
 
 
-def cost_regularized_cross_entropy(logits, labels, c, lam=1.0):
+def cost_regularized_crossentropy(logits, labels, c, lam=1.0):
   c = np.asarray(c)
-  return cross_entropy(logits, labels, c.shape[0]) + lam * expected_cost(logits, labels, c)
+  return crossentropy(logits, labels, c.shape[0]) + lam * expected_cost(logits, labels, c)
 
 
 def bayes_decision(logits, c):
@@ -128,7 +128,7 @@ def np_soft_targets(q, c, t):
   return np.asarray(q, np.float64) @ rows
 
 
-def np_cross_entropy(z, q):
+def np_crossentropy(z, q):
   z = np.asarray(z, np.float64)
   log_p = z - logsumexp(z)[..., None]
   safe = np.where(q > 0, log_p, 0.0)
@@ -185,7 +185,7 @@ def pot_sinkhorn(a, b, cost, eps):
     plan, log = ot.sinkhorn(a, b, cost.T, eps, method=method, stopThr=1e-10, numItermax=cap,
                             log=True)
   assert log["niter"] < cap - 1, f"POT ({method}) did not converge in {cap} iterations"
-  value = np.sum(plan * cost.T) - eps * _entropy(plan) + eps * (_entropy(a) + _entropy(b))
+  value = np.sum(plan * cost.T) - eps * entropy(plan) + eps * (entropy(a) + entropy(b))
   return value, plan
 
 
@@ -194,7 +194,8 @@ def pot_entropic(a, b, cost, eps):
   return pot_sinkhorn(a, b, cost, eps)[0]
 
 
-def _entropy(x):
+def entropy(x):
+  """Shannon entropy ``-sum x log x`` over the positive entries (0 log 0 = 0)."""
   x = x[x > 0]
   return -np.sum(x * np.log(x))
 
