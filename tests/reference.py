@@ -51,7 +51,7 @@ def cost_soft_labels(labels, c, temperature=1.0):
   return q @ rows
 
 
-def soft_label_crossentropy(logits, labels, c, temperature=1.0):
+def soft_label_cross_entropy(logits, labels, c, temperature=1.0):
   t = cost_soft_labels(labels, c, temperature)
   return -(t * log_softmax(logits)).sum(-1)
 
@@ -89,14 +89,14 @@ def ordinal_emd(logits, labels, power=1.0):
   return (d**power).sum(-1)
 
 
-def crossentropy(logits, labels, num_classes):
+def cross_entropy(logits, labels, num_classes):
   q = as_distribution(labels, num_classes)
   return -(q * log_softmax(logits)).sum(-1)
 
 
-def cost_regularized_crossentropy(logits, labels, c, lam=1.0):
+def cost_regularized_cross_entropy(logits, labels, c, lam=1.0):
   c = np.asarray(c)
-  return crossentropy(logits, labels, c.shape[0]) + lam * expected_cost(logits, labels, c)
+  return cross_entropy(logits, labels, c.shape[0]) + lam * expected_cost(logits, labels, c)
 
 
 def bayes_decision(logits, c):
@@ -128,7 +128,7 @@ def np_soft_targets(q, c, t):
   return np.asarray(q, np.float64) @ rows
 
 
-def np_crossentropy(z, q):
+def np_cross_entropy(z, q):
   z = np.asarray(z, np.float64)
   log_p = z - logsumexp(z)[..., None]
   safe = np.where(q > 0, log_p, 0.0)
