@@ -312,22 +312,52 @@ def test_wilcoxon_edge_cases():
 
 
 @pytest.mark.slow  # compiles the scorer (three vector-scaling fits per model): ~15 s
-def test_diverged_models_are_flagged_and_skipped():
+def test_diverged_models_are_flagged_and_skipped_and_each_model_is_fitted_on_its_own_folds():
+  import costjax as cj
+
   k, n = 3, 12
   rng = np.random.default_rng(1)
   y = rng.integers(0, k, size=(2, n)).astype(np.int32)
-  zv = rng.normal(size=(1, 2, 2, n, k)).astype(np.float32)  # (M, G, S, N, K)
-  zt = rng.normal(size=(1, 2, 2, n, k)).astype(np.float32)
-  zv[0, 0, 1, 3, 0] = np.nan  # grid point 0, seed 1 diverged
-  cost = (1.0 - np.eye(k, dtype=np.float32))[None]
+  # (M, G, S, N, K): 2 cost matrices, 2 grid points, 2 seeds; every model its own scale.
+  scales = np.arange(1, 9, dtype=np.float32).reshape(2, 2, 2, 1, 1) / 2
+  zv = (rng.normal(size=(2, 2, 2, n, k)) * scales).astype(np.float32)
+  zt = (rng.normal(size=(2, 2, 2, n, k)) * scales).astype(np.float32)
+  zv[0, 0, 1, 3, 0] = np.nan  # matrix 0, grid point 0, seed 1 diverged
+  cost = np.stack([1.0 - np.eye(k), rng.uniform(0.5, 5, (k, k)) * (1 - np.eye(k))])
+  cost = cost.astype(np.float32)
   s = scoring.score(zv, y, zt, y, cost)
-  assert s["finite"].tolist() == [[[True, False], [True, True]]]
+  assert s["finite"].tolist() == [[[True, False], [True, True]], [[True, True], [True, True]]]
   assert np.isnan(s["test_cost_argmax"][0, 0, 1]) and np.isfinite(s["test_cost_argmax"][0, 1]).all()
   # Argmax cost of finite models = the fraction of errors (0-1 cost), from NumPy.
   want = (zt[0, 1].argmax(-1) != y).mean(-1)
   np.testing.assert_allclose(s["test_cost_argmax"][0, 1], want, rtol=1e-6)
   sel = stats.select(s, [(1e-3, 0.0), (1e-2, 0.0)], 0, "argmax")
   assert sel["g"] == 1 and sel["diverged_grid_points"] == 1 and sel["diverged_seeds"] == 0
+
+  # Each model is calibrated on its own validation logits (the scorer fits all models in
+  # one batch): the temperature fitted on all validation rows decides the test rows, and
+  # validation rows are decided under the fit on the other fold (even / odd rows).
+  even = np.arange(n) % 2 == 0
+
+  def bayes(z, t, c):
+    p = np.exp(z / t - (z / t).max(-1, keepdims=True))
+    return (p / p.sum(-1, keepdims=True) @ c).argmin(-1)
+
+  budget = scoring.calibration.VS_MAX_ITERATIONS
+  for m, g, i in np.ndindex(2, 2, 2):
+    if (m, g, i) == (0, 0, 1):
+      continue
+    v, t, c = zv[m, g, i], zt[m, g, i], cost[m]
+    t_all = float(cj.fit_temperature(v, y[i]))
+    t_even = float(cj.fit_temperature(v, y[i], where=even))
+    t_odd = float(cj.fit_temperature(v, y[i], where=~even))
+    assert s["temperature"][m, g, i] == pytest.approx(t_all, rel=1e-5)
+    np.testing.assert_array_equal(s["test_pred_bayes_t"][m, g, i], bayes(t, t_all, c))
+    pred = np.where(even, bayes(v, t_odd, c), bayes(v, t_even, c))
+    assert s["val_cost_bayes_t"][m, g, i] == pytest.approx(c[y[i], pred].mean(), rel=1e-5)
+    vs = cj.fit_vector_scaling(v, y[i], max_iterations=budget)
+    np.testing.assert_array_equal(s["test_pred_bayes_vs"][m, g, i],
+                                  bayes(np.asarray(vs.apply(t)), 1.0, c))
 
 
 @pytest.mark.slow
