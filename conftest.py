@@ -38,8 +38,9 @@ if not os.environ.get("COSTJAX_TESTS_FULL_OPT") and _FAST_COMPILE not in os.envi
   os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FAST_COMPILE}".strip()
   # Each lowered operation's MLIR location is its innermost user frame instead of the full
   # Python traceback (JAX's default, up to 100 frames, and a test's stack is deep with
-  # pytest's frames): about 3% less CPU, measured side by side (docs/testing.md). Only the
-  # source information inside compiled programs changes, never a value or an error message.
+  # pytest's frames): less CPU, measured side by side (docs/testing.md, "The time budget").
+  # Only the source information inside compiled programs changes, never a value or an
+  # error message.
   os.environ.setdefault("JAX_INCLUDE_FULL_TRACEBACKS_IN_LOCATIONS", "false")
 
 
@@ -93,12 +94,11 @@ def _doctest_printoptions(doctest_namespace):
 def _one_mlir_context_per_thread():
   """Lowers every program of a test process into one MLIR context per thread.
 
-  JAX creates a fresh MLIR context for each program it lowers (3 ms: loading and
-  registering its dialects) and the lowered programs it caches keep theirs alive, so a
+  JAX creates a fresh MLIR context for each program it lowers (loading and registering
+  its dialects each time) and the lowered programs it caches keep theirs alive, so a
   worker that lowers thousands of small programs spends CPU on contexts and holds
-  gigabytes of them. Reusing one per thread: 736 -> 687 user CPU-seconds for the whole
-  suite back to back, 25% less CPU and a third of the memory on single-process subsets
-  side by side (docs/testing.md, "Seventh session"). What is lowered is the same; a
+  gigabytes of them. Reusing one per thread saves CPU and most of that memory (measured
+  in docs/testing.md, "The time budget", seventh session). What is lowered is the same; a
   context only holds dialect registrations and uniqued types and attributes, nothing a
   program's meaning depends on. Subprocesses (the command line, the examples) keep JAX's
   default: their few large programs gained nothing from it.
@@ -154,9 +154,9 @@ def pytest_unconfigure(config):
   By now the worker has sent its results and its ``workerfinished`` event (in
   ``pytest_sessionfinish``), and this is the last hook it runs. What would follow is
   interpreter shutdown: JAX's ``atexit`` clean-up destroys every compiled program the
-  worker holds (thousands), and freeing them took longer than the 10 s the controller
-  waits for a worker to exit before it kills it: about 10 s of the suite's wall time
-  spent waiting for nothing. The operating system frees the memory at once. The main
+  worker holds (thousands), and freeing them took longer than the controller waits for a
+  worker to exit before it kills it: wall time spent waiting for nothing. The operating
+  system frees the memory at once. The main
   process (and a run without xdist) exits normally.
   """
   if not hasattr(config, "workerinput"):

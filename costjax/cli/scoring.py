@@ -62,8 +62,8 @@ def _fit_all(val_logits, y_val):
 
   The ``3 M S`` fits run as one ``vmap`` over a flat batch. Nested ``vmap`` levels (masks
   inside seeds inside cost matrices) gave the same fits, but JAX batches the L-BFGS
-  loops of :func:`costjax.fit_vector_scaling` again at every level: tracing took 2.3 s
-  instead of 0.85 s, paid by every ``compare`` run.
+  loops of :func:`costjax.fit_vector_scaling` again at every level, which made tracing
+  several times slower, paid by every ``compare`` run (docs/testing.md, "The time budget").
   """
   m, s, n, k = val_logits.shape
   half = jnp.asarray(calibration.two_folds(n))
